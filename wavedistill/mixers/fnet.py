@@ -1,0 +1,75 @@
+"""FNet: parameter-free Fourier token mixing (Lee-Thorp et al., 2021, arXiv:2105.03824).
+
+Bidirectional FNet takes ``Re(FFT_seq(FFT_hidden(x)))``: every output sees every token, so it
+exists here only as ``causal=False`` (for encoders); causal-LM surgery refuses it.
+
+The causal form keeps FNet's idea, fixed Fourier bases instead of learned mixing weights, but
+replaces the sequence DFT by its causal counterpart, a running (sliding) DFT: channel c of
+token t holds ``(1/(t+1)) * sum_{s<=t} x[s, c] * cos(w_c (t - s))`` with fixed frequencies w_c
+spread over [0, pi] radians per token. That is a causal convolution with a cosine kernel, so
+it runs as a zero-padded FFT. The hidden-dimension DFT (real part) is applied per token, as in
+FNet. With ``proj=True`` (the default for surgery) teacher-initialisable value/output
+projections surround the parameter-free mixing so that distillation has something to fit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import WaveMixer
+from .functional import causal_conv, causal_conv_naive, fft_dtype
+from .registry import register_mixer
+
+
+@register_mixer("fnet")
+class FNet(WaveMixer):
+    """Args:
+        d_model: model width D.
+        proj: wrap the mixing in value/output projections (default True).
+        causal: running-DFT form (True) or FNet's bidirectional 2-D DFT (False).
+        n_heads, n_kv_heads, head_dim, bias: projection geometry (used when ``proj``).
+    """
+
+    def __init__(self, d_model: int, *, proj: bool = True, causal: bool = True, n_heads: int | None = None,
+                 n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
+                 layer_idx: int | None = None) -> None:
+        super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
+                         bias=bias)
+        self.proj = proj
+        if proj:
+            self.add_value_projections()
+        width = self.inner_dim if proj else d_model
+        self.register_buffer("freqs", torch.linspace(0, math.pi, width), persistent=False)  # (C,) rad/token
+
+    def _kernel(self, T: int, dtype) -> Tensor:
+        lag = torch.arange(T, device=self.freqs.device, dtype=torch.float64)
+        return torch.cos(self.freqs.double()[:, None] * lag[None]).to(dtype)  # (C, T)
+
+    def _mix(self, x: Tensor, conv) -> Tensor:
+        u = self.v_proj(x) if self.proj else x  # (B, T, C)
+        T = u.shape[1]
+        ct = fft_dtype(u)
+        if self.causal:
+            count = torch.arange(1, T + 1, device=u.device, dtype=ct)[:, None]
+            seq = conv(u.to(ct), self._kernel(T, ct)) / count  # (B, T, C)
+            y = torch.fft.fft(seq, dim=-1).real
+        else:
+            y = torch.fft.fft2(u.to(ct), dim=(1, 2)).real
+        y = y.to(x.dtype)
+        return self.o_proj(y) if self.proj else y
+
+    def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        return self._mix(x, causal_conv)
+
+    def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        if not self.causal:
+            u = self.v_proj(x) if self.proj else x
+            T, C = u.shape[1:]
+            ft = torch.exp(-2j * math.pi * torch.outer(torch.arange(T), torch.arange(T)) / T).to(torch.complex128)
+            fc = torch.exp(-2j * math.pi * torch.outer(torch.arange(C), torch.arange(C)) / C).to(torch.complex128)
+            y = torch.einsum("ts,bsc,cd->btd", ft, u.to(torch.complex128), fc).real.to(x.dtype)
+            return self.o_proj(y) if self.proj else y
+        return self._mix(x, causal_conv_naive)

@@ -1,0 +1,145 @@
+"""Frequency bands: local softmax attention for the high band + a low-pass FFT branch for long range.
+
+The split follows the observation behind hybrid long-convolution models (H3, Hyena, Based) and
+sliding-window models (Longformer, Mistral): attention over a short window resolves fine,
+content-dependent detail, while what lies beyond the window is well summarised by smooth,
+low-frequency averages, which an FFT convolution computes in O(T log T).
+
+    out = o_proj( SWA_window(q, k, v) + conv(v, k_low) )
+
+* SWA: causal sliding-window softmax attention (each query sees the last ``window`` keys), with
+  q/k/v/o, optional q/k RMS norms (Qwen3, Gemma3), the attention scale and rotary embeddings
+  copied from / passed by the teacher, so with ``window >= T`` and a zero FFT branch it *is*
+  the teacher's attention.
+* Low band: per value channel, a learned mix of ``n_bands`` causal exponential moving
+  averages, ``k_low[c, tau] = sum_b w[c, b] (1 - l_b) l_b^tau`` with time constants
+  ``1/(1 - l_b)`` log-spaced from ``window`` to ``kernel_len`` tokens: low-pass filters defined
+  in physical lags, applied by a zero-padded FFT. ``w`` starts at zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import WaveMixer, no_weight_decay
+from .functional import apply_rope, causal_conv, causal_conv_naive, local_causal_mask, rope_tables
+from .registry import register_mixer
+
+
+class HeadRMSNorm(nn.Module):
+    """RMS norm over head_dim, as Qwen3's q_norm/k_norm."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+@register_mixer("frequency_band")
+class FrequencyBand(WaveMixer):
+    """Args:
+        d_model: model width D.
+        window: keys each query attends to, itself included (default 64).
+        fft_branch: add the low-frequency FFT branch (default True); False = sliding window alone.
+        n_bands: number of low-pass filters in the FFT branch (default 8).
+        kernel_len: longest lag of the FFT branch (default 2048).
+        qk_norm: RMS-normalise q and k per head (Qwen3 / Gemma3 style).
+        rope_theta: rotary base used when no teacher position embeddings are passed.
+        n_heads, n_kv_heads, head_dim, bias: attention geometry.
+    """
+
+    def __init__(self, d_model: int, *, window: int = 64, fft_branch: bool = True, n_bands: int = 8,
+                 kernel_len: int = 2048, qk_norm: bool = False, rope_theta: float = 10000.0,
+                 n_heads: int | None = None, n_kv_heads: int | None = None, head_dim: int | None = None,
+                 bias: bool = False, causal: bool = True, layer_idx: int | None = None) -> None:
+        super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
+                         bias=bias)
+        if not causal:
+            raise ValueError("frequency_band is causal by construction (sliding window + causal filter)")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window, self.kernel_len, self.rope_theta = window, kernel_len, rope_theta
+        kv_dim = self.n_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(d_model, self.inner_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, kv_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, kv_dim, bias=bias)
+        self.o_proj = nn.Linear(self.inner_dim, d_model, bias=False)
+        self.q_norm = HeadRMSNorm(self.head_dim) if qk_norm else None
+        self.k_norm = HeadRMSNorm(self.head_dim) if qk_norm else None
+        self.scaling = self.head_dim ** -0.5
+        if fft_branch:
+            tau = torch.logspace(math.log10(window), math.log10(max(kernel_len, window + 1)), n_bands)
+            self.register_buffer("decays", 1.0 - 1.0 / tau, persistent=False)  # (n_bands,)
+            self.band_weight = no_weight_decay(nn.Parameter(torch.zeros(self.inner_dim, n_bands)))  # (C, n_bands)
+        else:
+            self.band_weight = None
+
+    @torch.no_grad()
+    def init_from_attention(self, attn: nn.Module) -> None:
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            mine, theirs = getattr(self, name), getattr(attn, name)
+            mine.weight.copy_(theirs.weight)
+            if mine.bias is not None and theirs.bias is not None:
+                mine.bias.copy_(theirs.bias)
+        for name in ("q_norm", "k_norm"):
+            if getattr(self, name) is not None:
+                getattr(self, name).weight.copy_(getattr(attn, name).weight)
+                getattr(self, name).eps = getattr(attn, name).variance_epsilon
+        self.scaling = float(attn.scaling)
+
+    def low_band_kernel(self, T: int, dtype) -> Tensor:
+        lag = torch.arange(min(T, self.kernel_len), device=self.decays.device, dtype=torch.float64)
+        basis = (1 - self.decays.double())[:, None] * self.decays.double()[:, None] ** lag[None]  # (n_bands, L)
+        return self.band_weight.to(dtype) @ basis.to(dtype)  # (C, L)
+
+    def _qkv(self, x: Tensor, position_embeddings) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if position_embeddings is None:
+            position_embeddings = rope_tables(T, self.head_dim, self.rope_theta, x.device, x.dtype)
+        cos, sin = (p.to(x.dtype).expand(B, -1, -1) for p in position_embeddings)
+        q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, hd)
+        k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, Hkv, T, hd)
+        rep = self.n_heads // self.n_kv_heads
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.transpose(1, 2).repeat_interleave(rep, dim=1)  # (B, H, T, hd)
+        return q, k, v
+
+    def _mix(self, x: Tensor, padding_mask, position_embeddings, attend, conv) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self._qkv(x, position_embeddings)
+        mask = local_causal_mask(T, self.window, padding_mask, x.device)
+        y = attend(q, k, v, mask).transpose(1, 2).reshape(B, T, self.inner_dim)  # (B, T, H*hd)
+        if self.band_weight is not None:
+            vc = v.transpose(1, 2).reshape(B, T, self.inner_dim)
+            y = y + conv(vc, self.low_band_kernel(T, torch.promote_types(x.dtype, torch.float32)))
+        return self.o_proj(y)
+
+    def _sdpa(self, q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
+
+    def _attend_naive(self, q, k, v, mask):
+        scores = torch.einsum("bhtd,bhsd->bhts", q, k) * self.scaling
+        scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.einsum("bhts,bhsd->bhtd", scores.softmax(-1), v)
+
+    def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        return self._mix(x, padding_mask, position_embeddings, self._sdpa, causal_conv)
+
+    def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        return self._mix(x, padding_mask, position_embeddings, self._attend_naive, causal_conv_naive)
+
+
+

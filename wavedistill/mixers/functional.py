@@ -1,0 +1,84 @@
+"""Shared causal sequence operations, each with a naive reference beside the fast path.
+
+All FFT work runs in float32 (or float64 when the input is float64): ``rfft`` rejects bf16/fp16
+on CPU and half precision loses too much of a long convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def fft_dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def causal_conv(u: Tensor, k: Tensor) -> Tensor:
+    """Causal long convolution ``y[:, t, c] = sum_{s <= t} k[c, t - s] * u[:, s, c]`` via FFT.
+
+    Zero-padding to ``n >= 2T`` makes the FFT product a *linear* convolution; without it the
+    product is circular and position t would see tokens after t.
+
+    Args:
+        u: (B, T, C) input.
+        k: (C, L) kernel over physical lags 0..L-1. Lags >= L are zero; lags >= T are unused.
+    """
+    T = u.shape[1]
+    ct = fft_dtype(u)
+    k = k[:, :T].to(ct)
+    n = 1 << (2 * T - 1).bit_length()  # power of two >= 2T - 1
+    U = torch.fft.rfft(u.to(ct), n=n, dim=1)  # (B, n/2+1, C)
+    K = torch.fft.rfft(k, n=n, dim=-1).transpose(0, 1)  # (n/2+1, C)
+    y = torch.fft.irfft(U * K, n=n, dim=1)[:, :T]  # (B, T, C)
+    return y.to(u.dtype)
+
+
+def causal_conv_naive(u: Tensor, k: Tensor) -> Tensor:
+    """Reference for :func:`causal_conv`: an explicit lower-triangular Toeplitz product."""
+    T = u.shape[1]
+    C, L = k.shape
+    kt = torch.zeros(C, T, dtype=k.dtype, device=k.device)
+    kt[:, : min(L, T)] = k[:, :T]
+    lag = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # (T, T), t - s
+    toeplitz = torch.where(lag >= 0, kt[:, lag.clamp(min=0)], 0.0)  # (C, T, T)
+    return torch.einsum("cts,bsc->btc", toeplitz.to(u.dtype), u)
+
+
+def prefix_mean(u: Tensor) -> Tensor:
+    """Running mean over the sequence, ``y[t] = mean(u[:t+1])``; (B, T, C) -> (B, T, C)."""
+    count = torch.arange(1, u.shape[1] + 1, device=u.device, dtype=u.dtype)[:, None]
+    return u.cumsum(1) / count
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding as Hugging Face Llama applies it; x (B, H, T, hd), cos/sin (B, T, hd)."""
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+def rope_tables(T: int, head_dim: int, theta: float, device, dtype) -> tuple[Tensor, Tensor]:
+    """(cos, sin) of shape (1, T, head_dim) in the Hugging Face layout (frequencies repeated twice)."""
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
+    ang = torch.arange(T, device=device, dtype=torch.float64)[:, None] * inv[None]
+    emb = torch.cat((ang, ang), dim=-1)[None]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def local_causal_mask(T: int, window: int, padding_mask: Tensor | None, device) -> Tensor:
+    """Boolean (B or 1, 1, T, T) mask: query t sees keys s with t - window < s <= t that are real tokens.
+
+    A padded query keeps its own diagonal so that softmax never sees an all-masked row.
+    """
+    t = torch.arange(T, device=device)
+    lag = t[:, None] - t[None, :]
+    band = (lag >= 0) & (lag < window)  # (T, T)
+    if padding_mask is None:
+        return band[None, None]
+    keep = band[None] & padding_mask[:, None, :]  # (B, T, T)
+    keep = keep | torch.eye(T, dtype=torch.bool, device=device)[None]
+    return keep[:, None]

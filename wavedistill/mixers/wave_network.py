@@ -1,0 +1,76 @@
+"""Wave Network: tokens as complex waves, mixed by interference or modulation.
+
+Zhang et al., "Wave Network: An Ultra-Small Language Model" (2024, arXiv:2411.02674). Each
+dimension k of a token vector w_j becomes a wave ``G_k * exp(i * alpha_jk)``: the magnitude
+("global semantics") is the energy of that dimension over the text, ``G_k = sqrt(sum_j w_jk^2)``,
+and the phase ("local semantics") is ``alpha_jk = arccos(w_jk / G_k)``. Two projections of the
+input give two waves, combined by *interference* ``Z1 + Z2`` or *modulation* ``Z1 * Z2``.
+
+Causal form: G is the running prefix energy, ``G_tk = sqrt(eps + sum_{s<=t} w_sk^2)``, so token
+t only sees tokens <= t. Because ``cos(alpha) = w/G``, ``Re Z = w`` and ``Im Z = sqrt(G^2 - w^2)``;
+the fast path uses that algebra, the naive path the literal arccos and complex exponential.
+The output is ``o_proj(Re Z) + i_proj(Im Z)``; ``i_proj`` starts at zero.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import WaveMixer
+from .registry import register_mixer
+
+MODES = ("interference", "modulation")
+
+
+@register_mixer("wave_network")
+class WaveNetwork(WaveMixer):
+    """Args:
+        d_model: model width D.
+        mode: "interference" (Z1 + Z2) or "modulation" (Z1 * Z2).
+        eps: added to the prefix energy so the phase is defined for all-zero prefixes.
+        n_heads, n_kv_heads, head_dim, bias: projection geometry (v_proj/o_proj copyable from a teacher).
+    """
+
+    def __init__(self, d_model: int, *, mode: str = "interference", eps: float = 1e-6, n_heads: int | None = None,
+                 n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
+                 causal: bool = True, layer_idx: int | None = None) -> None:
+        super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
+                         bias=bias)
+        if mode not in MODES:
+            raise ValueError(f"wave_network mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.eps = eps
+        self.add_value_projections()  # v_proj gives wave 1
+        self.w_proj = nn.Linear(d_model, self.inner_dim, bias=bias)  # wave 2
+        self.i_proj = nn.Linear(self.inner_dim, d_model, bias=False)
+        nn.init.zeros_(self.i_proj.weight)
+
+    def _energy(self, u: Tensor) -> Tensor:
+        if self.causal:
+            return torch.sqrt(self.eps + (u * u).cumsum(dim=1))  # (B, T, C)
+        return torch.sqrt(self.eps + (u * u).sum(dim=1, keepdim=True))
+
+    def _wave(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        G = self._energy(u)
+        # Im = G sin(arccos(u/G)) = sqrt(G^2 - u^2), which is >= sqrt(eps) because G^2 includes u^2 + eps;
+        # the clamp only guards round-off.
+        return u, torch.sqrt((G * G - u * u).clamp_min(self.eps))
+
+    def _combine(self, r1: Tensor, i1: Tensor, r2: Tensor, i2: Tensor) -> tuple[Tensor, Tensor]:
+        if self.mode == "interference":
+            return r1 + r2, i1 + i2
+        return r1 * r2 - i1 * i2, r1 * i2 + i1 * r2
+
+    def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        re, im = self._combine(*self._wave(self.v_proj(x)), *self._wave(self.w_proj(x)))
+        return self.o_proj(re) + self.i_proj(im)
+
+    def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        waves = []
+        for u in (self.v_proj(x), self.w_proj(x)):
+            G = self._energy(u)
+            alpha = torch.arccos((u / G).clamp(-1, 1))
+            waves.append(torch.polar(G, alpha))
+        z = waves[0] + waves[1] if self.mode == "interference" else waves[0] * waves[1]
+        return self.o_proj(z.real) + self.i_proj(z.imag)
