@@ -5,8 +5,8 @@ exists here only as ``causal=False`` (for encoders); causal-LM surgery refuses i
 
 The causal form keeps FNet's idea, fixed Fourier bases instead of learned mixing weights, but
 replaces the sequence DFT by its causal counterpart, a running (sliding) DFT: channel c of
-token t holds ``(1/(t+1)) * sum_{s<=t} x[s, c] * cos(w_c (t - s))`` with fixed frequencies w_c
-spread over [0, pi] radians per token. That is a causal convolution with a cosine kernel, so
+token t holds ``(1/n_t) * sum_{s<=t} x[s, c] * cos(w_c (t - s))`` with fixed frequencies w_c
+spread over [0, pi] radians per token and n_t the number of real tokens up to t. That is a causal convolution with a cosine kernel, so
 it runs as a zero-padded FFT. The hidden-dimension DFT (real part) is applied per token, as in
 FNet. With ``proj=True`` (the default for surgery) teacher-initialisable value/output
 projections surround the parameter-free mixing so that distillation has something to fit.
@@ -48,12 +48,14 @@ class FNet(WaveMixer):
         lag = torch.arange(T, device=self.freqs.device, dtype=torch.float64)
         return torch.cos(self.freqs.double()[:, None] * lag[None]).to(dtype)  # (C, T)
 
-    def _mix(self, x: Tensor, conv) -> Tensor:
+    def _mix(self, x: Tensor, padding_mask, conv) -> Tensor:
         u = self.v_proj(x) if self.proj else x  # (B, T, C)
-        T = u.shape[1]
+        B, T = u.shape[:2]
         ct = fft_dtype(u)
         if self.causal:
-            count = torch.arange(1, T + 1, device=u.device, dtype=ct)[:, None]
+            # Normalise by the number of real tokens so far, so left padding changes nothing.
+            real = torch.ones(B, T, device=u.device, dtype=ct) if padding_mask is None else padding_mask.to(ct)
+            count = real.cumsum(1).clamp_min(1)[..., None]  # (B, T, 1)
             seq = conv(u.to(ct), self._kernel(T, ct)) / count  # (B, T, C)
             y = torch.fft.fft(seq, dim=-1).real
         else:
@@ -62,7 +64,7 @@ class FNet(WaveMixer):
         return self.o_proj(y) if self.proj else y
 
     def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        return self._mix(x, causal_conv)
+        return self._mix(x, padding_mask, causal_conv)
 
     def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
         if not self.causal:
@@ -72,4 +74,4 @@ class FNet(WaveMixer):
             fc = torch.exp(-2j * math.pi * torch.outer(torch.arange(C), torch.arange(C)) / C).to(torch.complex128)
             y = torch.einsum("ts,bsc,cd->btd", ft, u.to(torch.complex128), fc).real.to(x.dtype)
             return self.o_proj(y) if self.proj else y
-        return self._mix(x, causal_conv_naive)
+        return self._mix(x, padding_mask, causal_conv_naive)

@@ -1,0 +1,225 @@
+"""``wavedistill`` command line: distill, eval, generate, bench, demo, mixers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import WavedistillError
+
+DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from DistillConfig
+    ("--teacher",): "teacher", ("--wave-type", "--wave_type", "--mixer"): "wave_type", ("--layers",): "layers",
+    ("--data",): "data", ("--n-samples", "--n_samples"): "n_samples", ("--epochs", "--n_epochs"): "epochs",
+    ("--output-dir", "--output_dir"): "output_dir", ("--seq-len",): "seq_len", ("--batch-size",): "batch_size",
+    ("--lr",): "lr", ("--temperature",): "temperature", ("--alpha",): "alpha", ("--max-steps",): "max_steps",
+    ("--save-every",): "save_every", ("--eval-every",): "eval_every", ("--device",): "device", ("--dtype",): "dtype",
+    ("--seed",): "seed", ("--mixer-kwargs",): "mixer_kwargs", ("--test-windows",): "test_windows",
+}
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers, got {text!r}") from None
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--mixer-kwargs takes a JSON object, e.g. '{{\"window\": 32}}': {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--mixer-kwargs takes a JSON object")
+    return value
+
+
+def add_distill_args(p: argparse.ArgumentParser) -> None:
+    from .config import DistillConfig
+
+    defaults = DistillConfig()
+    types = {"layers": _layers, "mixer_kwargs": _json_dict, "epochs": float, "lr": float, "temperature": float,
+             "alpha": float}
+    for flags, name in DISTILL_FLAGS.items():
+        default = getattr(defaults, name)
+        kind = types.get(name, type(default) if default is not None else str)
+        p.add_argument(*flags, dest=name, type=kind, default=None, help=f"(default: {default})")
+    p.add_argument("--config", help="YAML file with config changes; flags given on the command line win")
+    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --output-dir")
+    p.add_argument("--unfreeze-mlps", action="store_true", default=None, help="also train the MLPs")
+
+
+def distill_config(args: argparse.Namespace):
+    from .config import load_yaml, make_config
+
+    changes = load_yaml(args.config) if args.config else {}
+    for name in list(DISTILL_FLAGS.values()) + ["resume", "unfreeze_mlps"]:
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    return make_config(changes)
+
+
+def cmd_distill(args) -> None:
+    from .distill import run
+
+    run(distill_config(args))
+
+
+def cmd_eval(args) -> None:
+    import torch
+
+    from .data import eval_windows, read_documents, split_documents
+    from .distill import DTYPES, resolve_device
+    from .evaluate import compare, print_metrics, samples_markdown, side_by_side
+    from .io import load_student, load_teacher, read_adapter_config
+
+    device = resolve_device(args.device)
+    adapter = os.path.join(args.student, "adapter") if os.path.isdir(os.path.join(args.student, "adapter")) \
+        else args.student
+    base = args.base or read_adapter_config(adapter)["base_model"]
+    student, tokenizer = load_student(args.student, base=base, dtype=DTYPES[args.dtype], device=device)
+    teacher, _ = load_teacher(base, dtype=DTYPES[args.dtype], device=device)
+    docs = read_documents(args.data)
+    if args.split == "all":
+        from .data import tokenize_documents
+
+        stream = tokenize_documents(docs, tokenizer)
+    else:
+        splits = split_documents(docs, tokenizer, args.val_frac, args.test_frac)
+        stream = getattr(splits, args.split)
+    windows = eval_windows(stream, args.seq_len, args.max_windows)
+    if len(windows) == 0:
+        raise WavedistillError(f"the {args.split} text has {len(stream)} tokens, fewer than one window of "
+                               f"{args.seq_len}; pass more text or a smaller --seq-len")
+    metrics = compare(teacher, student, windows, batch_size=args.batch_size, device=device)
+    prompts = [stream[i * args.seq_len: i * args.seq_len + 8].tolist() for i in range(min(4, len(windows)))]
+    rows = side_by_side(teacher, student, tokenizer, prompts, device=device)
+    metrics.update({"split": args.split, "data": args.data, "seq_len": args.seq_len,
+                    "generation_token_agreement": sum(r["token_agreement"] for r in rows) / max(len(rows), 1)})
+    out = args.output_dir or args.student
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "metrics.json" if out != args.student else "eval_metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    with open(os.path.join(out, "samples.md" if out != args.student else "eval_samples.md"), "w") as f:
+        f.write(samples_markdown(rows))
+    print_metrics(metrics, title=f"{args.split} split of {args.data}: {metrics['positions']} positions")
+    del torch
+
+
+def cmd_generate(args) -> None:
+    import torch
+
+    from .distill import DTYPES, resolve_device
+    from .io import load_student
+
+    device = resolve_device(args.device)
+    model, tok = load_student(args.student, base=args.base, dtype=DTYPES[args.dtype], device=device)
+    torch.manual_seed(args.seed)
+    ids = tok(args.prompt, return_tensors="pt").input_ids.to(device)
+    out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                         temperature=args.temperature if args.temperature > 0 else None,
+                         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    print(tok.decode(out[0], skip_special_tokens=True))
+
+
+def cmd_mixers(args) -> None:
+    from .mixers import get_mixer_class, list_mixers
+
+    for name in list_mixers():
+        doc = (sys.modules[get_mixer_class(name).__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"{name:16s} {doc}")
+
+
+def cmd_bench(args) -> None:
+    from .bench import run_bench
+
+    run_bench(args)
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wavedistill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("distill", help="replace attention with a wave mixer and distill from the teacher")
+    add_distill_args(p)
+    p.set_defaults(fn=cmd_distill)
+
+    p = sub.add_parser("eval", help="score a student against its teacher on held-out text")
+    p.add_argument("--student", required=True, help="run folder (with adapter/) or adapter folder")
+    p.add_argument("--data", required=True, help="local .txt/.jsonl/.parquet file or hub dataset")
+    p.add_argument("--split", default="test", choices=["test", "val", "all"],
+                   help="which part of --data to score: the distill run's test split (default) or all of it")
+    p.add_argument("--val-frac", type=float, default=0.05)
+    p.add_argument("--test-frac", type=float, default=0.10)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--max-windows", type=int, default=0, help="0 = every window")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--base", help="base model (default: the one named in the adapter)")
+    p.add_argument("--output-dir", help="where metrics.json / samples.md go (default: eval_*.json in --student)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("generate", help="sample from a student")
+    p.add_argument("--student", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--base")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("mixers", help="list registered mixers")
+    p.set_defaults(fn=cmd_mixers)
+
+    p = sub.add_parser("bench", help="time and memory of each mixer vs SDPA causal attention")
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seq-lens", default="256,512,1024,2048,4096,8192,16384")
+    p.add_argument("--mixers", default="all")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--memory-limit-gb", type=float, default=8.0, help="skip sizes whose estimate exceeds this")
+    p.add_argument("--output-dir", default="runs/bench")
+    p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("demo", help="offline end-to-end run: build a tiny teacher, distill, evaluate, generate")
+    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--mixer", default="learned_gate")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (WavedistillError, KeyError, TypeError, ValueError) as e:
+        from .mixers.registry import UnknownMixerError
+        from .surgery import UnsupportedModelError
+
+        if not isinstance(e, (WavedistillError, UnknownMixerError, UnsupportedModelError)):
+            raise
+        print(f"wavedistill: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wavedistill: interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Distillation config: dataclass defaults that run small, YAML files holding only changes, strict keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import yaml
+
+from .errors import WavedistillError
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = "Qwen/Qwen3-0.6B"
+    wave_type: str = "learned_gate"
+    layers: list[int] | None = None  # None = every layer
+    mixer_kwargs: dict = field(default_factory=dict)
+    data: str = "HuggingFaceFW/fineweb-edu:sample-10BT"
+    n_samples: int = 0  # documents to read; 0 = all (hub datasets: 20000)
+    val_frac: float = 0.05
+    test_frac: float = 0.10
+    seq_len: int = 256
+    batch_size: int = 16
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0 overrides epochs
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    temperature: float = 1.0
+    alpha: float = 0.9  # weight of the KL term; 1 - alpha weights next-token CE
+    unfreeze_mlps: bool = False
+    eval_every: int = 200
+    val_windows: int = 32
+    test_windows: int = 0  # 0 = every held-out window
+    save_every: int = 200
+    n_generations: int = 4
+    output_dir: str = "runs/distill"
+    resume: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+
+
+def field_names(cls=DistillConfig) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def load_yaml(path: str, cls=DistillConfig) -> dict:
+    """Read a YAML file of changes; unknown keys are an error that lists the known ones."""
+    try:
+        with open(path) as f:
+            changes = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise WavedistillError(f"config file {path!r} does not exist") from None
+    except yaml.YAMLError as e:
+        raise WavedistillError(f"config file {path!r} is not valid YAML: {e}") from None
+    if not isinstance(changes, dict):
+        raise WavedistillError(f"config file {path!r} must hold a mapping of keys to values")
+    changes = {k.replace("-", "_"): v for k, v in changes.items()}
+    unknown = sorted(set(changes) - set(field_names(cls)))
+    if unknown:
+        raise WavedistillError(f"unknown config keys {unknown} in {path!r}; known keys: {', '.join(field_names(cls))}")
+    return changes
+
+
+def make_config(changes: dict, cls=DistillConfig):
+    unknown = sorted(set(changes) - set(field_names(cls)))
+    if unknown:
+        raise WavedistillError(f"unknown config keys {unknown}; known keys: {', '.join(field_names(cls))}")
+    cfg = cls(**changes)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DistillConfig) -> None:
+    from .mixers import get_mixer_class
+
+    get_mixer_class(cfg.wave_type)
+    checks = [(cfg.seq_len >= 2, "seq_len must be >= 2"), (cfg.batch_size >= 1, "batch_size must be >= 1"),
+              (cfg.lr > 0, "lr must be > 0"), (cfg.temperature > 0, "temperature must be > 0"),
+              (0.0 <= cfg.alpha <= 1.0, "alpha must be in [0, 1]"), (cfg.epochs > 0 or cfg.max_steps > 0,
+                                                                      "set epochs > 0 or max_steps > 0"),
+              (cfg.dtype in ("float32", "bfloat16", "float16"), "dtype must be float32, bfloat16 or float16")]
+    for ok, message in checks:
+        if not ok:
+            raise WavedistillError(message)
+
+
+def to_yaml(cfg) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

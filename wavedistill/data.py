@@ -1,0 +1,124 @@
+"""Text for distillation: load documents, split train / val / test by document, tokenize, pack.
+
+Documents are kept in file order and the *last* ``val_frac + test_frac`` of them are held out
+(val for checkpoint selection, test for the reported metrics), so paragraphs of one story
+rarely straddle the boundary. Training batches are windows cut at random offsets of the
+concatenated training tokens (seeded by step, so a resumed run sees the same batches); held-out
+text is cut into consecutive non-overlapping windows, so every held-out token is scored once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import DataError
+
+LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def read_documents(source: str, n_samples: int = 0, text_field: str = "text") -> list[str]:
+    """Documents from a local .txt (blank-line separated) / .jsonl / .parquet file, or a hub dataset.
+
+    A hub dataset is named ``name`` or ``name:config`` and read in streaming mode from its train split.
+    ``n_samples`` > 0 keeps only the first n documents.
+    """
+    ext = os.path.splitext(source)[1].lower()
+    if ext in LOCAL_FORMATS or os.path.exists(source):
+        docs = _read_local(source, ext, text_field)
+    else:
+        docs = _read_hub(source, n_samples, text_field)
+    docs = [d.strip() for d in docs if d and d.strip()]
+    if n_samples > 0:
+        docs = docs[:n_samples]
+    if not docs:
+        raise DataError(f"no text found in {source!r}; pass a non-empty .txt, .jsonl or .parquet file with --data")
+    return docs
+
+
+def _read_local(path: str, ext: str, text_field: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise DataError(f"data file {path!r} does not exist; pass an existing .txt, .jsonl or .parquet file")
+    if ext not in LOCAL_FORMATS:
+        raise DataError(f"unsupported data file {path!r}; use .txt, .jsonl or .parquet")
+    if ext == ".txt":
+        with open(path, encoding="utf-8") as f:
+            return f.read().split("\n\n")
+    from datasets import load_dataset
+
+    ds = load_dataset(LOCAL_FORMATS[ext], data_files={"train": path}, split="train")
+    if text_field not in ds.column_names:
+        raise DataError(f"{path!r} has no {text_field!r} column (columns: {ds.column_names})")
+    return list(ds[text_field])
+
+
+def _read_hub(name: str, n_samples: int, text_field: str) -> list[str]:
+    from datasets import load_dataset
+
+    repo, _, config = name.partition(":")
+    try:
+        ds = load_dataset(repo, config or None, split="train", streaming=True)
+        rows = ds.take(n_samples) if n_samples > 0 else ds
+        return [row[text_field] for row in rows]
+    except Exception as e:  # network, missing dataset, missing column
+        raise DataError(f"could not read hub dataset {name!r} ({type(e).__name__}: {str(e)[:200]}); "
+                        "pass a local .txt/.jsonl/.parquet file with --data") from None
+
+
+@dataclass
+class Splits:
+    train: Tensor  # (N_train,) token ids
+    val: Tensor
+    test: Tensor
+    n_docs: tuple[int, int, int]
+
+    def summary(self) -> dict:
+        return {"documents": dict(zip(("train", "val", "test"), self.n_docs)),
+                "tokens": {"train": len(self.train), "val": len(self.val), "test": len(self.test)}}
+
+
+def tokenize_documents(docs: list[str], tokenizer) -> Tensor:
+    """Concatenate documents into one id stream; each starts with BOS (if the tokenizer adds one),
+    otherwise ends with EOS, so document boundaries are marked as the model was trained."""
+    enc = tokenizer(docs, add_special_tokens=True)["input_ids"]
+    adds_bos = tokenizer.bos_token_id is not None and enc and enc[0][:1] == [tokenizer.bos_token_id]
+    eos = [] if adds_bos or tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    return torch.tensor([t for ids in enc for t in ids + eos], dtype=torch.long)
+
+
+def split_documents(docs: list[str], tokenizer, val_frac: float, test_frac: float) -> Splits:
+    n = len(docs)
+    n_test = max(1, round(n * test_frac))
+    n_val = max(1, round(n * val_frac))
+    if n - n_test - n_val < 1:
+        raise DataError(f"only {n} documents: too few for a train / val / test split; pass more text with --data")
+    train, val, test = docs[: n - n_val - n_test], docs[n - n_val - n_test: n - n_test], docs[n - n_test:]
+    return Splits(tokenize_documents(train, tokenizer), tokenize_documents(val, tokenizer),
+                  tokenize_documents(test, tokenizer), (len(train), len(val), len(test)))
+
+
+def check_lengths(splits: Splits, seq_len: int) -> None:
+    for name in ("train", "val", "test"):
+        n = len(getattr(splits, name))
+        need = seq_len + 1 if name == "train" else seq_len
+        if n < need:
+            raise DataError(f"the {name} split has {n} tokens, fewer than one window of {need}; "
+                            f"pass more text with --data or a smaller --seq-len")
+
+
+def eval_windows(stream: Tensor, seq_len: int, max_windows: int = 0) -> Tensor:
+    """Consecutive non-overlapping windows, (N, seq_len); the tail shorter than a window is dropped."""
+    n = len(stream) // seq_len
+    if max_windows > 0:
+        n = min(n, max_windows)
+    return stream[: n * seq_len].view(n, seq_len)
+
+
+def train_batch(stream: Tensor, batch_size: int, seq_len: int, seed: int, step: int) -> Tensor:
+    """(batch_size, seq_len) windows at random offsets; a pure function of (seed, step)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    starts = torch.randint(0, len(stream) - seq_len + 1, (batch_size,), generator=g)
+    return torch.stack([stream[s: s + seq_len] for s in starts.tolist()])

@@ -1,0 +1,21 @@
+"""User-facing errors: the CLI prints these as one line and exits non-zero, without a traceback."""
+
+
+class WavedistillError(Exception):
+    """Bad input or a failed run the user can fix; the message says what to do."""
+
+
+class DataError(WavedistillError):
+    pass
+
+
+class AdapterError(WavedistillError):
+    pass
+
+
+class ModelLoadError(WavedistillError):
+    pass
+
+
+class TrainingError(WavedistillError):
+    pass

@@ -1,0 +1,121 @@
+"""Held-out teacher / student comparison over every position, and side-by-side generations.
+
+Metrics (all on held-out windows, teacher-forced, every position counted):
+* top1_agreement: argmax of student == argmax of teacher.
+* top5_overlap: |top5(teacher) & top5(student)| / 5.
+* teacher_top1_in_student_top5.
+* kl: mean KL(p_teacher || p_student) at temperature 1, nats per position.
+* ppl_teacher / ppl_student / ppl_no_mixing: exp(mean next-token cross-entropy); "no mixing" is the
+  teacher with every attention output zeroed (each token sees only itself), the floor a mixer must beat.
+* gap_closed = (ppl_no_mixing - ppl_student) / (ppl_no_mixing - ppl_teacher): 1 = teacher, 0 = no mixing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+
+from .losses import kl_teacher_student, next_token_ce
+from .surgery import decoder_layers
+
+
+@contextlib.contextmanager
+def attention_zeroed(model: nn.Module):
+    """Temporarily replace every self-attention output with zeros (the no-mixing baseline)."""
+    def zero(module, args, kwargs, output):
+        return (torch.zeros_like(output[0]), *output[1:])
+
+    handles = [b.self_attn.register_forward_hook(zero, with_kwargs=True) for b in decoder_layers(model)]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch_size: int = 8,
+            device: str = "cpu", with_baseline: bool = True) -> dict:
+    """Agreement, KL and perplexities of student vs teacher on (N, T) held-out token windows."""
+    sums = dict(top1=0.0, top5=0.0, t1_in_s5=0.0, kl=0.0, ce_t=0.0, ce_s=0.0, ce_none=0.0)
+    positions = targets = 0
+    for i in range(0, len(windows), batch_size):
+        ids = windows[i: i + batch_size].to(device)
+        t = teacher(ids, use_cache=False).logits.float()
+        s = student(ids, use_cache=False).logits.float()
+        t5, s5 = t.topk(5, dim=-1).indices, s.topk(5, dim=-1).indices  # (B, T, 5)
+        sums["top1"] += (t5[..., 0] == s5[..., 0]).sum().item()
+        sums["top5"] += (t5[..., :, None] == s5[..., None, :]).any(-1).sum().item() / 5
+        sums["t1_in_s5"] += (s5 == t5[..., :1]).any(-1).sum().item()
+        sums["kl"] += kl_teacher_student(t, s).double().sum().item()
+        sums["ce_t"] += next_token_ce(t, ids).double().sum().item()
+        sums["ce_s"] += next_token_ce(s, ids).double().sum().item()
+        if with_baseline:
+            with attention_zeroed(teacher):
+                sums["ce_none"] += next_token_ce(teacher(ids, use_cache=False).logits, ids).double().sum().item()
+        positions += ids.numel()
+        targets += ids.shape[0] * (ids.shape[1] - 1)
+    m = {
+        "positions": positions,
+        "target_tokens": targets,
+        "top1_agreement": sums["top1"] / positions,
+        "top5_overlap": sums["top5"] / positions,
+        "teacher_top1_in_student_top5": sums["t1_in_s5"] / positions,
+        "kl": sums["kl"] / positions,
+        "ppl_teacher": math.exp(sums["ce_t"] / targets),
+        "ppl_student": math.exp(sums["ce_s"] / targets),
+    }
+    if with_baseline:
+        m["ppl_no_mixing"] = math.exp(sums["ce_none"] / targets)
+        span = m["ppl_no_mixing"] - m["ppl_teacher"]
+        m["gap_closed"] = (m["ppl_no_mixing"] - m["ppl_student"]) / span if span > 0 else float("nan")
+    return m
+
+
+@torch.no_grad()
+def side_by_side(teacher: nn.Module, student: nn.Module, tokenizer, prompts: list[list[int]],
+                 max_new_tokens: int = 48, device: str = "cpu") -> list[dict]:
+    """Greedy continuations of each prompt by teacher and student, with per-sample token agreement."""
+    rows = []
+    for ids in prompts:
+        x = torch.tensor([ids], device=device)
+        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                  if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        gt = teacher.generate(x, **kw)[0, len(ids):].tolist()
+        gs = student.generate(x, **kw)[0, len(ids):].tolist()
+        n = max(len(gt), len(gs))
+        agree = sum(a == b for a, b in zip(gt, gs)) / n if n else 1.0
+        rows.append({"prompt": tokenizer.decode(ids, skip_special_tokens=True),
+                     "teacher": tokenizer.decode(gt, skip_special_tokens=True),
+                     "student": tokenizer.decode(gs, skip_special_tokens=True),
+                     "token_agreement": agree})
+    return rows
+
+
+def samples_markdown(rows: list[dict]) -> str:
+    out = ["# Side-by-side greedy generations (held-out prompts)\n"]
+    for i, r in enumerate(rows):
+        out += [f"## Sample {i + 1} — token agreement {r['token_agreement']:.2f}\n", f"**Prompt:** {r['prompt']}\n",
+                f"**Teacher:** {r['teacher']}\n", f"**Student:** {r['student']}\n"]
+    return "\n".join(out)
+
+
+METRIC_ROWS = [("positions", "{:d}"), ("top1_agreement", "{:.4f}"), ("top5_overlap", "{:.4f}"),
+               ("teacher_top1_in_student_top5", "{:.4f}"), ("kl", "{:.4f}"), ("ppl_teacher", "{:.3f}"),
+               ("ppl_student", "{:.3f}"), ("ppl_no_mixing", "{:.3f}"), ("gap_closed", "{:.4f}")]
+
+
+def print_metrics(metrics: dict, title: str = "held-out metrics") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, fmt in METRIC_ROWS:
+        if key in metrics:
+            table.add_row(key, fmt.format(metrics[key]))
+    Console().print(table)

@@ -1,0 +1,158 @@
+"""Load teachers, and save / load student adapters (safetensors mixer weights + a JSON config).
+
+An adapter folder holds ``adapter_model.safetensors`` (only the new or unfrozen weights, keyed
+relative to the decoder stack, e.g. ``layers.3.self_attn.mixer.kernel``) and ``adapter_config.json`` naming
+the base model, a fingerprint of its weights, the converted layers and the mixer with its kwargs.
+Loading refuses an adapter whose base does not match, and any missing or unexpected key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .errors import AdapterError, ModelLoadError
+from .surgery import convert, decoder_layers, mixer_state_dict
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+FORMAT_VERSION = 1
+
+
+def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """(model, tokenizer) from a local folder or a hub id; frozen, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    looks_local = os.path.isabs(name_or_path) or name_or_path.startswith(".") or os.path.exists(name_or_path)
+    if looks_local and not os.path.isdir(name_or_path):
+        raise ModelLoadError(f"teacher path {name_or_path!r} does not exist; pass a model folder or a hub id "
+                             "with --teacher")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load teacher {name_or_path!r}: {str(e).splitlines()[0][:300]}") from None
+    return model.to(device).eval().requires_grad_(False), tokenizer
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """A short hash of the architecture and a strided sample of the input embeddings."""
+    cfg = model.get_decoder().config
+    emb = model.get_input_embeddings().weight.detach().float().flatten().cpu()
+    sample = emb[:: max(1, emb.numel() // 65536)]
+    h = hashlib.sha256()
+    h.update(f"{cfg.model_type}|{cfg.hidden_size}|{len(decoder_layers(model))}|{cfg.vocab_size}".encode())
+    h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Mixer weights plus any other trainable decoder weight (e.g. MLPs unfrozen for recovery)."""
+    sd = mixer_state_dict(model)
+    for name, p in model.get_decoder().named_parameters():
+        if p.requires_grad and name not in sd:
+            sd[name] = p
+    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+
+
+def save_adapter(model: nn.Module, directory: str, base_model: str) -> None:
+    """Write the adapter atomically: a failed write never leaves a half-written folder behind."""
+    cfg = model.wavedistill_config
+    sd = adapter_state_dict(model)
+    extra = sorted({k.split(".")[2] if k.startswith("layers.") else k for k in sd if ".self_attn.mixer." not in k})
+    config = {
+        "format_version": FORMAT_VERSION,
+        "wavedistill_version": __version__,
+        "base_model": base_model,
+        "base_model_type": model.get_decoder().config.model_type,
+        "base_fingerprint": base_fingerprint(model),
+        "layers": cfg["layers"],
+        "mixer": cfg["mixer"],
+        "mixer_kwargs": cfg["mixer_kwargs"],
+        "unfrozen": extra,
+    }
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".adapter-", dir=parent)
+    save_file(sd, os.path.join(tmp, ADAPTER_WEIGHTS))
+    with open(os.path.join(tmp, ADAPTER_CONFIG), "w") as f:
+        json.dump(config, f, indent=2)
+    replace_dir(tmp, directory)
+
+
+def replace_dir(src: str, dst: str) -> None:
+    """Move ``src`` to ``dst``, replacing an existing ``dst`` only once ``src`` is complete."""
+    if os.path.exists(dst):
+        old = dst + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def read_adapter_config(directory: str) -> dict:
+    path = os.path.join(directory, ADAPTER_CONFIG)
+    if not os.path.isfile(path):
+        raise AdapterError(f"{directory!r} is not a wavedistill adapter: {ADAPTER_CONFIG} is missing")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"corrupt adapter config {path!r}: {e}") from None
+    if config.get("format_version") != FORMAT_VERSION:
+        raise AdapterError(f"{path!r} has format_version {config.get('format_version')!r}; "
+                           f"this wavedistill reads {FORMAT_VERSION}")
+    return config
+
+
+def apply_adapter(model: nn.Module, directory: str) -> nn.Module:
+    """Convert ``model`` as the adapter says and load its weights; checks base, keys and shapes."""
+    config = read_adapter_config(directory)
+    fp = base_fingerprint(model)
+    if fp != config["base_fingerprint"]:
+        raise AdapterError(f"adapter {directory!r} was trained on base {config['base_model']!r} "
+                           f"(fingerprint {config['base_fingerprint']}), but the given base has fingerprint {fp}; "
+                           "pass the matching base model with --base")
+    try:
+        weights = load_file(os.path.join(directory, ADAPTER_WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"corrupt or unreadable adapter weights in {directory!r}: {e}") from None
+    convert(model, config["mixer"], layers=config["layers"], init_from_teacher=False, **config["mixer_kwargs"])
+    load_adapter_weights(model, weights, directory)
+    return model
+
+
+def load_adapter_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Copy adapter tensors into a converted model; every mixer tensor must be present, nothing unknown."""
+    targets = dict(model.get_decoder().state_dict(keep_vars=True))
+    needed = set(mixer_state_dict(model))
+    missing = sorted(needed - set(weights))
+    unexpected = sorted(set(weights) - set(targets))
+    if missing or unexpected:
+        raise AdapterError(f"adapter {source!r} does not match this model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for k, v in weights.items():
+            if targets[k].shape != v.shape:
+                raise AdapterError(f"adapter weight {k} has shape {tuple(v.shape)}, expected {tuple(targets[k].shape)}")
+            targets[k].copy_(v)
+
+
+def load_student(path: str, base: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """(student, tokenizer) from a run folder (with ``adapter/``) or an adapter folder."""
+    directory = os.path.join(path, "adapter") if os.path.isdir(os.path.join(path, "adapter")) else path
+    config = read_adapter_config(directory)
+    model, tokenizer = load_teacher(base or config["base_model"], dtype=dtype, device=device)
+    apply_adapter(model, directory)
+    return model.to(device).eval(), tokenizer
