@@ -13,6 +13,10 @@ import torch
 from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config,
                           Qwen3Config)
 
+# Every tensor in this suite is tiny, so intra-op threads only add overhead, and on a busy 2-core
+# machine oversubscription made single forwards ~100x slower. One thread keeps the suite fast.
+torch.set_num_threads(1)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 STORIES260K = SHARED_DIR / "teachers" / "stories260K"
@@ -61,6 +65,15 @@ def tiny_model(family: str, attn_implementation: str = "sdpa", **overrides):
     emb = model.get_input_embeddings()
     with torch.no_grad():
         emb.weight[PAD_ID].normal_(0.0, model.config.initializer_range)  # HF zeroes the padding_idx row
+        # HF also zero-initialises biases (Qwen2's q/k/v); a trained teacher's are not zero, and a
+        # mixer that drops or mishandles them must not pass for correct.
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, model.config.initializer_range)
+            # Norm weights start at exactly 1 (Llama style) or 0 (Gemma's 1 + w): a mixer that copies
+            # them with the wrong convention could still pass at that init.
+            elif "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
     assert emb.weight[PAD_ID].abs().min() > 0, "pad embedding must be non-zero for the padding tests to mean anything"
     return model.eval()
 

@@ -77,7 +77,7 @@ def save_adapter(model: nn.Module, directory: str, base_model: str) -> None:
         "base_fingerprint": base_fingerprint(model),
         "layers": cfg["layers"],
         "mixer": cfg["mixer"],
-        "mixer_kwargs": cfg["mixer_kwargs"],
+        "layer_kwargs": cfg["layer_kwargs"],
         "unfrozen": extra,
     }
     parent = os.path.dirname(os.path.abspath(directory))
@@ -128,7 +128,11 @@ def apply_adapter(model: nn.Module, directory: str) -> nn.Module:
         weights = load_file(os.path.join(directory, ADAPTER_WEIGHTS))
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterError(f"corrupt or unreadable adapter weights in {directory!r}: {e}") from None
-    convert(model, config["mixer"], layers=config["layers"], init_from_teacher=False, **config["mixer_kwargs"])
+    groups: dict[str, list[int]] = {}
+    for i, kw in config["layer_kwargs"].items():
+        groups.setdefault(json.dumps(kw, sort_keys=True), []).append(int(i))
+    for kw, layers in groups.items():
+        convert(model, config["mixer"], layers=layers, init_from_teacher=False, **json.loads(kw))
     load_adapter_weights(model, weights, directory)
     return model
 

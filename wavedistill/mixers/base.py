@@ -59,6 +59,13 @@ class WaveMixer(nn.Module):
     def mix_naive(self, x: Tensor, padding_mask: Tensor | None, position_embeddings) -> Tensor:
         raise NotImplementedError
 
+    @staticmethod
+    def zero_pads(u: Tensor, padding_mask: Tensor | None) -> Tensor:
+        """Zero (B, T, C) features at padded positions; needed after a biased projection of a zeroed input."""
+        if padding_mask is None:
+            return u
+        return torch.where(padding_mask[..., None], u, torch.zeros((), dtype=u.dtype, device=u.device))
+
     def add_value_projections(self) -> None:
         self.v_proj = nn.Linear(self.d_model, self.inner_dim, bias=self.bias)
         self.o_proj = nn.Linear(self.inner_dim, self.d_model, bias=False)

@@ -6,8 +6,8 @@ exists here only as ``causal=False`` (for encoders); causal-LM surgery refuses i
 The causal form keeps FNet's idea, fixed Fourier bases instead of learned mixing weights, but
 replaces the sequence DFT by its causal counterpart, a running (sliding) DFT: channel c of
 token t holds ``(1/n_t) * sum_{s<=t} x[s, c] * cos(w_c (t - s))`` with fixed frequencies w_c
-spread over [0, pi] radians per token and n_t the number of real tokens up to t. That is a causal convolution with a cosine kernel, so
-it runs as a zero-padded FFT. The hidden-dimension DFT (real part) is applied per token, as in
+spread over [0, pi] radians per token and n_t the number of real tokens up to t. That is a
+causal convolution with a cosine kernel, so it runs as a zero-padded FFT. The hidden-dimension DFT (real part) is applied per token, as in
 FNet. With ``proj=True`` (the default for surgery) teacher-initialisable value/output
 projections surround the parameter-free mixing so that distillation has something to fit.
 """
@@ -49,7 +49,7 @@ class FNet(WaveMixer):
         return torch.cos(self.freqs.double()[:, None] * lag[None]).to(dtype)  # (C, T)
 
     def _mix(self, x: Tensor, padding_mask, conv) -> Tensor:
-        u = self.v_proj(x) if self.proj else x  # (B, T, C)
+        u = self.zero_pads(self.v_proj(x), padding_mask) if self.proj else x  # (B, T, C)
         B, T = u.shape[:2]
         ct = fft_dtype(u)
         if self.causal:
@@ -70,8 +70,9 @@ class FNet(WaveMixer):
         if not self.causal:
             u = self.v_proj(x) if self.proj else x
             T, C = u.shape[1:]
-            ft = torch.exp(-2j * math.pi * torch.outer(torch.arange(T), torch.arange(T)) / T).to(torch.complex128)
-            fc = torch.exp(-2j * math.pi * torch.outer(torch.arange(C), torch.arange(C)) / C).to(torch.complex128)
+            t, c = torch.arange(T, dtype=torch.float64), torch.arange(C, dtype=torch.float64)
+            ft = torch.exp(-2j * math.pi * torch.outer(t, t) / T)  # (T, T) DFT matrix, complex128
+            fc = torch.exp(-2j * math.pi * torch.outer(c, c) / C)
             y = torch.einsum("ts,bsc,cd->btd", ft, u.to(torch.complex128), fc).real.to(x.dtype)
             return self.o_proj(y) if self.proj else y
         return self._mix(x, padding_mask, causal_conv_naive)

@@ -7,7 +7,8 @@ low-frequency averages, which an FFT convolution computes in O(T log T).
 
     out = o_proj( SWA_window(q, k, v) + conv(v, k_low) )
 
-* SWA: causal sliding-window softmax attention (each query sees the last ``window`` keys), with
+* SWA: causal sliding-window softmax attention (each query sees the last ``window`` keys; blocked,
+  O(T * window) memory), with
   q/k/v/o, optional q/k RMS norms (Qwen3, Gemma3), the attention scale and rotary embeddings
   copied from / passed by the teacher, so with ``window >= T`` and a zero FFT branch it *is*
   the teacher's attention.
@@ -22,11 +23,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import WaveMixer, no_weight_decay
-from .functional import apply_rope, causal_conv, causal_conv_naive, local_causal_mask, rope_tables
+from .functional import apply_rope, causal_conv, causal_conv_naive, local_attention, local_causal_mask, rope_tables
 from .registry import register_mixer
 
 
@@ -36,7 +36,15 @@ class HeadRMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
+        self.register_buffer("eps_", torch.tensor(float(eps)))  # saved, since teachers differ
+
+    @property
+    def eps(self) -> float:
+        return self.eps_.item()
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self.eps_.fill_(value)
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.float()
@@ -74,7 +82,8 @@ class FrequencyBand(WaveMixer):
         self.o_proj = nn.Linear(self.inner_dim, d_model, bias=False)
         self.q_norm = HeadRMSNorm(self.head_dim) if qk_norm else None
         self.k_norm = HeadRMSNorm(self.head_dim) if qk_norm else None
-        self.scaling = self.head_dim ** -0.5
+        # A buffer, so a reloaded student keeps a teacher's non-default scale (Gemma3's query_pre_attn_scalar).
+        self.register_buffer("scaling", torch.tensor(float(self.head_dim) ** -0.5))
         if fft_branch:
             tau = torch.logspace(math.log10(window), math.log10(max(kernel_len, window + 1)), n_bands)
             self.register_buffer("decays", 1.0 - 1.0 / tau, persistent=False)  # (n_bands,)
@@ -90,10 +99,14 @@ class FrequencyBand(WaveMixer):
             if mine.bias is not None and theirs.bias is not None:
                 mine.bias.copy_(theirs.bias)
         for name in ("q_norm", "k_norm"):
-            if getattr(self, name) is not None:
-                getattr(self, name).weight.copy_(getattr(attn, name).weight)
-                getattr(self, name).eps = getattr(attn, name).variance_epsilon
-        self.scaling = float(attn.scaling)
+            mine, theirs = getattr(self, name), getattr(attn, name, None)
+            if mine is not None and theirs is not None:
+                mine.eps = float(getattr(theirs, "variance_epsilon", getattr(theirs, "eps", mine.eps)))
+                # Families store the scale differently (Gemma: 1 + w); read the effective scale off the
+                # teacher's norm itself: norm(ones) = scale / sqrt(1 + eps).
+                ones = torch.ones(1, self.head_dim, dtype=theirs.weight.dtype, device=theirs.weight.device)
+                mine.weight.copy_(theirs(ones)[0].float() * (1 + mine.eps) ** 0.5)
+        self.scaling.fill_(float(attn.scaling))
 
     def low_band_kernel(self, T: int, dtype) -> Tensor:
         lag = torch.arange(min(T, self.kernel_len), device=self.decays.device, dtype=torch.float64)
@@ -120,23 +133,23 @@ class FrequencyBand(WaveMixer):
     def _mix(self, x: Tensor, padding_mask, position_embeddings, attend, conv) -> Tensor:
         B, T, _ = x.shape
         q, k, v = self._qkv(x, position_embeddings)
-        mask = local_causal_mask(T, self.window, padding_mask, x.device)
-        y = attend(q, k, v, mask).transpose(1, 2).reshape(B, T, self.inner_dim)  # (B, T, H*hd)
+        y = attend(q, k, v, padding_mask).transpose(1, 2).reshape(B, T, self.inner_dim)  # (B, T, H*hd)
         if self.band_weight is not None:
-            vc = v.transpose(1, 2).reshape(B, T, self.inner_dim)
+            vc = self.zero_pads(v.transpose(1, 2).reshape(B, T, self.inner_dim), padding_mask)
             y = y + conv(vc, self.low_band_kernel(T, torch.promote_types(x.dtype, torch.float32)))
         return self.o_proj(y)
 
-    def _sdpa(self, q, k, v, mask):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
+    def _attend(self, q, k, v, padding_mask):
+        return local_attention(q, k, v, self.window, padding_mask, self.scaling.item())
 
-    def _attend_naive(self, q, k, v, mask):
-        scores = torch.einsum("bhtd,bhsd->bhts", q, k) * self.scaling
+    def _attend_naive(self, q, k, v, padding_mask):
+        mask = local_causal_mask(q.shape[2], self.window, padding_mask, q.device)
+        scores = torch.einsum("bhtd,bhsd->bhts", q, k) * self.scaling.item()
         scores = scores.masked_fill(~mask, float("-inf"))
         return torch.einsum("bhts,bhsd->bhtd", scores.softmax(-1), v)
 
     def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        return self._mix(x, padding_mask, position_embeddings, self._sdpa, causal_conv)
+        return self._mix(x, padding_mask, position_embeddings, self._attend, causal_conv)
 
     def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
         return self._mix(x, padding_mask, position_embeddings, self._attend_naive, causal_conv_naive)

@@ -7,6 +7,7 @@ on CPU and half precision loses too much of a long convolution.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -82,3 +83,34 @@ def local_causal_mask(T: int, window: int, padding_mask: Tensor | None, device) 
     keep = band[None] & padding_mask[:, None, :]  # (B, T, T)
     keep = keep | torch.eye(T, dtype=torch.bool, device=device)[None]
     return keep[:, None]
+
+
+def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, padding_mask: Tensor | None,
+                    scale: float) -> Tensor:
+    """Causal sliding-window softmax attention in O(T * window) memory.
+
+    Queries are cut into blocks of ``S = min(window, T)``; block b attends to keys in blocks b-1
+    and b, which covers every key within the window. Reference: dense attention with
+    :func:`local_causal_mask`.
+
+    Args:
+        q, k, v: (B, H, T, hd).
+        padding_mask: (B, T) bool, True = real token; padded keys are never attended to.
+    """
+    B, H, T, hd = q.shape
+    S = min(window, T)
+    nb = -(-T // S)
+    extra = nb * S - T
+    qb = F.pad(q, (0, 0, 0, extra)).view(B, H, nb, S, hd)
+    # Prepend one block of zeros so block 0 also has a "previous" block, then take 2S-wide key windows.
+    kb = F.pad(k, (0, 0, S, extra)).unfold(2, 2 * S, S).transpose(-1, -2)  # (B, H, nb, 2S, hd)
+    vb = F.pad(v, (0, 0, S, extra)).unfold(2, 2 * S, S).transpose(-1, -2)
+    i = torch.arange(S, device=q.device)
+    j = torch.arange(2 * S, device=q.device)
+    lag = i[:, None] + S - j[None, :]  # (S, 2S), query pos - key pos
+    real = torch.ones(B, T, dtype=torch.bool, device=q.device) if padding_mask is None else padding_mask
+    key_ok = F.pad(real, (S, extra), value=False).unfold(1, 2 * S, S)  # (B, nb, 2S)
+    keep = (lag >= 0) & (lag < window)  # (S, 2S)
+    keep = (keep[None, None] & key_ok[:, :, None, :]) | (lag == 0)[None, None]  # (B, nb, S, 2S)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=keep[:, None], scale=scale)
+    return out.reshape(B, H, nb * S, hd)[:, :, :T]

@@ -61,18 +61,18 @@ class LearnedGate(WaveMixer):
         k = torch.exp(-lag[None] / tau[:, None])
         return k / k.sum(-1, keepdim=True)
 
-    def _mix(self, x: Tensor, conv) -> Tensor:
-        v = self.v_proj(x)  # (B, T, C)
+    def _mix(self, x: Tensor, padding_mask, conv) -> Tensor:
+        v = self.zero_pads(self.v_proj(x), padding_mask)  # (B, T, C)
         y = conv(v, self.kernel)  # (B, T, C)
         if self.g_proj is not None:
             y = y * torch.sigmoid(self.g_proj(x))
         return self.o_proj(y)
 
     def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        return self._mix(x, causal_conv)
+        return self._mix(x, padding_mask, causal_conv)
 
     def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        return self._mix(x, causal_conv_naive)
+        return self._mix(x, padding_mask, causal_conv_naive)
 
     def spectrum(self) -> dict[str, Tensor]:
         H = torch.fft.rfft(self.kernel.detach().float(), n=2 * self.kernel_len, dim=-1)  # (C, F)

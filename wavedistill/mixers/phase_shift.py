@@ -65,12 +65,12 @@ class PhaseShift(WaveMixer):
         return k  # (C, T)
 
     def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        v = self.v_proj(x)  # (B, T, C)
+        v = self.zero_pads(self.v_proj(x), padding_mask)  # (B, T, C)
         ct = torch.promote_types(v.dtype, torch.float32)
         return self.o_proj(causal_conv(v, self.kernel(v.shape[1], ct)))
 
     def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        v = self.v_proj(x)
+        v = self.zero_pads(self.v_proj(x), padding_mask)
         a = self.coefficients().to(v.dtype)
         for s in range(a.shape[1]):
             prev_x = torch.zeros_like(v[:, 0])

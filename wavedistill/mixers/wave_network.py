@@ -63,12 +63,13 @@ class WaveNetwork(WaveMixer):
         return r1 * r2 - i1 * i2, r1 * i2 + i1 * r2
 
     def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        re, im = self._combine(*self._wave(self.v_proj(x)), *self._wave(self.w_proj(x)))
+        u1, u2 = (self.zero_pads(p(x), padding_mask) for p in (self.v_proj, self.w_proj))
+        re, im = self._combine(*self._wave(u1), *self._wave(u2))
         return self.o_proj(re) + self.i_proj(im)
 
     def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
         waves = []
-        for u in (self.v_proj(x), self.w_proj(x)):
+        for u in (self.zero_pads(p(x), padding_mask) for p in (self.v_proj, self.w_proj)):
             G = self._energy(u)
             alpha = torch.arccos((u / G).clamp(-1, 1))
             waves.append(torch.polar(G, alpha))

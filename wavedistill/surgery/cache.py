@@ -88,9 +88,22 @@ class WaveCacheLayer(CacheLayerMixin):
         self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def crop(self, tokens_to_remove: int) -> None:
+        """HF rolls back speculative tokens with ``crop(-n)``; drop them from the history too."""
         self.inner.crop(tokens_to_remove)
-        if tokens_to_remove > 0 and self.x is not None:
-            self._apply(lambda t: t[:, : t.shape[1] - tokens_to_remove])
+        if tokens_to_remove < 0 and self.x is not None:
+            self._apply(lambda t: t[:, : t.shape[1] + tokens_to_remove])
+
+    def activate_past_recording(self) -> None:
+        if hasattr(self.inner, "activate_past_recording"):
+            self.inner.activate_past_recording()
+
+    @property
+    def record_past(self) -> bool:
+        return getattr(self.inner, "record_past", False)
+
+    @record_past.setter
+    def record_past(self, value: bool) -> None:
+        self.inner.record_past = value
 
     def reset(self) -> None:
         self.inner.reset()

@@ -100,6 +100,12 @@ def convert(model: nn.Module, mixer: str = "learned_gate", layers=None, init_fro
     if already:
         raise ValueError(f"layers {already} are already converted; call unconvert(model) first")
     kwargs = {**mixer_defaults(model, mixer), **mixer_kw}
+    previous = getattr(model, "wavedistill_config", None)
+    if previous and previous["mixer"] != mixer:
+        raise ValueError(f"the model already holds {previous['mixer']!r} mixers; adapters record one mixer type per "
+                         "model, so call unconvert(model) first")
+    if previous is None:
+        model._wavedistill_grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False)
     replaced = []
     prefix = _decoder_prefix(model)
@@ -114,7 +120,9 @@ def convert(model: nn.Module, mixer: str = "learned_gate", layers=None, init_fro
         replaced.append(f"{prefix}layers.{i}.self_attn")
     for p in mixer_parameters(model):
         p.requires_grad_(True)
-    model.wavedistill_config = {"mixer": mixer, "layers": chosen, "mixer_kwargs": kwargs}
+    per_layer = {**(previous["layer_kwargs"] if previous else {}), **{str(i): kwargs for i in chosen}}
+    model.wavedistill_config = {"mixer": mixer, "layers": sorted(int(i) for i in per_layer),
+                                "layer_kwargs": dict(sorted(per_layer.items(), key=lambda kv: int(kv[0])))}
     return replaced
 
 
@@ -127,6 +135,9 @@ def unconvert(model: nn.Module) -> list[str]:
             block.self_attn = block.self_attn.base_attn
             restored.append(f"{prefix}layers.{i}.self_attn")
     model.__dict__.pop("wavedistill_config", None)
+    flags = model.__dict__.pop("_wavedistill_grad_flags", {})
+    for n, p in model.named_parameters():
+        p.requires_grad_(flags.get(n, p.requires_grad))
     return restored
 
 

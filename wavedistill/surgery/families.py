@@ -53,5 +53,6 @@ def attention_geometry(model: nn.Module) -> dict:
         "n_heads": n_heads,
         "n_kv_heads": getattr(cfg, "num_key_value_heads", None) or n_heads,
         "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads,
-        "bias": bool(getattr(cfg, "attention_bias", False)),
+        # Read off the module: Qwen2 has q/k/v biases but no `attention_bias` config field.
+        "bias": decoder_layers(model)[0].self_attn.v_proj.bias is not None,
     }

@@ -1,0 +1,181 @@
+"""``wavedistill bench``: forward and forward+backward time and peak memory per mixer vs SDPA attention.
+
+Each (module, length) cell runs in its own subprocess, so an out-of-memory kill loses one cell,
+not the table, and CPU peak memory can be read from the process high-water mark (``ru_maxrss``)
+minus the resident size before the measured step. On CUDA, ``torch.cuda.max_memory_allocated``.
+Times are the median of ``--repeats`` runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import WavedistillError
+
+
+class CausalSDPA(nn.Module):
+    """The baseline: multi-head causal softmax attention (PyTorch SDPA), same width, head_dim 64."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.head_dim = 64 if d_model % 64 == 0 else 8
+        self.n_heads = d_model // self.head_dim
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+def build(name: str, d_model: int) -> nn.Module:
+    from .mixers import build_mixer
+
+    return CausalSDPA(d_model) if name == "sdpa_attention" else build_mixer(name, d_model)
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def measure(name: str, d_model: int, T: int, batch: int, device: str, repeats: int) -> dict:
+    """One cell, in the current process: {fwd_ms, fwdbwd_ms, peak_mb}."""
+    import resource
+
+    torch.manual_seed(0)
+    m = build(name, d_model).to(device)
+    x = torch.randn(batch, T, d_model, device=device, requires_grad=True)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def fwd():
+        with torch.no_grad():
+            m(x)
+
+    def fwdbwd():
+        m(x).square().mean().backward()
+
+    out = {}
+    for key, fn in (("fwd_ms", fwd), ("fwdbwd_ms", fwdbwd)):
+        if key == "fwdbwd_ms":
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            else:
+                base = _rss_kb()
+        fn()
+        sync()
+        if key == "fwdbwd_ms":
+            if device.startswith("cuda"):
+                out["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            else:
+                out["peak_mb"] = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append((time.perf_counter() - t0) * 1000)
+        out[key] = sorted(times)[len(times) // 2]
+    return out
+
+
+def estimate_gb(name: str, d_model: int, T: int, batch: int) -> float:
+    """Rough upper bound of activation memory, to skip cells that would not fit."""
+    act = batch * T * d_model * 4 * 40
+    if name == "sdpa_attention":
+        act += batch * (d_model // 64 or 1) * T * T * 4 * 3  # the math kernel may materialise scores
+    return act / 2**30
+
+
+def run_bench(args) -> list[dict]:
+    from .mixers import list_mixers
+
+    names = list_mixers() if args.mixers == "all" else args.mixers.split(",")
+    names = ["sdpa_attention"] + [n for n in names if n != "sdpa_attention"]
+    for n in names[1:]:
+        from .mixers import get_mixer_class
+
+        get_mixer_class(n)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise WavedistillError(f"--device {args.device} asked for, but CUDA is not available; pass --device cpu")
+    seq_lens = [int(t) for t in args.seq_lens.split(",")]
+    os.makedirs(args.output_dir, exist_ok=True)
+    rows = []
+    for name in names:
+        for T in seq_lens:
+            row = {"mixer": name, "seq_len": T, "d_model": args.d_model, "batch": args.batch_size}
+            if estimate_gb(name, args.d_model, T, args.batch_size) > args.memory_limit_gb:
+                row["status"] = f"skipped: estimated > {args.memory_limit_gb} GB"
+            else:
+                cmd = [sys.executable, "-m", "wavedistill.bench", name, str(args.d_model), str(T),
+                       str(args.batch_size), args.device, str(args.repeats)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+                if proc.returncode == 0:
+                    row.update(json.loads(proc.stdout.strip().splitlines()[-1]), status="ok")
+                else:
+                    row["status"] = f"failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+    with open(os.path.join(args.output_dir, "bench.json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    with open(os.path.join(args.output_dir, "bench.md"), "w") as f:
+        f.write(markdown_table(rows, meta))
+    plot(rows, os.path.join(args.output_dir, "bench.png"), meta)
+    print(markdown_table(rows, meta))
+    return rows
+
+
+def markdown_table(rows: list[dict], meta: dict) -> str:
+    lines = [f"device: {meta['device']} ({meta['gpu'] or meta['cpu']}), torch {meta['torch']}, "
+             f"{meta['threads']} threads; d_model {rows[0]['d_model']}, batch {rows[0]['batch']}\n",
+             "| mixer | T | fwd ms | fwd+bwd ms | peak MB (fwd+bwd) | status |", "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        ok = r["status"] == "ok"
+        cells = [f"{r[k]:.1f}" if ok else "—" for k in ("fwd_ms", "fwdbwd_ms", "peak_mb")]
+        lines.append(f"| {r['mixer']} | {r['seq_len']} | {' | '.join(cells)} | {r['status']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: str, meta: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, key, label in zip(axes, ("fwd_ms", "fwdbwd_ms", "peak_mb"),
+                              ("forward (ms)", "forward + backward (ms)", "peak memory, fwd+bwd (MB)")):
+        for name in dict.fromkeys(r["mixer"] for r in rows):
+            pts = [(r["seq_len"], r[key]) for r in rows if r["mixer"] == name and r["status"] == "ok"]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name, linestyle="--" if name == "sdpa_attention" else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"wavedistill bench on {meta['device']} ({meta['gpu'] or meta['cpu']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    name, d, T, b, device, reps = sys.argv[1:7]
+    print(json.dumps(measure(name, int(d), int(T), int(b), device, int(reps))))
