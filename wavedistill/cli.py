@@ -49,13 +49,15 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with config changes; flags given on the command line win")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --output-dir")
     p.add_argument("--unfreeze-mlps", action="store_true", default=None, help="also train the MLPs")
+    p.add_argument("--no-train", dest="train", action="store_false", default=None,
+                   help="score the teacher-initialised student without training (a baseline)")
 
 
 def distill_config(args: argparse.Namespace):
     from .config import load_yaml, make_config
 
     changes = load_yaml(args.config) if args.config else {}
-    for name in list(DISTILL_FLAGS.values()) + ["resume", "unfreeze_mlps"]:
+    for name in list(DISTILL_FLAGS.values()) + ["resume", "unfreeze_mlps", "train"]:
         value = getattr(args, name)
         if value is not None:
             changes[name] = value

@@ -123,7 +123,7 @@ def run(cfg: DistillConfig) -> dict:
     student = build_student(teacher, cfg)
 
     tokens_per_step = cfg.batch_size * cfg.seq_len
-    total_steps = cfg.max_steps or math.ceil(cfg.epochs * len(splits.train) / tokens_per_step)
+    total_steps = (cfg.max_steps or math.ceil(cfg.epochs * len(splits.train) / tokens_per_step)) if cfg.train else 0
     optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
