@@ -135,6 +135,36 @@ def cmd_mixers(args) -> None:
         print(f"{name:16s} {doc}")
 
 
+def cmd_report(args) -> None:
+    rows = []
+    for run_dir in args.runs:
+        path = os.path.join(run_dir, "metrics.json")
+        if not os.path.isfile(path):
+            raise WavedistillError(f"{run_dir!r} has no metrics.json; finish the run or pass another folder")
+        with open(path) as f:
+            rows.append((run_dir, json.load(f)))
+    table = report_table(rows)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(table)
+    print(table)
+
+
+def report_table(rows: list[tuple[str, dict]]) -> str:
+    """One Markdown row per run, from each run's metrics.json."""
+    head = ("| run | mixer | T | steps | tokens seen | train wall s | positions | top-1 | top-5 overlap | "
+            "T-top1 in S-top5 | KL | ppl teacher | ppl student | ppl no-mixing | gap closed |")
+    lines = [head, "|" + "---|" * 2 + "---:|" * 13]
+    for run_dir, m in rows:
+        cells = [os.path.basename(os.path.normpath(run_dir)), m.get("mixer", "?"), m.get("seq_len", "?"),
+                 m.get("steps", "?"), f"{m.get('tokens_seen', 0):,}", m.get("train_wall_s", "?"), m["positions"],
+                 f"{m['top1_agreement']:.3f}", f"{m['top5_overlap']:.3f}", f"{m['teacher_top1_in_student_top5']:.3f}",
+                 f"{m['kl']:.3f}", f"{m['ppl_teacher']:.2f}", f"{m['ppl_student']:.2f}",
+                 f"{m.get('ppl_no_mixing', float('nan')):.2f}", f"{m.get('gap_closed', float('nan')):.3f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_bench(args) -> None:
     from .bench import run_bench
 
@@ -182,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_generate)
 
+    p = sub.add_parser("report", help="one Markdown table from the metrics.json of several runs")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--output", help="also write the table to this file")
+    p.set_defaults(fn=cmd_report)
+
     p = sub.add_parser("mixers", help="list registered mixers")
     p.set_defaults(fn=cmd_mixers)
 
@@ -199,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="offline end-to-end run: build a tiny teacher, distill, evaluate, generate")
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--mixer", default="learned_gate")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=200, help="distillation steps")
+    p.add_argument("--teacher-steps", type=int, default=150, help="teacher pre-training steps")
+    p.add_argument("--stories", type=int, default=1500, help="synthetic stories to generate")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_demo)
     return parser

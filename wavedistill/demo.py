@@ -95,10 +95,11 @@ def run_demo(args) -> dict:
     corpus = os.path.join(out, "synthetic_stories.txt")
     teacher_dir = os.path.join(out, "teacher")
     if not os.path.isfile(os.path.join(teacher_dir, "config.json")):
-        write_corpus(corpus, n_stories=1500, seed=args.seed)
+        write_corpus(corpus, n_stories=args.stories, seed=args.seed)
         print(f"wrote synthetic corpus {corpus}; pre-training a tiny Qwen3 teacher in {teacher_dir}")
-        train_teacher(teacher_dir, corpus, steps=400, seed=args.seed)
+        train_teacher(teacher_dir, corpus, steps=args.teacher_steps, seed=args.seed)
     cfg = make_config({"teacher": teacher_dir, "data": corpus, "wave_type": args.mixer, "seq_len": 128,
-                       "batch_size": 16, "max_steps": args.steps, "eval_every": 100, "save_every": 100,
+                       "batch_size": 16, "max_steps": args.steps, "eval_every": max(1, min(100, args.steps)),
+                       "save_every": max(1, min(100, args.steps)),
                        "output_dir": os.path.join(out, f"student_{args.mixer}"), "seed": args.seed})
     return run(cfg)

@@ -8,6 +8,7 @@ Metrics (all on held-out windows, teacher-forced, every position counted):
 * ppl_teacher / ppl_student / ppl_no_mixing: exp(mean next-token cross-entropy); "no mixing" is the
   teacher with every attention output zeroed (each token sees only itself), the floor a mixer must beat.
 * gap_closed = (ppl_no_mixing - ppl_student) / (ppl_no_mixing - ppl_teacher): 1 = teacher, 0 = no mixing.
+* no_mixing_top5_overlap / no_mixing_kl: the same agreement numbers for the no-mixing baseline.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def attention_zeroed(model: nn.Module):
 def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch_size: int = 8,
             device: str = "cpu", with_baseline: bool = True) -> dict:
     """Agreement, KL and perplexities of student vs teacher on (N, T) held-out token windows."""
-    sums = dict(top1=0.0, top5=0.0, t1_in_s5=0.0, kl=0.0, ce_t=0.0, ce_s=0.0, ce_none=0.0)
+    sums = dict(top1=0.0, top5=0.0, t1_in_s5=0.0, kl=0.0, ce_t=0.0, ce_s=0.0, ce_none=0.0, top5_none=0.0, kl_none=0.0)
     positions = targets = 0
     for i in range(0, len(windows), batch_size):
         ids = windows[i: i + batch_size].to(device)
@@ -48,14 +49,17 @@ def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch
         s = student(ids, use_cache=False).logits.float()
         t5, s5 = t.topk(5, dim=-1).indices, s.topk(5, dim=-1).indices  # (B, T, 5)
         sums["top1"] += (t5[..., 0] == s5[..., 0]).sum().item()
-        sums["top5"] += (t5[..., :, None] == s5[..., None, :]).any(-1).sum().item() / 5
+        sums["top5"] += top5_overlap_sum(t5, s5)
         sums["t1_in_s5"] += (s5 == t5[..., :1]).any(-1).sum().item()
         sums["kl"] += kl_teacher_student(t, s).double().sum().item()
         sums["ce_t"] += next_token_ce(t, ids).double().sum().item()
         sums["ce_s"] += next_token_ce(s, ids).double().sum().item()
         if with_baseline:
             with attention_zeroed(teacher):
-                sums["ce_none"] += next_token_ce(teacher(ids, use_cache=False).logits, ids).double().sum().item()
+                n = teacher(ids, use_cache=False).logits.float()
+            sums["ce_none"] += next_token_ce(n, ids).double().sum().item()
+            sums["top5_none"] += top5_overlap_sum(t5, n.topk(5, dim=-1).indices)
+            sums["kl_none"] += kl_teacher_student(t, n).double().sum().item()
         positions += ids.numel()
         targets += ids.shape[0] * (ids.shape[1] - 1)
     m = {
@@ -72,7 +76,14 @@ def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch
         m["ppl_no_mixing"] = math.exp(sums["ce_none"] / targets)
         span = m["ppl_no_mixing"] - m["ppl_teacher"]
         m["gap_closed"] = (m["ppl_no_mixing"] - m["ppl_student"]) / span if span > 0 else float("nan")
+        m["no_mixing_top5_overlap"] = sums["top5_none"] / positions
+        m["no_mixing_kl"] = sums["kl_none"] / positions
     return m
+
+
+def top5_overlap_sum(t5: torch.Tensor, s5: torch.Tensor) -> float:
+    """Sum over positions of |top5_T & top5_S| / 5; t5, s5: (B, T, 5) indices."""
+    return (t5[..., :, None] == s5[..., None, :]).any(-1).sum().item() / 5
 
 
 @torch.no_grad()
@@ -105,7 +116,8 @@ def samples_markdown(rows: list[dict]) -> str:
 
 METRIC_ROWS = [("positions", "{:d}"), ("top1_agreement", "{:.4f}"), ("top5_overlap", "{:.4f}"),
                ("teacher_top1_in_student_top5", "{:.4f}"), ("kl", "{:.4f}"), ("ppl_teacher", "{:.3f}"),
-               ("ppl_student", "{:.3f}"), ("ppl_no_mixing", "{:.3f}"), ("gap_closed", "{:.4f}")]
+               ("ppl_student", "{:.3f}"), ("ppl_no_mixing", "{:.3f}"), ("gap_closed", "{:.4f}"),
+               ("no_mixing_top5_overlap", "{:.4f}"), ("no_mixing_kl", "{:.4f}")]
 
 
 def print_metrics(metrics: dict, title: str = "held-out metrics") -> None:
