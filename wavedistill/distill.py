@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 
 import torch
@@ -23,7 +24,7 @@ from .config import DistillConfig, to_yaml
 from .data import check_lengths, eval_windows, read_documents, split_documents, train_batch
 from .errors import TrainingError, WavedistillError
 from .evaluate import compare, print_metrics, samples_markdown, side_by_side
-from .io import adapter_state_dict, load_adapter_weights, load_teacher, replace_dir, save_adapter
+from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher, replace_dir, save_adapter, write_adapter_files
 from .losses import kd_loss
 from .surgery import convert, decoder_layers
 
@@ -74,10 +75,12 @@ def lr_lambda(cfg: DistillConfig, total_steps: int):
 
 
 def save_checkpoint(student, optimizer, scheduler, step: int, best_val_kl: float, cfg: DistillConfig) -> None:
+    """checkpoint/ = an adapter of the *last* state (loadable with load_student) + optimizer/RNG state."""
     ckpt = os.path.join(cfg.output_dir, "checkpoint")
     tmp = ckpt + ".tmp"
-    os.makedirs(tmp, exist_ok=True)
-    save_file(adapter_state_dict(student), os.path.join(tmp, "weights.safetensors"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    write_adapter_files(student, tmp, cfg.teacher)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "best_val_kl": best_val_kl, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()},
                os.path.join(tmp, "state.pt"))
@@ -86,7 +89,7 @@ def save_checkpoint(student, optimizer, scheduler, step: int, best_val_kl: float
 
 def load_checkpoint(student, optimizer, scheduler, cfg: DistillConfig) -> tuple[int, float]:
     ckpt = os.path.join(cfg.output_dir, "checkpoint")
-    load_adapter_weights(student, load_file(os.path.join(ckpt, "weights.safetensors")), ckpt)
+    load_adapter_weights(student, load_file(os.path.join(ckpt, ADAPTER_WEIGHTS)), ckpt)
     state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -192,6 +195,12 @@ def run(cfg: DistillConfig) -> dict:
 
     if not os.path.isdir(os.path.join(cfg.output_dir, "adapter")):
         save_adapter(student, os.path.join(cfg.output_dir, "adapter"), cfg.teacher)
+    # Logits of the in-memory student at the end of training (the state in checkpoint/), so a
+    # fresh process can check that load_student(DIR/checkpoint) reproduces them.
+    with torch.no_grad():
+        probe = test_windows[:1].to(device)
+        save_file({"input_ids": probe.cpu(), "logits": student.eval()(probe, use_cache=False).logits.float().cpu()},
+                  os.path.join(cfg.output_dir, "final_logits.safetensors"))
     return finish(cfg, teacher, tokenizer, test_windows, splits, total_steps, wall, device)
 
 

@@ -66,6 +66,15 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapter(model: nn.Module, directory: str, base_model: str) -> None:
     """Write the adapter atomically: a failed write never leaves a half-written folder behind."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".adapter-", dir=parent)
+    write_adapter_files(model, tmp, base_model)
+    replace_dir(tmp, directory)
+
+
+def write_adapter_files(model: nn.Module, directory: str, base_model: str) -> None:
+    """Write adapter_model.safetensors + adapter_config.json into an existing folder."""
     cfg = model.wavedistill_config
     sd = adapter_state_dict(model)
     extra = sorted({k.split(".")[2] if k.startswith("layers.") else k for k in sd if ".self_attn.mixer." not in k})
@@ -80,13 +89,9 @@ def save_adapter(model: nn.Module, directory: str, base_model: str) -> None:
         "layer_kwargs": cfg["layer_kwargs"],
         "unfrozen": extra,
     }
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".adapter-", dir=parent)
-    save_file(sd, os.path.join(tmp, ADAPTER_WEIGHTS))
-    with open(os.path.join(tmp, ADAPTER_CONFIG), "w") as f:
+    save_file(sd, os.path.join(directory, ADAPTER_WEIGHTS))
+    with open(os.path.join(directory, ADAPTER_CONFIG), "w") as f:
         json.dump(config, f, indent=2)
-    replace_dir(tmp, directory)
 
 
 def replace_dir(src: str, dst: str) -> None:
