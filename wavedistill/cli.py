@@ -246,12 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (WavedistillError, KeyError, TypeError, ValueError) as e:
-        from .mixers.registry import UnknownMixerError
-        from .surgery import UnsupportedModelError
-
-        if not isinstance(e, (WavedistillError, UnknownMixerError, UnsupportedModelError)):
-            raise
+    except WavedistillError as e:
         print(f"wavedistill: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

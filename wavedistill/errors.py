@@ -19,3 +19,15 @@ class ModelLoadError(WavedistillError):
 
 class TrainingError(WavedistillError):
     pass
+
+
+class SurgeryError(WavedistillError, ValueError):
+    """A conversion request that cannot be carried out (layer indices, non-causal mixer, ...)."""
+
+
+class MixerArgumentError(WavedistillError, TypeError):
+    pass
+
+
+class MixerValueError(WavedistillError, ValueError):
+    """A mixer argument with a value the mixer cannot take."""

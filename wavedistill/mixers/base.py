@@ -7,6 +7,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..errors import MixerValueError
+
 
 def default_head_dim(d_model: int) -> int:
     return 64 if d_model % 64 == 0 else 8
@@ -29,13 +31,13 @@ class WaveMixer(nn.Module):
                  head_dim: int | None = None, causal: bool = True, bias: bool = False) -> None:
         super().__init__()
         if d_model <= 0:
-            raise ValueError(f"d_model must be positive, got {d_model}")
+            raise MixerValueError(f"d_model must be positive, got {d_model}")
         self.d_model = d_model
         self.head_dim = head_dim or default_head_dim(d_model)
         self.n_heads = n_heads or max(1, d_model // self.head_dim)
         self.n_kv_heads = n_kv_heads or self.n_heads
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+            raise MixerValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         self.inner_dim = self.n_heads * self.head_dim
         self.causal = causal
         self.bias = bias

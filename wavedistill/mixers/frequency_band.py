@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..errors import MixerValueError
 from .base import WaveMixer, no_weight_decay
 from .functional import apply_rope, causal_conv, causal_conv_naive, local_attention, local_causal_mask, rope_tables
 from .registry import register_mixer
@@ -71,9 +72,9 @@ class FrequencyBand(WaveMixer):
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
         if not causal:
-            raise ValueError("frequency_band is causal by construction (sliding window + causal filter)")
+            raise MixerValueError("frequency_band is causal by construction (sliding window + causal filter)")
         if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+            raise MixerValueError(f"window must be >= 1, got {window}")
         self.window, self.kernel_len, self.rope_theta = window, kernel_len, rope_theta
         kv_dim = self.n_kv_heads * self.head_dim
         self.q_proj = nn.Linear(d_model, self.inner_dim, bias=bias)

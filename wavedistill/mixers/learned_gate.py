@@ -30,6 +30,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..errors import MixerValueError
 from .base import WaveMixer, no_weight_decay
 from .functional import causal_conv, causal_conv_naive
 from .registry import register_mixer
@@ -53,7 +54,7 @@ class LearnedGate(WaveMixer):
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
         if not causal:
-            raise ValueError("learned_gate is a causal convolution; it has no bidirectional form")
+            raise MixerValueError("learned_gate is a causal convolution; it has no bidirectional form")
         self.kernel_len, self.short_len = kernel_len, min(short_len, kernel_len)
         self.add_value_projections()
         C = self.inner_dim

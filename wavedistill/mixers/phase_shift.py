@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import MixerValueError
 from .base import WaveMixer, no_weight_decay
 from .functional import causal_conv
 from .registry import register_mixer
@@ -40,7 +41,7 @@ class PhaseShift(WaveMixer):
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
         if not causal:
-            raise ValueError("phase_shift is a causal IIR all-pass filter; it has no bidirectional form")
+            raise MixerValueError("phase_shift is a causal IIR all-pass filter; it has no bidirectional form")
         self.add_value_projections()
         # Coefficients spread over (-0.5, 0.9): from a sign-flipped delay to slow phase rotations.
         a0 = torch.linspace(-0.5, 0.9, self.inner_dim)[:, None].repeat(1, n_sections)

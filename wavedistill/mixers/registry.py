@@ -6,10 +6,12 @@ import inspect
 
 from torch import nn
 
+from ..errors import MixerArgumentError, WavedistillError
+
 MIXERS: dict[str, type[nn.Module]] = {}
 
 
-class UnknownMixerError(KeyError):
+class UnknownMixerError(WavedistillError, KeyError):
     def __str__(self) -> str:  # KeyError would print the message with quotes around it
         return self.args[0]
 
@@ -48,11 +50,11 @@ def mixer_kwargs(name: str) -> list[str]:
 def build_mixer(name: str, d_model: int, **kwargs) -> nn.Module:
     """Build a registered mixer mapping ``(B, T, d_model)`` to ``(B, T, d_model)``.
 
-    Unknown keyword arguments raise a ``TypeError`` naming the accepted ones.
+    Unknown keyword arguments raise a ``MixerArgumentError`` (a ``TypeError``) naming the accepted ones.
     """
     cls = get_mixer_class(name)
     accepted = mixer_kwargs(name)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise TypeError(f"mixer {name!r} got unknown arguments {unknown}; it accepts {accepted}")
+        raise MixerArgumentError(f"mixer {name!r} got unknown arguments {unknown}; it accepts {accepted}")
     return cls(d_model, **kwargs)

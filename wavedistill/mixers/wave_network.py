@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import MixerValueError
 from .base import WaveMixer
 from .registry import register_mixer
 
@@ -38,7 +39,7 @@ class WaveNetwork(WaveMixer):
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
         if mode not in MODES:
-            raise ValueError(f"wave_network mode must be one of {MODES}, got {mode!r}")
+            raise MixerValueError(f"wave_network mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.eps = eps
         self.add_value_projections()  # v_proj gives wave 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import SurgeryError
 from ..mixers import WaveMixer, build_mixer, mixer_kwargs
 from .cache import wave_cache_layer
 from .families import attention_geometry, decoder_layers, family_of
@@ -65,9 +66,9 @@ def resolve_layers(model: nn.Module, layers) -> list[int]:
     chosen = list(range(n)) if layers is None else [int(i) for i in layers]
     bad = [i for i in chosen if not 0 <= i < n]
     if bad:
-        raise ValueError(f"layer indices {bad} out of range: the model has {n} layers (0..{n - 1})")
+        raise SurgeryError(f"layer indices {bad} out of range: the model has {n} layers (0..{n - 1})")
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"duplicate layer indices in {chosen}")
+        raise SurgeryError(f"duplicate layer indices in {chosen}")
     return sorted(chosen)
 
 
@@ -93,16 +94,16 @@ def convert(model: nn.Module, mixer: str = "learned_gate", layers=None, init_fro
     Only mixer parameters are left trainable. Extra keyword arguments go to the mixer constructor.
     """
     if mixer_kw.get("causal", True) is False:
-        raise ValueError(f"causal-LM surgery needs a causal mixer; {mixer!r} was asked for with causal=False")
+        raise SurgeryError(f"causal-LM surgery needs a causal mixer; {mixer!r} was asked for with causal=False")
     blocks = decoder_layers(model)
     chosen = resolve_layers(model, layers)
     already = [i for i in chosen if isinstance(blocks[i].self_attn, WaveAttention)]
     if already:
-        raise ValueError(f"layers {already} are already converted; call unconvert(model) first")
+        raise SurgeryError(f"layers {already} are already converted; call unconvert(model) first")
     kwargs = {**mixer_defaults(model, mixer), **mixer_kw}
     previous = getattr(model, "wavedistill_config", None)
     if previous and previous["mixer"] != mixer:
-        raise ValueError(f"the model already holds {previous['mixer']!r} mixers; adapters record one mixer type per "
+        raise SurgeryError(f"the model already holds {previous['mixer']!r} mixers; adapters record one mixer type per "
                          "model, so call unconvert(model) first")
     if previous is None:
         model._wavedistill_grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..errors import WavedistillError
 
-class UnsupportedModelError(ValueError):
+
+class UnsupportedModelError(WavedistillError, ValueError):
     pass
 
 
