@@ -30,7 +30,8 @@ def _json_dict(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"--mixer-kwargs takes a JSON object, e.g. '{{\"window\": 32}}': {e}") from None
+        example = '{"window": 32}'
+        raise argparse.ArgumentTypeError(f"--mixer-kwargs takes a JSON object, e.g. '{example}': {e}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("--mixer-kwargs takes a JSON object")
     return value

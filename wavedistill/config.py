@@ -80,11 +80,15 @@ def validate(cfg: DistillConfig) -> None:
     from .mixers import get_mixer_class
 
     get_mixer_class(cfg.wave_type)
-    checks = [(cfg.seq_len >= 2, "seq_len must be >= 2"), (cfg.batch_size >= 1, "batch_size must be >= 1"),
-              (cfg.lr > 0, "lr must be > 0"), (cfg.temperature > 0, "temperature must be > 0"),
-              (0.0 <= cfg.alpha <= 1.0, "alpha must be in [0, 1]"), (cfg.epochs > 0 or cfg.max_steps > 0 or not cfg.train,
-                                                                      "set epochs > 0 or max_steps > 0"),
-              (cfg.dtype in ("float32", "bfloat16", "float16"), "dtype must be float32, bfloat16 or float16")]
+    checks = [
+        (cfg.seq_len >= 2, "seq_len must be >= 2"),
+        (cfg.batch_size >= 1, "batch_size must be >= 1"),
+        (cfg.lr > 0, "lr must be > 0"),
+        (cfg.temperature > 0, "temperature must be > 0"),
+        (0.0 <= cfg.alpha <= 1.0, "alpha must be in [0, 1]"),
+        (cfg.epochs > 0 or cfg.max_steps > 0 or not cfg.train, "set epochs > 0 or max_steps > 0"),
+        (cfg.dtype in ("float32", "bfloat16", "float16"), "dtype must be float32, bfloat16 or float16"),
+    ]
     for ok, message in checks:
         if not ok:
             raise WavedistillError(message)

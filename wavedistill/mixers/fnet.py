@@ -7,9 +7,10 @@ The causal form keeps FNet's idea, fixed Fourier bases instead of learned mixing
 replaces the sequence DFT by its causal counterpart, a running (sliding) DFT: channel c of
 token t holds ``(1/n_t) * sum_{s<=t} x[s, c] * cos(w_c (t - s))`` with fixed frequencies w_c
 spread over [0, pi] radians per token and n_t the number of real tokens up to t. That is a
-causal convolution with a cosine kernel, so it runs as a zero-padded FFT. The hidden-dimension DFT (real part) is applied per token, as in
-FNet. With ``proj=True`` (the default for surgery) teacher-initialisable value/output
-projections surround the parameter-free mixing so that distillation has something to fit.
+causal convolution with a cosine kernel, so it runs as a zero-padded FFT. The hidden-dimension
+DFT (real part) is applied per token, as in FNet. With ``proj=True`` (the default for surgery),
+teacher-initialisable value/output projections surround the parameter-free mixing so that
+distillation has something to fit.
 """
 
 from __future__ import annotations
