@@ -82,6 +82,19 @@ def cmd_eval(args) -> None:
     device = resolve_device(args.device)
     adapter = os.path.join(args.student, "adapter") if os.path.isdir(os.path.join(args.student, "adapter")) \
         else args.student
+    run_config = os.path.join(args.student, "config.yaml")
+    if os.path.isfile(run_config):
+        # Score the same held-out split the run was trained around, unless told otherwise.
+        import yaml
+
+        with open(run_config) as f:
+            trained = yaml.safe_load(f)
+        for key in ("val_frac", "test_frac", "seq_len"):
+            if getattr(args, key) is None:
+                setattr(args, key, trained[key])
+    args.val_frac = 0.05 if args.val_frac is None else args.val_frac
+    args.test_frac = 0.10 if args.test_frac is None else args.test_frac
+    args.seq_len = 256 if args.seq_len is None else args.seq_len
     base = args.base or read_adapter_config(adapter)["base_model"]
     student, tokenizer = load_student(args.student, base=base, dtype=DTYPES[args.dtype], device=device)
     teacher, _ = load_teacher(base, dtype=DTYPES[args.dtype], device=device)
@@ -191,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="local .txt/.jsonl/.parquet file or hub dataset")
     p.add_argument("--split", default="test", choices=["test", "val", "all"],
                    help="which part of --data to score: the distill run's test split (default) or all of it")
-    p.add_argument("--val-frac", type=float, default=0.05)
-    p.add_argument("--test-frac", type=float, default=0.10)
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--val-frac", type=float, help="default: the run's config.yaml, else 0.05")
+    p.add_argument("--test-frac", type=float, help="default: the run's config.yaml, else 0.10")
+    p.add_argument("--seq-len", type=int, help="default: the run's config.yaml, else 256")
     p.add_argument("--max-windows", type=int, default=0, help="0 = every window")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--base", help="base model (default: the one named in the adapter)")

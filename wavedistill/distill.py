@@ -49,7 +49,9 @@ def resolve_device(name: str) -> str:
 
 
 def build_student(teacher, cfg: DistillConfig):
-    student = copy.deepcopy(teacher)
+    """A float32 copy of the teacher with mixers swapped in. Low-precision runs use autocast over these
+    float32 master weights: AdamW on bf16 weights loses small updates of O(1) wave parameters."""
+    student = copy.deepcopy(teacher).float()
     convert(student, cfg.wave_type, layers=cfg.layers, **cfg.mixer_kwargs)
     if cfg.unfreeze_mlps:
         for block in decoder_layers(student):
@@ -153,11 +155,13 @@ def run(cfg: DistillConfig) -> dict:
     log = open(os.path.join(cfg.output_dir, "train_log.jsonl"), "a")
     bar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, dynamic_ncols=True)
     t0, tokens_since = time.time(), 0
+    autocast = torch.autocast(device.split(":")[0], dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")
     for step in bar:
         ids = train_batch(splits.train, cfg.batch_size, cfg.seq_len, cfg.seed, step).to(device)
         with torch.no_grad():
             t_logits = teacher(ids, use_cache=False).logits
-        s_logits = student(ids, use_cache=False).logits
+        with autocast:
+            s_logits = student(ids, use_cache=False).logits
         losses = kd_loss(s_logits, t_logits, ids, temperature=cfg.temperature, alpha=cfg.alpha)
         if not torch.isfinite(losses["loss"]):
             raise TrainingError(f"loss became {losses['loss'].item()} at step {step}; lower --lr (now {cfg.lr}) or "

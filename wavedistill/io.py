@@ -44,10 +44,15 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
     return model.to(device).eval().requires_grad_(False), tokenizer
 
 
-def base_fingerprint(model: nn.Module) -> str:
-    """A short hash of the architecture and a strided sample of the input embeddings."""
+def base_fingerprint(model: nn.Module, rounded: bool = False) -> str:
+    """A short hash of the architecture and a strided sample of the input embeddings.
+
+    ``rounded=True`` hashes the sample rounded to bf16, so the same base loaded in float32, bf16
+    or fp16 gives the same value; the exact form tells apart bases that differ below bf16 precision.
+    """
     cfg = model.get_decoder().config
-    emb = model.get_input_embeddings().weight.detach().float().flatten().cpu()
+    emb = model.get_input_embeddings().weight.detach()
+    emb = (emb.to(torch.bfloat16) if rounded else emb).float().flatten().cpu()
     sample = emb[:: max(1, emb.numel() // 65536)]
     h = hashlib.sha256()
     h.update(f"{cfg.model_type}|{cfg.hidden_size}|{len(decoder_layers(model))}|{cfg.vocab_size}".encode())
@@ -84,6 +89,7 @@ def write_adapter_files(model: nn.Module, directory: str, base_model: str) -> No
         "base_model": base_model,
         "base_model_type": model.get_decoder().config.model_type,
         "base_fingerprint": base_fingerprint(model),
+        "base_fingerprint_bf16": base_fingerprint(model, rounded=True),
         "layers": cfg["layers"],
         "mixer": cfg["mixer"],
         "layer_kwargs": cfg["layer_kwargs"],
@@ -115,6 +121,9 @@ def read_adapter_config(directory: str) -> dict:
             config = json.load(f)
     except json.JSONDecodeError as e:
         raise AdapterError(f"corrupt adapter config {path!r}: {e}") from None
+    missing = [k for k in ("base_model", "base_fingerprint", "layers", "mixer", "layer_kwargs") if k not in config]
+    if missing:
+        raise AdapterError(f"adapter config {path!r} lacks {missing}; it was not written by this wavedistill")
     if config.get("format_version") != FORMAT_VERSION:
         raise AdapterError(f"{path!r} has format_version {config.get('format_version')!r}; "
                            f"this wavedistill reads {FORMAT_VERSION}")
@@ -125,7 +134,9 @@ def apply_adapter(model: nn.Module, directory: str) -> nn.Module:
     """Convert ``model`` as the adapter says and load its weights; checks base, keys and shapes."""
     config = read_adapter_config(directory)
     fp = base_fingerprint(model)
-    if fp != config["base_fingerprint"]:
+    same_base = fp == config["base_fingerprint"] or (
+        "base_fingerprint_bf16" in config and base_fingerprint(model, rounded=True) == config["base_fingerprint_bf16"])
+    if not same_base:
         raise AdapterError(f"adapter {directory!r} was trained on base {config['base_model']!r} "
                            f"(fingerprint {config['base_fingerprint']}), but the given base has fingerprint {fp}; "
                            "pass the matching base model with --base")
