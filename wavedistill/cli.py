@@ -258,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    # Keep stderr for messages: weight-loading progress bars would bury a one-line error.
+    hf_logging.disable_progress_bar()
     try:
         args.fn(args)
     except WavedistillError as e:

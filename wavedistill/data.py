@@ -47,9 +47,20 @@ def _read_local(path: str, ext: str, text_field: str) -> list[str]:
     if ext == ".txt":
         with open(path, encoding="utf-8") as f:
             return f.read().split("\n\n")
-    from datasets import load_dataset
+    if os.path.getsize(path) == 0:
+        raise DataError(f"data file {path!r} is empty; pass a file with text")
+    import datasets
 
-    ds = load_dataset(LOCAL_FORMATS[ext], data_files={"train": path}, split="train")
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        ds = datasets.load_dataset(LOCAL_FORMATS[ext], data_files={"train": path}, split="train")
+    except Exception as e:  # datasets wraps parser errors (pyarrow, json) in its own exception types
+        cause = e.__cause__ or e
+        raise DataError(f"could not read {path!r} as {ext[1:]}: {type(cause).__name__}: "
+                        f"{str(cause).splitlines()[0][:200] if str(cause) else ''}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if text_field not in ds.column_names:
         raise DataError(f"{path!r} has no {text_field!r} column (columns: {ds.column_names})")
     return list(ds[text_field])

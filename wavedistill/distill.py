@@ -151,8 +151,15 @@ def run(cfg: DistillConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(cfg.output_dir)
-    log = open(os.path.join(cfg.output_dir, "train_log.jsonl"), "a")
+    log_path = os.path.join(cfg.output_dir, "train_log.jsonl")
+    if cfg.resume:
+        # Steps after the checkpoint were logged by the killed run and will be redone: drop them.
+        with open(log_path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+        with open(log_path, "w") as f:
+            f.writelines(kept)
+    writer = SummaryWriter(cfg.output_dir, purge_step=start_step + 1 if cfg.resume else None)
+    log = open(log_path, "a")
     bar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, dynamic_ncols=True)
     t0, tokens_since = time.time(), 0
     autocast = torch.autocast(device.split(":")[0], dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")

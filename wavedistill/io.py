@@ -44,20 +44,34 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
     return model.to(device).eval().requires_grad_(False), tokenizer
 
 
-def base_fingerprint(model: nn.Module, rounded: bool = False) -> str:
-    """A short hash of the architecture and a strided sample of the input embeddings.
-
-    ``rounded=True`` hashes the sample rounded to bf16, so the same base loaded in float32, bf16
-    or fp16 gives the same value; the exact form tells apart bases that differ below bf16 precision.
-    """
+def architecture(model: nn.Module) -> str:
     cfg = model.get_decoder().config
-    emb = model.get_input_embeddings().weight.detach()
-    emb = (emb.to(torch.bfloat16) if rounded else emb).float().flatten().cpu()
-    sample = emb[:: max(1, emb.numel() // 65536)]
+    return f"{cfg.model_type}|{cfg.hidden_size}|{len(decoder_layers(model))}|{cfg.vocab_size}"
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """A short hash of the architecture and a strided sample of the input embeddings (exact dtype)."""
+    emb = model.get_input_embeddings().weight.detach().float().flatten().cpu()
     h = hashlib.sha256()
-    h.update(f"{cfg.model_type}|{cfg.hidden_size}|{len(decoder_layers(model))}|{cfg.vocab_size}".encode())
-    h.update(sample.numpy().tobytes())
+    h.update(architecture(model).encode())
+    h.update(emb[:: max(1, emb.numel() // 65536)].numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def embedding_sample(model: nn.Module, n: int = 256) -> list[float]:
+    """n evenly strided input-embedding values, to recognise the same base loaded in another dtype."""
+    emb = model.get_input_embeddings().weight.detach().float().flatten().cpu()
+    return emb[:: max(1, emb.numel() // n)][:n].tolist()
+
+
+def same_base(model: nn.Module, config: dict) -> bool:
+    if base_fingerprint(model) == config["base_fingerprint"]:
+        return True
+    if "embedding_sample" not in config or config.get("base_architecture") != architecture(model):
+        return False
+    # bf16 / fp16 round embeddings to ~3 significant digits; a different base differs far more.
+    stored = torch.tensor(config["embedding_sample"])
+    return torch.allclose(torch.tensor(embedding_sample(model, len(stored))), stored, rtol=2e-2, atol=1e-3)
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -82,6 +96,8 @@ def write_adapter_files(model: nn.Module, directory: str, base_model: str) -> No
     """Write adapter_model.safetensors + adapter_config.json into an existing folder."""
     cfg = model.wavedistill_config
     sd = adapter_state_dict(model)
+    if os.path.isdir(base_model):  # a local folder must be found again from any working directory
+        base_model = os.path.abspath(base_model)
     extra = sorted({k.split(".")[2] if k.startswith("layers.") else k for k in sd if ".self_attn.mixer." not in k})
     config = {
         "format_version": FORMAT_VERSION,
@@ -89,7 +105,8 @@ def write_adapter_files(model: nn.Module, directory: str, base_model: str) -> No
         "base_model": base_model,
         "base_model_type": model.get_decoder().config.model_type,
         "base_fingerprint": base_fingerprint(model),
-        "base_fingerprint_bf16": base_fingerprint(model, rounded=True),
+        "base_architecture": architecture(model),
+        "embedding_sample": embedding_sample(model),
         "layers": cfg["layers"],
         "mixer": cfg["mixer"],
         "layer_kwargs": cfg["layer_kwargs"],
@@ -134,9 +151,7 @@ def apply_adapter(model: nn.Module, directory: str) -> nn.Module:
     """Convert ``model`` as the adapter says and load its weights; checks base, keys and shapes."""
     config = read_adapter_config(directory)
     fp = base_fingerprint(model)
-    same_base = fp == config["base_fingerprint"] or (
-        "base_fingerprint_bf16" in config and base_fingerprint(model, rounded=True) == config["base_fingerprint_bf16"])
-    if not same_base:
+    if not same_base(model, config):
         raise AdapterError(f"adapter {directory!r} was trained on base {config['base_model']!r} "
                            f"(fingerprint {config['base_fingerprint']}), but the given base has fingerprint {fp}; "
                            "pass the matching base model with --base")

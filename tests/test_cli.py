@@ -1,0 +1,310 @@
+"""The ``wavedistill`` command line, run as a user runs it: ``python -m wavedistill ...`` subprocesses.
+
+One tiny random Qwen3 teacher folder and one finished 6-step distill run are shared by the whole
+module (session fixtures), since each subprocess pays a few seconds of imports. Every command runs
+with OMP_NUM_THREADS=1: the models are tiny, and extra threads only fight over shared cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.tiny_teachers import write_tiny_corpus, write_tiny_gpt2, write_tiny_teacher
+from wavedistill.mixers import list_mixers
+
+# HF_HUB_OFFLINE: nothing here may touch the network; a path that is wrongly taken for a hub id then
+# fails at once instead of after a minute of connection retries.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+SHORT_RUN = ["--max-steps", "6", "--seq-len", "32", "--batch-size", "4", "--eval-every", "3", "--save-every", "3"]
+RUN_FILES = ["adapter/adapter_model.safetensors", "adapter/adapter_config.json", "checkpoint", "config.yaml",
+             "data_split.json", "metrics.json", "samples.md", "train_log.jsonl"]
+METRIC_KEYS = ["positions", "top1_agreement", "top5_overlap", "kl", "ppl_teacher", "ppl_student", "ppl_no_mixing",
+               "gap_closed"]
+
+
+def wavedistill(*args, cwd=None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wavedistill", *map(str, args)], check=False, env=ENV,
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+# tqdm bars (transformers' "Loading weights", datasets' "Generating train split") also go to stderr.
+# They are progress output, not error output, so the one-line check looks past them.
+PROGRESS = re.compile(r"\d+%\||it/s\]|s/it\]|examples/s\]")
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not PROGRESS.search(line)]
+    assert len(lines) == 1 and lines[0].startswith("wavedistill: error:"), f"stderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 2
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def cli_root(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    # .jsonl data goes through `datasets`, which would otherwise cache it under the home folder.
+    ENV["HF_DATASETS_CACHE"] = str(root / "hf_datasets_cache")
+    corpus = write_tiny_corpus(root / "stories.txt")
+    return {"root": root, "corpus": corpus, "teacher": write_tiny_teacher(root / "teacher", corpus, seed=0)}
+
+
+@pytest.fixture(scope="session")
+def other_base(cli_root) -> Path:
+    return write_tiny_teacher(cli_root["root"] / "other_teacher", cli_root["corpus"], seed=1)
+
+
+@pytest.fixture(scope="session")
+def finished_run(cli_root) -> tuple[Path, subprocess.CompletedProcess]:
+    out = cli_root["root"] / "run"
+    proc = ok(wavedistill("distill", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"],
+                          "--output-dir", out, *SHORT_RUN))
+    return out, proc
+
+
+def distill_args(cli_root, out: Path, *extra) -> list:
+    return ["distill", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"], "--output-dir", out,
+            *SHORT_RUN, *extra]
+
+
+# --- a finished run -----------------------------------------------------------------------------
+
+
+def test_distill_writes_a_complete_run_folder(finished_run):
+    out, _ = finished_run
+    for name in RUN_FILES:
+        assert (out / name).exists(), f"{name} missing from the run folder"
+    events = list(out.glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in metrics, key
+    split = json.loads((out / "data_split.json").read_text())
+    assert metrics["positions"] == split["test_windows"] * 32 > 0  # every test window, every position
+    assert 0.0 <= metrics["top5_overlap"] <= 1.0 and metrics["kl"] >= 0.0
+    log = read_log(out)
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in log if "val_kl" in r] == [3, 6]  # --eval-every 3
+    assert "max_steps: 6" in (out / "config.yaml").read_text()
+    # Atomic writes leave no temporary folders behind.
+    leftovers = [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".old")) or p.name.startswith(".adapter-")]
+    assert not leftovers
+
+
+def test_checkpoint_is_the_final_student(finished_run):
+    # checkpoint/ holds the last state as a loadable adapter; this (fresh) process must reproduce
+    # the logits the distill process saved at the end of training.
+    from wavedistill.io import load_student
+
+    out, _ = finished_run
+    saved = load_file(out / "final_logits.safetensors")
+    model, _ = load_student(str(out / "checkpoint"))
+    with torch.no_grad():
+        logits = model(saved["input_ids"], use_cache=False).logits
+    assert (logits - saved["logits"]).abs().max().item() <= 1e-6
+
+
+def test_eval_scores_a_run_folder(finished_run, cli_root, tmp_path):
+    out, _ = finished_run
+    ok(wavedistill("eval", "--student", out, "--data", cli_root["corpus"], "--seq-len", 32, "--max-windows", 3,
+                   "--output-dir", tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["positions"] == 3 * 32
+    assert (tmp_path / "samples.md").read_text().startswith("# Side-by-side")
+
+
+def test_generate_continues_the_prompt(finished_run):
+    out, _ = finished_run
+    proc = ok(wavedistill("generate", "--student", out, "--prompt", "once upon", "--max-new-tokens", 8))
+    assert proc.stdout.strip().startswith("once upon")
+    assert len(proc.stdout.split()) > 2  # something was generated
+
+
+# --- resume after a kill ------------------------------------------------------------------------
+
+# The run to be killed is slowed down (0.3 s per step) so that the kill lands mid-run whatever the
+# machine's load, and well before the next checkpoint (3 steps of slack after the one it waits
+# for); the patched function is the one distill.run calls for every training batch.
+SLOW_WAVEDISTILL = """
+import runpy, sys, time
+import wavedistill.distill as d
+assert hasattr(d, "train_batch"), "distill.run no longer calls distill.train_batch; update this test"
+fast = d.train_batch
+def slow(*args, **kwargs):
+    time.sleep(0.3)
+    return fast(*args, **kwargs)
+d.train_batch = slow
+sys.argv = ["wavedistill", *sys.argv[1:]]
+runpy.run_module("wavedistill", run_name="__main__")
+"""
+RESUME_RUN = ["--max-steps", "40", "--save-every", "5", "--eval-every", "20", "--seq-len", "32", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="session")
+def resumed(cli_root):
+    """A 40-step run killed (SIGKILL) after its first checkpoint and a few more logged steps,
+    then rerun with --resume."""
+    out = cli_root["root"] / "resume"
+    args = ["distill", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"], "--output-dir", out,
+            *RESUME_RUN]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WAVEDISTILL, *map(str, args)], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    try:
+        # Wait for checkpoint/ *and* a logged step past it: a real kill lands between checkpoints.
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "checkpoint").is_dir() and (out / "train_log.jsonl").exists():
+                try:
+                    steps = [r["step"] for r in read_log(out)]
+                except json.JSONDecodeError:  # a row being written right now
+                    steps = []
+                if steps and steps[-1] >= 7:
+                    break
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended by itself before the kill:\n{err[-3000:]}"
+    assert not (out / "metrics.json").exists()
+    killed_log = read_log(out)
+    second = ok(wavedistill(*args, "--resume"))
+    return {"out": out, "killed_log": killed_log, "proc": second, "log": read_log(out)}
+
+
+def test_resume_continues_from_the_last_checkpoint(resumed):
+    m = re.search(r"resuming .* at step (\d+)", resumed["proc"].stdout)
+    assert m, resumed["proc"].stdout[-2000:]
+    k = int(m.group(1))
+    assert 0 < k < 40 and k % 5 == 0  # a --save-every 5 checkpoint
+    assert resumed["log"][-1]["step"] == 40
+    assert (resumed["out"] / "metrics.json").exists()
+
+
+def test_resume_repeats_the_steps_after_the_checkpoint_exactly(resumed):
+    # Steps between the checkpoint and the kill ran twice: once before the kill, once after the
+    # resume, from the same saved state (weights, optimizer, scheduler) and the same batches.
+    k = int(re.search(r"at step (\d+)", resumed["proc"].stdout).group(1))
+    before = {r["step"]: r for r in resumed["killed_log"] if r["step"] > k}
+    after = {r["step"]: r for r in resumed["log"]}  # the last row of each step is the resumed run's
+    assert before, "the kill must land after some post-checkpoint steps for this comparison"
+    for step, row in before.items():
+        for key in ("loss", "kl", "ce", "lr"):
+            assert after[step][key] == pytest.approx(row[key], rel=1e-6, abs=1e-9), (step, key)
+
+
+def test_resumed_log_has_each_step_once(resumed):
+    # train_log.jsonl is the per-step record of the run; the rows the killed process logged after
+    # its last checkpoint were redone after the resume and must not remain as duplicates.
+    assert [r["step"] for r in resumed["log"]] == list(range(1, 41))
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(cli_root, finished_run, other_base) -> dict:
+    root = cli_root["root"] / "bad_inputs"
+    root.mkdir()
+    short = root / "short.txt"
+    short.write_text("once upon a time\n\nthe cat\n\nthe dog\n\nthe bird\n\nthe frog\n")
+    broken = root / "broken.jsonl"
+    broken.write_text('{"text": "once upon a time"}\n{"text": \n')
+    config = root / "config.yaml"
+    config.write_text("lr: 0.001\nnot_a_key: 1\n")
+    corrupt = root / "corrupt_student"
+    shutil.copytree(finished_run[0] / "adapter", corrupt / "adapter")
+    (corrupt / "adapter" / "adapter_model.safetensors").write_bytes(b"this is not safetensors" * 20)
+    return {"root": root, "short": short, "broken": broken, "config": config, "corrupt": corrupt,
+            "gpt2": write_tiny_gpt2(root / "gpt2", cli_root["corpus"]), "other": other_base}
+
+
+# name -> (argv from (cli_root, finished run folder, bad_inputs, fresh output dir), substrings of the error)
+BAD_INPUTS = {
+    "unknown-mixer": (lambda c, run, b, o: distill_args(c, o, "--wave-type", "nope"), ["'nope'", *list_mixers()]),
+    "missing-teacher": (lambda c, run, b, o: ["distill", "--teacher", b["root"] / "no_such_teacher", "--data",
+                                              c["corpus"], "--output-dir", o, *SHORT_RUN], ["does not exist"]),
+    "unsupported-architecture": (lambda c, run, b, o: ["distill", "--teacher", b["gpt2"], "--data", c["corpus"],
+                                                       "--output-dir", o, *SHORT_RUN], ["gpt2", "supported"]),
+    "data-too-short": (lambda c, run, b, o: ["distill", "--teacher", c["teacher"], "--data", b["short"],
+                                             "--output-dir", o, *SHORT_RUN], ["fewer than one window"]),
+    "malformed-data-file": (lambda c, run, b, o: ["distill", "--teacher", c["teacher"], "--data", b["broken"],
+                                                  "--output-dir", o, *SHORT_RUN], ["broken.jsonl"]),
+    "unknown-config-key": (lambda c, run, b, o: distill_args(c, o, "--config", b["config"]), ["not_a_key"]),
+    "layer-out-of-range": (lambda c, run, b, o: distill_args(c, o, "--layers", "0,5"), ["out of range"]),
+    "unknown-mixer-kwarg": (lambda c, run, b, o: distill_args(c, o, "--mixer-kwargs", '{"nope": 1}'), ["nope"]),
+    "resume-without-checkpoint": (lambda c, run, b, o: distill_args(c, o, "--resume"), ["checkpoint"]),
+    "corrupt-adapter": (lambda c, run, b, o: ["eval", "--student", b["corrupt"], "--data", c["corpus"],
+                                              "--seq-len", 32, "--output-dir", o], ["corrupt"]),
+    "adapter-for-other-base": (lambda c, run, b, o: ["eval", "--student", run, "--base", b["other"], "--data",
+                                                     c["corpus"], "--seq-len", 32, "--output-dir", o],
+                               ["fingerprint"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_error(case, cli_root, finished_run, bad_inputs, tmp_path):
+    make_argv, needles = BAD_INPUTS[case]
+    proc = wavedistill(*make_argv(cli_root, finished_run[0], bad_inputs, tmp_path / "out"))
+    assert_one_line_error(proc, *needles)
+
+
+def test_distill_refuses_to_overwrite_a_finished_run_and_touches_nothing(cli_root, finished_run):
+    out, _ = finished_run
+    before = tree_hashes(out)
+    proc = wavedistill(*distill_args(cli_root, out))
+    assert_one_line_error(proc, "already holds a run", "--resume")
+    assert tree_hashes(out) == before
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    # A relative --output-dir, as in the README's `wavedistill demo` (default runs/demo).
+    cwd = tmp_path_factory.mktemp("demo_cwd")
+    ok(wavedistill("demo", "--output-dir", "demo", "--steps", 10, "--teacher-steps", 10, "--stories", 200, cwd=cwd))
+    return cwd / "demo"
+
+
+def test_demo_runs_end_to_end(demo_run):
+    metrics = json.loads((demo_run / "student_learned_gate" / "metrics.json").read_text())
+    assert metrics["positions"] > 0 and metrics["steps"] == 10
+    assert (demo_run / "teacher" / "config.json").exists()
+
+
+def test_demo_student_loads_from_another_directory(demo_run):
+    # The adapter names its base model; a run made with relative paths must still load when the
+    # user is somewhere else (here: the pytest working directory), without --base.
+    proc = wavedistill("generate", "--student", demo_run / "student_learned_gate", "--prompt", "once upon",
+                       "--max-new-tokens", 4)
+    ok(proc)
