@@ -112,8 +112,10 @@ def test_distill_writes_a_complete_run_folder(finished_run):
     assert metrics["positions"] == split["test_windows"] * 32 > 0  # every test window, every position
     assert 0.0 <= metrics["top5_overlap"] <= 1.0 and metrics["kl"] >= 0.0
     log = read_log(out)
-    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
-    assert [r["step"] for r in log if "val_kl" in r] == [3, 6]  # --eval-every 3
+    # Step 0 is the teacher-initialised student, scored on val so that training has to beat it.
+    assert [r["step"] for r in log] == [0, 1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in log if "val_kl" in r] == [0, 3, 6]  # --eval-every 3
+    assert metrics["selected_step"] in (0, 3, 6)
     assert "max_steps: 6" in (out / "config.yaml").read_text()
     # Atomic writes leave no temporary folders behind.
     leftovers = [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".old")) or p.name.startswith(".adapter-")]
@@ -224,7 +226,7 @@ def test_resume_repeats_the_steps_after_the_checkpoint_exactly(resumed):
 def test_resumed_log_has_each_step_once(resumed):
     # train_log.jsonl is the per-step record of the run; the rows the killed process logged after
     # its last checkpoint were redone after the resume and must not remain as duplicates.
-    assert [r["step"] for r in resumed["log"]] == list(range(1, 41))
+    assert [r["step"] for r in resumed["log"]] == list(range(0, 41))
 
 
 # --- bad input ----------------------------------------------------------------------------------

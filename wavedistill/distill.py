@@ -76,20 +76,21 @@ def lr_lambda(cfg: DistillConfig, total_steps: int):
     return f
 
 
-def save_checkpoint(student, optimizer, scheduler, step: int, best_val_kl: float, cfg: DistillConfig) -> None:
+def save_checkpoint(student, optimizer, scheduler, step: int, best: tuple[float, int], cfg: DistillConfig) -> None:
     """checkpoint/ = an adapter of the *last* state (loadable with load_student) + optimizer/RNG state."""
     ckpt = os.path.join(cfg.output_dir, "checkpoint")
     tmp = ckpt + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     write_adapter_files(student, tmp, cfg.teacher)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "best_val_kl": best_val_kl, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()},
-               os.path.join(tmp, "state.pt"))
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+             "best_val_kl": best[0], "best_step": best[1], "torch_rng": torch.get_rng_state(),
+             "python_rng": random.getstate()}
+    torch.save(state, os.path.join(tmp, "state.pt"))
     replace_dir(tmp, ckpt)
 
 
-def load_checkpoint(student, optimizer, scheduler, cfg: DistillConfig) -> tuple[int, float]:
+def load_checkpoint(student, optimizer, scheduler, cfg: DistillConfig) -> tuple[int, tuple[float, int]]:
     ckpt = os.path.join(cfg.output_dir, "checkpoint")
     load_adapter_weights(student, load_file(os.path.join(ckpt, ADAPTER_WEIGHTS)), ckpt)
     state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=True)
@@ -97,7 +98,7 @@ def load_checkpoint(student, optimizer, scheduler, cfg: DistillConfig) -> tuple[
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     random.setstate(_as_python_state(state["python_rng"]))
-    return state["step"], state["best_val_kl"]
+    return state["step"], (state["best_val_kl"], state["best_step"])
 
 
 def _as_python_state(state):
@@ -134,7 +135,7 @@ def run(cfg: DistillConfig) -> dict:
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
 
     os.makedirs(cfg.output_dir, exist_ok=True)
-    start_step, best = 0, float("inf")
+    start_step, best = 0, (float("inf"), 0)  # (val KL, step) of the adapter/ checkpoint
     if cfg.resume:
         start_step, best = load_checkpoint(student, optimizer, scheduler, cfg)
         print(f"resuming {cfg.output_dir} at step {start_step} of {total_steps}")
@@ -160,6 +161,12 @@ def run(cfg: DistillConfig) -> dict:
             f.writelines(kept)
     writer = SummaryWriter(cfg.output_dir, purge_step=start_step + 1 if cfg.resume else None)
     log = open(log_path, "a")
+    if start_step == 0:
+        # The teacher-initialised student is a candidate too: training must beat it to be selected.
+        best = (val_kl(teacher, student, val_windows, device), 0)
+        save_adapter(student, os.path.join(cfg.output_dir, "adapter"), cfg.teacher)
+        writer.add_scalar("val/kl", best[0], 0)
+        log.write(json.dumps({"step": 0, "tokens_seen": 0, "val_kl": best[0]}) + "\n")
     bar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, dynamic_ncols=True)
     t0, tokens_since = time.time(), 0
     autocast = torch.autocast(device.split(":")[0], dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")
@@ -192,8 +199,8 @@ def run(cfg: DistillConfig) -> dict:
         if (step + 1) % cfg.eval_every == 0 or last:
             row["val_kl"] = val_kl(teacher, student, val_windows, device)
             writer.add_scalar("val/kl", row["val_kl"], step + 1)
-            if row["val_kl"] < best:
-                best = row["val_kl"]
+            if row["val_kl"] < best[0]:
+                best = (row["val_kl"], step + 1)
                 save_adapter(student, os.path.join(cfg.output_dir, "adapter"), cfg.teacher)
         log.write(json.dumps(row) + "\n")
         log.flush()
@@ -204,18 +211,16 @@ def run(cfg: DistillConfig) -> dict:
     log.close()
     wall = time.time() - t0
 
-    if not os.path.isdir(os.path.join(cfg.output_dir, "adapter")):
-        save_adapter(student, os.path.join(cfg.output_dir, "adapter"), cfg.teacher)
     # Logits of the in-memory student at the end of training (the state in checkpoint/), so a
     # fresh process can check that load_student(DIR/checkpoint) reproduces them.
     with torch.no_grad():
         probe = test_windows[:1].to(device)
         save_file({"input_ids": probe.cpu(), "logits": student.eval()(probe, use_cache=False).logits.float().cpu()},
                   os.path.join(cfg.output_dir, "final_logits.safetensors"))
-    return finish(cfg, teacher, tokenizer, test_windows, splits, total_steps, wall, device)
+    return finish(cfg, teacher, tokenizer, test_windows, splits, total_steps, wall, device, best)
 
 
-def finish(cfg, teacher, tokenizer, test_windows, splits, total_steps, wall, device) -> dict:
+def finish(cfg, teacher, tokenizer, test_windows, splits, total_steps, wall, device, best) -> dict:
     """Reload the selected adapter (best val KL) onto a fresh copy and score it on the test split."""
     from .io import apply_adapter
 
@@ -227,6 +232,7 @@ def finish(cfg, teacher, tokenizer, test_windows, splits, total_steps, wall, dev
     metrics.update({"split": "test", "mixer": cfg.wave_type, "layers": student.wavedistill_config["layers"],
                     "steps": total_steps, "tokens_seen": total_steps * cfg.batch_size * cfg.seq_len,
                     "train_wall_s": round(wall, 1), "seq_len": cfg.seq_len,
+                    "selected_step": best[1], "selected_val_kl": best[0],
                     "generation_token_agreement": sum(r["token_agreement"] for r in rows) / max(len(rows), 1)})
     with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
