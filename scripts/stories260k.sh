@@ -17,8 +17,13 @@ for pair in lg:learned_gate fb:frequency_band fnet:fnet ps:phase_shift wn:wave_n
   run "${pair%%:*}512" "${pair#*:}" 512 8
 done
 run fbnofft256 frequency_band 256 16 --mixer-kwargs '{"fft_branch": false}'
+for pair in lg:learned_gate fb:frequency_band fnet:fnet ps:phase_shift wn:wave_network; do  # untrained students
+  [ -f "$R/${pair%%:*}_notrain256/metrics.json" ] || OMP_NUM_THREADS=1 wavedistill distill --teacher $T --data $D \
+    --wave-type "${pair#*:}" --no-train --seq-len 256 --output-dir "$R/${pair%%:*}_notrain256"
+done
 [ -f "$R/fbwin64_notrain256/metrics.json" ] || OMP_NUM_THREADS=1 wavedistill distill --teacher $T --data $D \
   --wave-type frequency_band --mixer-kwargs '{"fft_branch": false, "window": 64}' --no-train --seq-len 256 \
   --output-dir "$R/fbwin64_notrain256"
 wavedistill report "$R"/{lg,fb,fnet,ps,wn}256 "$R"/fbnofft256 "$R"/fbwin64_notrain256 --output "$R/report_256.md"
+wavedistill report "$R"/{lg,fb,fnet,ps,wn}_notrain256 --output "$R/report_notrain_256.md"
 wavedistill report "$R"/{lg,fb,fnet,ps,wn}512 --output "$R/report_512.md"
