@@ -96,7 +96,6 @@ def distill_args(cli_root, out: Path, *extra) -> list:
             *SHORT_RUN, *extra]
 
 
-# --- a finished run -----------------------------------------------------------------------------
 
 
 def test_distill_writes_a_complete_run_folder(finished_run):
@@ -151,7 +150,6 @@ def test_generate_continues_the_prompt(finished_run):
     assert len(proc.stdout.split()) > 2  # something was generated
 
 
-# --- resume after a kill ------------------------------------------------------------------------
 
 # The run to be killed is slowed down (0.3 s per step) so that the kill lands mid-run whatever the
 # machine's load, and well before the next checkpoint (3 steps of slack after the one it waits
@@ -229,7 +227,6 @@ def test_resumed_log_has_each_step_once(resumed):
     assert [r["step"] for r in resumed["log"]] == list(range(0, 41))
 
 
-# --- bad input ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -287,7 +284,6 @@ def test_distill_refuses_to_overwrite_a_finished_run_and_touches_nothing(cli_roo
     assert tree_hashes(out) == before
 
 
-# --- demo ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,6 @@ def stories(corpus):
     return read_documents(str(corpus))
 
 
-# --- read_documents -----------------------------------------------------------------------------
 
 DOCS = ["the first story\nhas two lines", "the second story", "the third story"]
 
@@ -129,7 +128,6 @@ def test_unsupported_extension_is_a_data_error(tmp_path):
         read_documents(str(path))
 
 
-# --- split_documents ----------------------------------------------------------------------------
 
 
 def test_split_is_contiguous_ordered_and_disjoint_by_document(stories, tokenizer):
@@ -163,7 +161,6 @@ def test_too_few_documents_for_three_splits_is_a_data_error(stories, tokenizer):
         split_documents(stories[:2], tokenizer, 0.05, 0.1)
 
 
-# --- check_lengths ------------------------------------------------------------------------------
 
 
 def splits_of(train: int, val: int, test: int) -> Splits:
@@ -183,7 +180,6 @@ def test_held_out_splits_need_exactly_one_window():
         check_lengths(splits_of(100, 31, 32), seq_len=32)
 
 
-# --- windows ------------------------------------------------------------------------------------
 
 
 def test_train_batch_is_a_pure_function_of_seed_and_step():

@@ -60,7 +60,6 @@ def rand_x(B: int = 2, dtype=torch.float64) -> torch.Tensor:
     return torch.randn(B, T, D, dtype=dtype)
 
 
-# --- construction -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("d", [8, 24, 64])
@@ -75,7 +74,6 @@ def test_builds_with_defaults_and_keeps_shape(name, d):
     assert torch.isfinite(y).all()
 
 
-# --- causality ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name,kw", CASES)
@@ -95,7 +93,6 @@ def test_causal_with_left_padding_mask(name, kw):
         assert_causal(lambda x: m(x, padding_mask=pad), rand_x())
 
 
-# --- padding ------------------------------------------------------------------------------------
 
 
 def _check_padding(m, side: str, n_pad: int = 6) -> None:
@@ -133,7 +130,6 @@ def test_left_padding_is_invisible_with_biased_projections(name):
     _check_padding(make(name, dict(bias=True)), "left")
 
 
-# --- gradients ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name,kw", CASES)
@@ -149,7 +145,6 @@ def test_gradients_reach_every_parameter(name, kw):
         assert p.grad.abs().max() > 0, f"{pname} got an all-zero gradient"
 
 
-# --- fast path == naive reference ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
@@ -176,7 +171,6 @@ def test_fast_path_matches_naive_reference(name, kw, padded):
             torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9, msg=lambda s, n=n: f"grad of {n}: {s}")
 
 
-# --- dtypes -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
@@ -193,7 +187,6 @@ def test_runs_in_low_precision_and_returns_input_dtype(name, kw, dtype):
             assert torch.isfinite(out.float()).all()
 
 
-# --- registry errors ----------------------------------------------------------------------------
 
 
 def test_unknown_mixer_name_lists_known_names():
@@ -215,7 +208,6 @@ def test_unknown_kwarg_is_a_type_error_naming_accepted_kwargs(name):
         assert kw in message
 
 
-# --- the non-causal FNet ------------------------------------------------------------------------
 
 
 def test_bidirectional_fnet_exists_and_leaks_the_future():

@@ -73,7 +73,6 @@ def test_circular_fft_conv_leaks_but_causal_conv_does_not():
     assert_causal(lambda x: causal_conv(x, k), u.detach())
 
 
-# --- sliding-window attention -------------------------------------------------------------------
 
 
 def _dense_local_attention(q, k, v, window, padding_mask, scale):
