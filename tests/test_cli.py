@@ -96,8 +96,6 @@ def distill_args(cli_root, out: Path, *extra) -> list:
             *SHORT_RUN, *extra]
 
 
-
-
 def test_distill_writes_a_complete_run_folder(finished_run):
     out, _ = finished_run
     for name in RUN_FILES:
@@ -148,7 +146,6 @@ def test_generate_continues_the_prompt(finished_run):
     proc = ok(wavedistill("generate", "--student", out, "--prompt", "once upon", "--max-new-tokens", 8))
     assert proc.stdout.strip().startswith("once upon")
     assert len(proc.stdout.split()) > 2  # something was generated
-
 
 
 # The run to be killed is slowed down (0.3 s per step) so that the kill lands mid-run whatever the
@@ -227,8 +224,6 @@ def test_resumed_log_has_each_step_once(resumed):
     assert [r["step"] for r in resumed["log"]] == list(range(0, 41))
 
 
-
-
 @pytest.fixture(scope="session")
 def bad_inputs(cli_root, finished_run, other_base) -> dict:
     root = cli_root["root"] / "bad_inputs"
@@ -282,8 +277,6 @@ def test_distill_refuses_to_overwrite_a_finished_run_and_touches_nothing(cli_roo
     proc = wavedistill(*distill_args(cli_root, out))
     assert_one_line_error(proc, "already holds a run", "--resume")
     assert tree_hashes(out) == before
-
-
 
 
 @pytest.fixture(scope="session")

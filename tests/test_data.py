@@ -43,7 +43,6 @@ def stories(corpus):
     return read_documents(str(corpus))
 
 
-
 DOCS = ["the first story\nhas two lines", "the second story", "the third story"]
 
 
@@ -128,8 +127,6 @@ def test_unsupported_extension_is_a_data_error(tmp_path):
         read_documents(str(path))
 
 
-
-
 def test_split_is_contiguous_ordered_and_disjoint_by_document(stories, tokenizer):
     docs = stories[:20]
     splits = split_documents(docs, tokenizer, val_frac=0.1, test_frac=0.2)
@@ -161,8 +158,6 @@ def test_too_few_documents_for_three_splits_is_a_data_error(stories, tokenizer):
         split_documents(stories[:2], tokenizer, 0.05, 0.1)
 
 
-
-
 def splits_of(train: int, val: int, test: int) -> Splits:
     return Splits(torch.arange(train), torch.arange(val), torch.arange(test), (1, 1, 1))
 
@@ -178,8 +173,6 @@ def test_held_out_splits_need_exactly_one_window():
     check_lengths(splits_of(100, 32, 32), seq_len=32)  # one full window each: enough
     with pytest.raises(DataError, match="val"):
         check_lengths(splits_of(100, 31, 32), seq_len=32)
-
-
 
 
 def test_train_batch_is_a_pure_function_of_seed_and_step():

@@ -147,8 +147,6 @@ def test_adapter_config_names_base_layers_mixer_and_kwargs(saved, bases, case):
         assert config["layers"] == [1] and list(config["layer_kwargs"]) == ["1"]
 
 
-
-
 @pytest.fixture
 def adapter_copy(saved, tmp_path):
     """A writable copy of one saved adapter, to damage."""

@@ -24,7 +24,6 @@ def kl_by_hand(p, q) -> float:
     return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
 
 
-
 P_TEACHER = [0.5, 0.25, 0.25]
 # KL is asymmetric for this pair (0.0923 vs 0.0725 nats), so a swapped teacher / student is caught.
 Q_STUDENT = [0.6, 0.3, 0.1]
@@ -71,7 +70,6 @@ def test_t_squared_kl_tends_to_half_the_logit_variance_at_high_temperature():
     scaled = T ** 2 * kl_teacher_student(zt, zs, T).double()
     limit = 0.5 * (zs - zt).var(-1, unbiased=False)
     torch.testing.assert_close(scaled, limit, rtol=2e-2, atol=0)
-
 
 
 B, T_LEN, V = 2, 6, 5

@@ -60,8 +60,6 @@ def rand_x(B: int = 2, dtype=torch.float64) -> torch.Tensor:
     return torch.randn(B, T, D, dtype=dtype)
 
 
-
-
 @pytest.mark.parametrize("d", [8, 24, 64])
 @pytest.mark.parametrize("name", MIXERS)
 def test_builds_with_defaults_and_keeps_shape(name, d):
@@ -72,8 +70,6 @@ def test_builds_with_defaults_and_keeps_shape(name, d):
     y = m(x)
     assert y.shape == (2, T, d)
     assert torch.isfinite(y).all()
-
-
 
 
 @pytest.mark.parametrize("name,kw", CASES)
@@ -91,8 +87,6 @@ def test_causal_with_left_padding_mask(name, kw):
     pad[1, :5] = False
     with torch.no_grad():
         assert_causal(lambda x: m(x, padding_mask=pad), rand_x())
-
-
 
 
 def _check_padding(m, side: str, n_pad: int = 6) -> None:
@@ -130,8 +124,6 @@ def test_left_padding_is_invisible_with_biased_projections(name):
     _check_padding(make(name, dict(bias=True)), "left")
 
 
-
-
 @pytest.mark.parametrize("name,kw", CASES)
 def test_gradients_reach_every_parameter(name, kw):
     # Default init on purpose: zero-initialised branches (gates, read-outs, band weights) must still
@@ -143,8 +135,6 @@ def test_gradients_reach_every_parameter(name, kw):
     for pname, p in m.named_parameters():
         assert p.grad is not None, f"{pname} got no gradient"
         assert p.grad.abs().max() > 0, f"{pname} got an all-zero gradient"
-
-
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
@@ -171,8 +161,6 @@ def test_fast_path_matches_naive_reference(name, kw, padded):
             torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9, msg=lambda s, n=n: f"grad of {n}: {s}")
 
 
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("name,kw", CASES)
 def test_runs_in_low_precision_and_returns_input_dtype(name, kw, dtype):
@@ -185,8 +173,6 @@ def test_runs_in_low_precision_and_returns_input_dtype(name, kw, dtype):
         for out in (m(x), m(x, padding_mask=pad)):
             assert out.dtype == dtype
             assert torch.isfinite(out.float()).all()
-
-
 
 
 def test_unknown_mixer_name_lists_known_names():
@@ -206,8 +192,6 @@ def test_unknown_kwarg_is_a_type_error_naming_accepted_kwargs(name):
     assert "definitely_not_an_option" in message
     for kw in mixer_kwargs(name):
         assert kw in message
-
-
 
 
 def test_bidirectional_fnet_exists_and_leaks_the_future():

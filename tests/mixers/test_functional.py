@@ -73,8 +73,6 @@ def test_circular_fft_conv_leaks_but_causal_conv_does_not():
     assert_causal(lambda x: causal_conv(x, k), u.detach())
 
 
-
-
 def _dense_local_attention(q, k, v, window, padding_mask, scale):
     mask = local_causal_mask(q.shape[2], window, padding_mask, q.device)
     scores = torch.einsum("bhtd,bhsd->bhts", q, k) * scale

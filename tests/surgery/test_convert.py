@@ -59,8 +59,6 @@ def greedy(model, ids, **kw) -> torch.Tensor:
                           **kw)
 
 
-
-
 @pytest.mark.parametrize("family,mixer", CASES)
 def test_convert_replaces_attention_freezes_teacher_and_unconvert_restores_logits(family, mixer):
     model = tiny_model(family)
@@ -98,16 +96,12 @@ def test_attention_geometry_reports_projection_bias(family):
     assert attention_geometry(model)["bias"] == (attn.v_proj.bias is not None)
 
 
-
-
 @pytest.mark.parametrize("mode", ["eval", "train"])
 @pytest.mark.parametrize("family,mixer", CASES)
 def test_converted_model_is_causal(family, mixer, mode):
     model = converted(family, mixer)
     model.train(mode == "train")
     assert_causal(lambda ids: model(ids, use_cache=False).logits, rand_ids(2, T), vocab=VOCAB)
-
-
 
 
 @pytest.mark.parametrize("family,mixer", CASES)
@@ -187,8 +181,6 @@ def test_beam_search_with_cache_equals_without():
     assert torch.equal(cached, uncached)
 
 
-
-
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_frequency_band_with_full_window_and_zero_fft_branch_reproduces_teacher(family):
     # With the teacher's q/k/v/o, norms, scaling and rotary tables, a window covering everything
@@ -224,8 +216,6 @@ def test_frequency_band_qk_norms_match_the_teachers_after_init(family):
         torch.testing.assert_close(mixer.k_norm(x), attn.k_norm(x), atol=1e-6, rtol=1e-6)
 
 
-
-
 @pytest.mark.parametrize("family", ["qwen3", "gemma3_text"])
 def test_cache_crop_rolls_back_the_wave_history(family):
     # transformers 5.x rolls rejected draft tokens back with `cache.crop(-n)` (negative = remove n),
@@ -258,8 +248,6 @@ def test_prompt_lookup_decoding_equals_greedy(family):
         assert torch.equal(greedy(model, prompt, prompt_lookup_num_tokens=3), greedy(model, prompt)), f"seed {seed}"
 
 
-
-
 def test_unsupported_architecture_is_refused_naming_supported_families():
     torch.manual_seed(42)
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64))
@@ -287,8 +275,6 @@ def test_converting_a_layer_twice_is_refused():
     with pytest.raises(ValueError, match="already converted"):
         convert(model, "learned_gate", layers=[0, 1])
     assert converted_layers(model) == [0]
-
-
 
 
 @pytest.mark.parametrize("mixer", list_mixers())
