@@ -299,3 +299,13 @@ def test_demo_student_loads_from_another_directory(demo_run):
     proc = wavedistill("generate", "--student", demo_run / "student_learned_gate", "--prompt", "once upon",
                        "--max-new-tokens", 4)
     ok(proc)
+
+
+def test_hybrid_keeps_attention_layers_and_says_which(cli_root, tmp_path):
+    # The tiny teacher has 2 layers: keep layer 0 as softmax attention, convert layer 1.
+    out = tmp_path / "hybrid"
+    ok(wavedistill(*distill_args(cli_root, out, "--keep-attention", "0")))
+    metrics = json.loads((out / "metrics.json").read_text())
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert metrics["kept_attention_layers"] == [0] and metrics["layers"] == [1]
+    assert adapter["layers"] == [1]

@@ -16,6 +16,7 @@ DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from Dist
     ("--lr",): "lr", ("--temperature",): "temperature", ("--alpha",): "alpha", ("--max-steps",): "max_steps",
     ("--save-every",): "save_every", ("--eval-every",): "eval_every", ("--device",): "device", ("--dtype",): "dtype",
     ("--seed",): "seed", ("--mixer-kwargs",): "mixer_kwargs", ("--test-windows",): "test_windows",
+    ("--keep-attention",): "keep_attention", ("--keep-attention-every",): "keep_attention_every",
 }
 
 
@@ -23,7 +24,7 @@ def _layers(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 0,3, got {text!r}") from None
 
 
 def _json_dict(text: str) -> dict:
@@ -41,8 +42,8 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     from .config import DistillConfig
 
     defaults = DistillConfig()
-    types = {"layers": _layers, "mixer_kwargs": _json_dict, "epochs": float, "lr": float, "temperature": float,
-             "alpha": float}
+    types = {"layers": _layers, "keep_attention": _layers, "mixer_kwargs": _json_dict, "epochs": float, "lr": float,
+             "temperature": float, "alpha": float}
     for flags, name in DISTILL_FLAGS.items():
         default = getattr(defaults, name)
         kind = types.get(name, type(default) if default is not None else str)

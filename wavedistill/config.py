@@ -15,6 +15,8 @@ class DistillConfig:
     teacher: str = "Qwen/Qwen3-0.6B"
     wave_type: str = "learned_gate"
     layers: list[int] | None = None  # None = every layer
+    keep_attention: list[int] | None = None  # hybrid: these layers stay softmax attention
+    keep_attention_every: int = 0  # hybrid: keep layers 0, N, 2N, ... as attention
     mixer_kwargs: dict = field(default_factory=dict)
     data: str = "HuggingFaceFW/fineweb-edu:sample-10BT"
     n_samples: int = 0  # documents to read; 0 = all (hub datasets: 20000)

@@ -48,11 +48,28 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def wave_layers(cfg: DistillConfig, n_layers: int) -> list[int]:
+    """Layers to convert: ``layers`` (default all) minus the ones a hybrid keeps as attention."""
+    keep = set(cfg.keep_attention or [])
+    if cfg.keep_attention_every > 0:
+        keep |= set(range(0, n_layers, cfg.keep_attention_every))
+    bad = sorted(i for i in keep if not 0 <= i < n_layers)
+    if bad:
+        raise WavedistillError(f"--keep-attention layers {bad} out of range: the model has {n_layers} layers")
+    chosen = list(range(n_layers)) if cfg.layers is None else list(cfg.layers)
+    if cfg.layers is not None and keep & set(chosen):
+        raise WavedistillError(f"layers {sorted(keep & set(chosen))} are both in --layers and kept as attention")
+    chosen = [i for i in chosen if i not in keep]
+    if not chosen:
+        raise WavedistillError("every layer is kept as attention: nothing to convert")
+    return chosen
+
+
 def build_student(teacher, cfg: DistillConfig):
     """A float32 copy of the teacher with mixers swapped in. Low-precision runs use autocast over these
     float32 master weights: AdamW on bf16 weights loses small updates of O(1) wave parameters."""
     student = copy.deepcopy(teacher).float()
-    convert(student, cfg.wave_type, layers=cfg.layers, **cfg.mixer_kwargs)
+    convert(student, cfg.wave_type, layers=wave_layers(cfg, len(decoder_layers(teacher))), **cfg.mixer_kwargs)
     if cfg.unfreeze_mlps:
         for block in decoder_layers(student):
             block.mlp.requires_grad_(True)
@@ -229,7 +246,9 @@ def finish(cfg, teacher, tokenizer, test_windows, splits, total_steps, wall, dev
     prompts = [splits.test[i * cfg.seq_len: i * cfg.seq_len + 8].tolist() for i in range(cfg.n_generations)
                if (i + 1) * cfg.seq_len <= len(splits.test)]
     rows = side_by_side(teacher, student, tokenizer, prompts, device=device)
-    metrics.update({"split": "test", "mixer": cfg.wave_type, "layers": student.wavedistill_config["layers"],
+    converted = student.wavedistill_config["layers"]
+    metrics.update({"split": "test", "mixer": cfg.wave_type, "layers": converted,
+                    "kept_attention_layers": [i for i in range(len(decoder_layers(student))) if i not in converted],
                     "steps": total_steps, "tokens_seen": total_steps * cfg.batch_size * cfg.seq_len,
                     "train_wall_s": round(wall, 1), "seq_len": cfg.seq_len,
                     "selected_step": best[1], "selected_val_kl": best[0],
