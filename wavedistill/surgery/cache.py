@@ -48,11 +48,17 @@ class WaveCacheLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return self.inner.get_max_length()
 
-    def append(self, x: Tensor, pad: Tensor | None, position_embeddings) -> tuple[Tensor, Tensor | None, tuple | None]:
-        """Record new mixer inputs x (B, q, D) and return the whole history to mix over."""
+    def append(self, x: Tensor, pad: Tensor | None, position_embeddings,
+               write_kv: bool = True) -> tuple[Tensor, Tensor | None, tuple | None]:
+        """Record new mixer inputs x (B, q, D) and return the whole history to mix over.
+
+        write_kv: feed the native layer a dummy K/V for its bookkeeping; False when the original
+        attention runs beside the mixer (hand-off) and writes real K/V itself.
+        """
         B, q, _ = x.shape
-        dummy = x.new_zeros(B, 1, q, 1)
-        self.inner.update(dummy, dummy)
+        if write_kv:
+            dummy = x.new_zeros(B, 1, q, 1)
+            self.inner.update(dummy, dummy)
         if pad is None and self.pad is not None:
             pad = torch.ones(B, q, dtype=torch.bool, device=x.device)
         if pad is not None and self.pad is None and self.x is not None:

@@ -34,13 +34,19 @@ def padding_mask_from_attention_mask(attention_mask, q_len: int) -> Tensor | Non
 
 
 class WaveAttention(nn.Module):
-    """Drop-in for an HF attention module: runs ``mixer`` and keeps ``base_attn`` for ``unconvert``."""
+    """Drop-in for an HF attention module: runs ``mixer`` and keeps ``base_attn`` for ``unconvert``.
+
+    ``handoff`` None (default): the mixer alone. ``handoff = a`` in [0, 1]: the original attention
+    runs in parallel and the output is ``(1 - a) * attention + a * mixer``; a = 0 is the teacher
+    exactly, a = 1 the mixer's output (with the attention still computed, so a cache stays valid).
+    """
 
     def __init__(self, base_attn: nn.Module, mixer: WaveMixer, layer_idx: int) -> None:
         super().__init__()
         self.base_attn = base_attn
         self.mixer = mixer
         self.wave_layer_idx = layer_idx
+        self.handoff: float | None = None
 
     def __getattr__(self, name: str):
         try:
@@ -54,11 +60,36 @@ class WaveAttention(nn.Module):
                 **kwargs) -> tuple[Tensor, None]:
         q_len = hidden_states.shape[1]
         pad = padding_mask_from_attention_mask(attention_mask, q_len)
+        parallel = self.handoff is not None
+        if parallel:
+            attn_out, _ = self.base_attn(hidden_states=hidden_states, position_embeddings=position_embeddings,
+                                         attention_mask=attention_mask, past_key_values=past_key_values, **kwargs)
         if past_key_values is None:
-            return self.mixer(hidden_states, padding_mask=pad, position_embeddings=position_embeddings), None
-        layer = wave_cache_layer(past_key_values, self.wave_layer_idx)
-        x, pad, pe = layer.append(hidden_states, pad, position_embeddings)
-        return self.mixer(x, padding_mask=pad, position_embeddings=pe)[:, -q_len:], None
+            mixed = self.mixer(hidden_states, padding_mask=pad, position_embeddings=position_embeddings)
+        else:
+            layer = wave_cache_layer(past_key_values, self.wave_layer_idx)
+            x, pad, pe = layer.append(hidden_states, pad, position_embeddings, write_kv=not parallel)
+            mixed = self.mixer(x, padding_mask=pad, position_embeddings=pe)[:, -q_len:]
+        if not parallel:
+            return mixed, None
+        if self.handoff == 0:
+            return attn_out, None  # exactly the teacher, whatever the mixer computes
+        return (1 - self.handoff) * attn_out + self.handoff * mixed, None
+
+
+def set_handoff(model: nn.Module, a: float | None, layers=None) -> None:
+    """Blend the original attention and the mixer in converted ``layers`` (default all); None = mixer only.
+
+    Set the same value for a whole ``generate`` call: the attention's K/V cache is filled only
+    while hand-off is on.
+    """
+    if a is not None and not 0.0 <= a <= 1.0:
+        raise SurgeryError(f"hand-off weight must be in [0, 1] or None, got {a}")
+    modules = wave_attention_modules(model)
+    for i in modules if layers is None else layers:
+        if i not in modules:
+            raise SurgeryError(f"layer {i} is not converted; converted layers: {sorted(modules)}")
+        modules[i].handoff = a
 
 
 def resolve_layers(model: nn.Module, layers) -> list[int]:
