@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from ..errors import MixerValueError
 from .base import WaveMixer, no_weight_decay
-from .functional import apply_rope, causal_conv, causal_conv_naive, local_attention, local_causal_mask, rope_tables
+from .functional import (apply_rope, causal_conv, causal_conv_naive, ema_basis, local_attention, local_causal_mask,
+                         rope_tables)
 from .registry import register_mixer
 
 
@@ -110,9 +111,7 @@ class FrequencyBand(WaveMixer):
         self.scaling.fill_(float(attn.scaling))
 
     def low_band_kernel(self, T: int, dtype) -> Tensor:
-        lag = torch.arange(min(T, self.kernel_len), device=self.decays.device, dtype=torch.float64)
-        basis = (1 - self.decays.double())[:, None] * self.decays.double()[:, None] ** lag[None]  # (n_bands, L)
-        return self.band_weight.to(dtype) @ basis.to(dtype)  # (C, L)
+        return self.band_weight.to(dtype) @ ema_basis(self.decays, min(T, self.kernel_len), dtype)  # (C, L)
 
     def _qkv(self, x: Tensor, position_embeddings) -> tuple[Tensor, Tensor, Tensor]:
         B, T, _ = x.shape

@@ -35,6 +35,16 @@ def causal_conv(u: Tensor, k: Tensor) -> Tensor:
     return y.to(u.dtype)
 
 
+def ema_basis(decays: Tensor, length: int, dtype: torch.dtype) -> Tensor:
+    """Impulse responses of exponential moving averages, ``(1 - l) l^tau`` for tau < length; (n, length).
+
+    Built in float64 so that slow decays (l close to 1) raised to long lags keep their precision.
+    """
+    lag = torch.arange(length, device=decays.device, dtype=torch.float64)
+    d = decays.double()[:, None]
+    return ((1 - d) * d ** lag[None]).to(dtype)
+
+
 def causal_conv_naive(u: Tensor, k: Tensor) -> Tensor:
     """Reference for :func:`causal_conv`: an explicit lower-triangular Toeplitz product."""
     T = u.shape[1]

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..errors import MixerValueError
 from .base import WaveMixer, no_weight_decay
-from .functional import causal_conv, causal_conv_naive
+from .functional import causal_conv, causal_conv_naive, ema_basis
 from .registry import register_mixer
 
 
@@ -74,10 +74,7 @@ class LearnedGate(WaveMixer):
     def kernel(self, T: int, dtype=torch.float32) -> Tensor:
         """Impulse response over lags 0..min(T, kernel_len)-1; (C, L)."""
         L = min(T, self.kernel_len)
-        lag = torch.arange(L, device=self.taps.device, dtype=torch.float64)
-        d = self.decays.double()
-        basis = ((1 - d)[:, None] * d[:, None] ** lag[None]).to(dtype)  # (n_decays, L)
-        k = self.decay_weight.to(dtype) @ basis
+        k = self.decay_weight.to(dtype) @ ema_basis(self.decays, L, dtype)  # (C, L)
         s = min(L, self.short_len)
         return torch.cat([k[:, :s] + self.taps[:, :s].to(dtype), k[:, s:]], dim=1)
 
