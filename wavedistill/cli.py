@@ -73,16 +73,15 @@ def cmd_distill(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    import torch
+    import copy
 
     from .data import eval_windows, read_documents, split_documents
     from .distill import DTYPES, resolve_device
-    from .evaluate import compare, print_metrics, samples_markdown, side_by_side
-    from .io import load_student, load_teacher, read_adapter_config
+    from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
+    from .io import adapter_dir, apply_adapter, load_teacher, read_adapter_config
 
     device = resolve_device(args.device)
-    adapter = os.path.join(args.student, "adapter") if os.path.isdir(os.path.join(args.student, "adapter")) \
-        else args.student
+    adapter = adapter_dir(args.student)
     run_config = os.path.join(args.student, "config.yaml")
     if os.path.isfile(run_config):
         # Score the same held-out split the run was trained around, unless told otherwise.
@@ -97,8 +96,8 @@ def cmd_eval(args) -> None:
     args.test_frac = 0.10 if args.test_frac is None else args.test_frac
     args.seq_len = 256 if args.seq_len is None else args.seq_len
     base = args.base or read_adapter_config(adapter)["base_model"]
-    student, tokenizer = load_student(args.student, base=base, dtype=DTYPES[args.dtype], device=device)
-    teacher, _ = load_teacher(base, dtype=DTYPES[args.dtype], device=device)
+    teacher, tokenizer = load_teacher(base, dtype=DTYPES[args.dtype], device=device)
+    student = apply_adapter(copy.deepcopy(teacher), adapter).eval()
     docs = read_documents(args.data)
     if args.split == "all":
         from .data import tokenize_documents
@@ -111,19 +110,14 @@ def cmd_eval(args) -> None:
     if len(windows) == 0:
         raise WavedistillError(f"the {args.split} text has {len(stream)} tokens, fewer than one window of "
                                f"{args.seq_len}; pass more text or a smaller --seq-len")
-    metrics = compare(teacher, student, windows, batch_size=args.batch_size, device=device)
-    prompts = [stream[i * args.seq_len: i * args.seq_len + 8].tolist() for i in range(min(4, len(windows)))]
-    rows = side_by_side(teacher, student, tokenizer, prompts, device=device)
-    metrics.update({"split": args.split, "data": args.data, "seq_len": args.seq_len,
-                    "generation_token_agreement": sum(r["token_agreement"] for r in rows) / max(len(rows), 1)})
+    prompts = window_prompts(stream, args.seq_len, min(4, len(windows)))
+    metrics, rows = evaluate_student(teacher, student, tokenizer, windows, prompts, device=device,
+                                     batch_size=args.batch_size)
+    metrics.update({"split": args.split, "data": args.data, "seq_len": args.seq_len})
     out = args.output_dir or args.student
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "metrics.json" if out != args.student else "eval_metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    with open(os.path.join(out, "samples.md" if out != args.student else "eval_samples.md"), "w") as f:
-        f.write(samples_markdown(rows))
+    # Next to a finished run, eval_* files leave the run's own metrics.json / samples.md untouched.
+    write_evaluation(out, metrics, rows, prefix="eval_" if out == args.student else "")
     print_metrics(metrics, title=f"{args.split} split of {args.data}: {metrics['positions']} positions")
-    del torch
 
 
 def cmd_generate(args) -> None:

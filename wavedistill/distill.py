@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from .config import DistillConfig, to_yaml
 from .data import check_lengths, eval_windows, read_documents, split_documents, train_batch
 from .errors import TrainingError, WavedistillError
-from .evaluate import compare, print_metrics, samples_markdown, side_by_side
+from .evaluate import compare, evaluate_student, print_metrics, window_prompts, write_evaluation
 from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher, replace_dir, save_adapter, write_adapter_files
 from .losses import kd_loss
 from .surgery import convert, decoder_layers
@@ -242,20 +242,14 @@ def finish(cfg, teacher, tokenizer, test_windows, splits, total_steps, wall, dev
     from .io import apply_adapter
 
     student = apply_adapter(copy.deepcopy(teacher), os.path.join(cfg.output_dir, "adapter")).eval()
-    metrics = compare(teacher, student, test_windows, device=device)
-    prompts = [splits.test[i * cfg.seq_len: i * cfg.seq_len + 8].tolist() for i in range(cfg.n_generations)
-               if (i + 1) * cfg.seq_len <= len(splits.test)]
-    rows = side_by_side(teacher, student, tokenizer, prompts, device=device)
+    prompts = window_prompts(splits.test, cfg.seq_len, cfg.n_generations)
+    metrics, rows = evaluate_student(teacher, student, tokenizer, test_windows, prompts, device=device)
     converted = student.wavedistill_config["layers"]
     metrics.update({"split": "test", "mixer": cfg.wave_type, "layers": converted,
                     "kept_attention_layers": [i for i in range(len(decoder_layers(student))) if i not in converted],
                     "steps": total_steps, "tokens_seen": total_steps * cfg.batch_size * cfg.seq_len,
                     "train_wall_s": round(wall, 1), "seq_len": cfg.seq_len,
-                    "selected_step": best[1], "selected_val_kl": best[0],
-                    "generation_token_agreement": sum(r["token_agreement"] for r in rows) / max(len(rows), 1)})
-    with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    with open(os.path.join(cfg.output_dir, "samples.md"), "w") as f:
-        f.write(samples_markdown(rows))
+                    "selected_step": best[1], "selected_val_kl": best[0]})
+    write_evaluation(cfg.output_dir, metrics, rows)
     print_metrics(metrics, title=f"{cfg.wave_type}: test split, {metrics['positions']} positions")
     return metrics

@@ -14,7 +14,9 @@ Metrics (all on held-out windows, teacher-forced, every position counted):
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 
 import torch
 from torch import nn
@@ -104,6 +106,30 @@ def side_by_side(teacher: nn.Module, student: nn.Module, tokenizer, prompts: lis
                      "student": tokenizer.decode(gs, skip_special_tokens=True),
                      "token_agreement": agree})
     return rows
+
+
+def window_prompts(stream: torch.Tensor, seq_len: int, n: int, prompt_len: int = 8) -> list[list[int]]:
+    """The first ``prompt_len`` tokens of each of the first ``n`` full windows of a token stream."""
+    n = min(n, len(stream) // seq_len)
+    return [stream[i * seq_len: i * seq_len + prompt_len].tolist() for i in range(n)]
+
+
+def evaluate_student(teacher: nn.Module, student: nn.Module, tokenizer, windows: torch.Tensor,
+                     prompts: list[list[int]], device: str = "cpu", batch_size: int = 8) -> tuple[dict, list[dict]]:
+    """:func:`compare` on held-out windows plus side-by-side generations; (metrics, generation rows)."""
+    metrics = compare(teacher, student, windows, batch_size=batch_size, device=device)
+    rows = side_by_side(teacher, student, tokenizer, prompts, device=device)
+    metrics["generation_token_agreement"] = sum(r["token_agreement"] for r in rows) / max(len(rows), 1)
+    return metrics, rows
+
+
+def write_evaluation(directory: str, metrics: dict, rows: list[dict], prefix: str = "") -> None:
+    """``{prefix}metrics.json`` and ``{prefix}samples.md`` in ``directory``."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"{prefix}metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    with open(os.path.join(directory, f"{prefix}samples.md"), "w") as f:
+        f.write(samples_markdown(rows))
 
 
 def samples_markdown(rows: list[dict]) -> str:

@@ -64,8 +64,9 @@ def embedding_sample(model: nn.Module, n: int = 256) -> list[float]:
     return emb[:: max(1, emb.numel() // n)][:n].tolist()
 
 
-def same_base(model: nn.Module, config: dict) -> bool:
-    if base_fingerprint(model) == config["base_fingerprint"]:
+def same_base(model: nn.Module, config: dict, fingerprint: str) -> bool:
+    """Is ``model`` (whose :func:`base_fingerprint` is ``fingerprint``) the base the adapter was trained on?"""
+    if fingerprint == config["base_fingerprint"]:
         return True
     if "embedding_sample" not in config or config.get("base_architecture") != architecture(model):
         return False
@@ -151,7 +152,7 @@ def apply_adapter(model: nn.Module, directory: str) -> nn.Module:
     """Convert ``model`` as the adapter says and load its weights; checks base, keys and shapes."""
     config = read_adapter_config(directory)
     fp = base_fingerprint(model)
-    if not same_base(model, config):
+    if not same_base(model, config, fp):
         raise AdapterError(f"adapter {directory!r} was trained on base {config['base_model']!r} "
                            f"(fingerprint {config['base_fingerprint']}), but the given base has fingerprint {fp}; "
                            "pass the matching base model with --base")
@@ -184,9 +185,14 @@ def load_adapter_weights(model: nn.Module, weights: dict[str, torch.Tensor], sou
             targets[k].copy_(v)
 
 
+def adapter_dir(path: str) -> str:
+    """The adapter folder of a run folder (``path/adapter``), or ``path`` itself."""
+    return os.path.join(path, "adapter") if os.path.isdir(os.path.join(path, "adapter")) else path
+
+
 def load_student(path: str, base: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """(student, tokenizer) from a run folder (with ``adapter/``) or an adapter folder."""
-    directory = os.path.join(path, "adapter") if os.path.isdir(os.path.join(path, "adapter")) else path
+    directory = adapter_dir(path)
     config = read_adapter_config(directory)
     model, tokenizer = load_teacher(base or config["base_model"], dtype=dtype, device=device)
     apply_adapter(model, directory)

@@ -56,12 +56,6 @@ def causal_conv_naive(u: Tensor, k: Tensor) -> Tensor:
     return torch.einsum("cts,bsc->btc", toeplitz.to(u.dtype), u)
 
 
-def prefix_mean(u: Tensor) -> Tensor:
-    """Running mean over the sequence, ``y[t] = mean(u[:t+1])``; (B, T, C) -> (B, T, C)."""
-    count = torch.arange(1, u.shape[1] + 1, device=u.device, dtype=u.dtype)[:, None]
-    return u.cumsum(1) / count
-
-
 def rotate_half(x: Tensor) -> Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
