@@ -57,17 +57,22 @@ class WaveAttention(nn.Module):
             return getattr(self.base_attn, name)
 
     def forward(self, hidden_states: Tensor, position_embeddings=None, attention_mask=None, past_key_values=None,
-                **kwargs) -> tuple[Tensor, None]:
+                cache=None, **kwargs) -> tuple[Tensor, None]:
+        # transformers >= 5.24 passes the cache as `cache`, earlier 5.x as `past_key_values`; hand the
+        # original attention the name it was given, so either release updates its K/V.
+        cache_kw = ({"cache": cache} if cache is not None else
+                    {"past_key_values": past_key_values} if past_key_values is not None else {})
+        cache = cache if cache is not None else past_key_values
         q_len = hidden_states.shape[1]
         pad = padding_mask_from_attention_mask(attention_mask, q_len)
         parallel = self.handoff is not None
         if parallel:
             attn_out, _ = self.base_attn(hidden_states=hidden_states, position_embeddings=position_embeddings,
-                                         attention_mask=attention_mask, past_key_values=past_key_values, **kwargs)
-        if past_key_values is None:
+                                         attention_mask=attention_mask, **cache_kw, **kwargs)
+        if cache is None:
             mixed = self.mixer(hidden_states, padding_mask=pad, position_embeddings=position_embeddings)
         else:
-            layer = wave_cache_layer(past_key_values, self.wave_layer_idx)
+            layer = wave_cache_layer(cache, self.wave_layer_idx)
             x, pad, pe = layer.append(hidden_states, pad, position_embeddings, write_kv=not parallel)
             mixed = self.mixer(x, padding_mask=pad, position_embeddings=pe)[:, -q_len:]
         if not parallel:
