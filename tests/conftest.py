@@ -119,3 +119,22 @@ def assert_causal(fn, x: torch.Tensor, *, atol: float = 1e-10, vocab: int | None
             worst = max(worst, (fn(x2)[:, : t + 1] - base[:, : t + 1]).abs().max().item())
     assert worst <= atol, f"causality violated: past outputs moved by {worst:.3e} when the future changed"
     return worst
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random Qwen3 teacher *folder* (2 layers) with the demo tokenizer, and a corpus for it."""
+    from tests.tiny_teachers import write_tiny_corpus, write_tiny_teacher
+
+    root = tmp_path_factory.mktemp("tiny_teacher")
+    corpus = write_tiny_corpus(root / "stories.txt")
+    return {"root": root, "corpus": corpus, "teacher": write_tiny_teacher(root / "teacher", corpus, seed=0)}
+
+
+def tiny_run_config(tiny_teacher, output_dir, **changes):
+    """A DistillConfig on the tiny teacher: 4 x 32-token batches, val every 3 steps, checkpoints every 3."""
+    from wavedistill.config import make_config
+
+    base = dict(teacher=str(tiny_teacher["teacher"]), data=str(tiny_teacher["corpus"]), seq_len=32, batch_size=4,
+                eval_every=3, save_every=3, n_generations=1, output_dir=str(output_dir))
+    return make_config({**base, **changes})

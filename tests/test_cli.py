@@ -256,6 +256,13 @@ BAD_INPUTS = {
     "layer-out-of-range": (lambda c, run, b, o: distill_args(c, o, "--layers", "0,5"), ["out of range"]),
     "unknown-mixer-kwarg": (lambda c, run, b, o: distill_args(c, o, "--mixer-kwargs", '{"nope": 1}'), ["nope"]),
     "resume-without-checkpoint": (lambda c, run, b, o: distill_args(c, o, "--resume"), ["checkpoint"]),
+    "unknown-stage-kind": (lambda c, run, b, o: distill_args(c, o, "--stages", "transfer:2,distil:3"),
+                           ["'distil'", "transfer", "progressive", "handoff"]),
+    "fit-stage-on-a-mixer-without-a-kernel": (lambda c, run, b, o: distill_args(c, o, "--stages", "fit,kd:2",
+                                                                              "--wave-type", "fnet"),
+                                              ["fit stage", "fnet"]),
+    "lora-and-unfrozen-mlps": (lambda c, run, b, o: distill_args(c, o, "--lora-mlp", "4", "--unfreeze-mlps"),
+                               ["one recovery"]),
     "corrupt-adapter": (lambda c, run, b, o: ["eval", "--student", b["corrupt"], "--data", c["corpus"],
                                               "--seq-len", 32, "--output-dir", o], ["corrupt"]),
     "adapter-for-other-base": (lambda c, run, b, o: ["eval", "--student", run, "--base", b["other"], "--data",
@@ -309,3 +316,34 @@ def test_hybrid_keeps_attention_layers_and_says_which(cli_root, tmp_path):
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert metrics["kept_attention_layers"] == [0] and metrics["layers"] == [1]
     assert adapter["layers"] == [1]
+
+
+def test_layers_report_ranks_every_layer_with_a_table_and_a_plot(cli_root, tmp_path):
+    out = tmp_path / "layers"
+    proc = ok(wavedistill("layers", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"], "--seq-len", 32,
+                          "--batch-size", 4, "--transfer-steps", 4, "--eval-every", 2, "--output-dir", out))
+    report = json.loads((out / "layers.json").read_text())
+    assert [r["layer"] for r in report["rows"]] == [0, 1] and report["split"] == "test"
+    for r in report["rows"]:
+        assert r["transfer_loss"] > 0 and r["kl_only_this_layer"] > 0 and r["kl_attention_zeroed"] > 0
+    table = (out / "layers.md").read_text()
+    assert table.count("\n| ") == 2 and "hardness rank" in table
+    assert (out / "layers.png").stat().st_size > 1000
+    assert (out / "transfer" / "metrics.json").exists()  # the transfer run is an ordinary run folder
+    assert "layer 0: transfer loss" in proc.stdout
+
+
+def test_compare_runs_each_mixer_once_and_tabulates_their_metrics(cli_root, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"], "--seq-len", 32, "--batch-size",
+            4, "--stages", "transfer:2,kd:2", "--eval-every", 2, "--mixers", "learned_gate,phase_shift",
+            "--output-dir", out]
+    ok(wavedistill(*args))
+    table = (out / "compare.md").read_text()
+    assert "| learned_gate | learned_gate | transfer → kd |" in table and "| phase_shift | phase_shift |" in table
+    assert (out / "top5_vs_tokens.png").stat().st_size > 1000
+    before = tree_hashes(out / "learned_gate")
+    again = ok(wavedistill(*args))  # finished runs are reused, not redone
+    assert again.stdout.count("reusing the finished run") == 2 and tree_hashes(out / "learned_gate") == before
+    other = wavedistill(*[a if a != "transfer:2,kd:2" else "kd:3" for a in args])
+    assert_one_line_error(other, "other settings", "stages")

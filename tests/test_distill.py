@@ -35,3 +35,61 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert f(10) == pytest.approx(1.0) and f(110) == pytest.approx(0.1)
     values = [f(s) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(values, values[1:]))  # monotone after warm-up
+
+
+RECIPE = [{"kind": "transfer", "steps": 4}, {"kind": "progressive", "order": "last_to_first", "steps_per_swap": 3},
+          {"kind": "handoff", "steps": 6, "learned_gate": True, "mode": "sequential"}, {"kind": "kd", "steps": 4}]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_teacher, tmp_path_factory):
+    from tests.conftest import tiny_run_config
+    from wavedistill.distill import run
+
+    out = tmp_path_factory.mktemp("recipe") / "run"
+    metrics = run(tiny_run_config(tiny_teacher, out, stages=RECIPE, save_every=2, eval_every=2))
+    return out, metrics
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kill_at", [5, 11, 15, 18], ids=["progressive", "stage-boundary", "handoff", "kd"])
+def test_a_recipe_resumed_after_a_crash_ends_exactly_where_an_uninterrupted_run_ends(
+        uninterrupted, tiny_teacher, tmp_path, monkeypatch, kill_at):
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    import wavedistill.distill as d
+    from tests.conftest import tiny_run_config
+
+    out = tmp_path / "run"
+    fast = d.train_batch
+
+    def dies(stream, batch_size, seq_len, seed, index):
+        if index == kill_at:
+            raise Killed
+        return fast(stream, batch_size, seq_len, seed, index)
+
+    monkeypatch.setattr(d, "train_batch", dies)
+    with pytest.raises(Killed):
+        d.run(tiny_run_config(tiny_teacher, out, stages=RECIPE, save_every=2, eval_every=2))
+    monkeypatch.setattr(d, "train_batch", fast)
+    metrics = d.run(tiny_run_config(tiny_teacher, out, stages=RECIPE, save_every=2, eval_every=2, resume=True))
+
+    ref_out, ref = uninterrupted
+    for folder in ("checkpoint", "adapter"):
+        mine, theirs = load_file(out / folder / "adapter_model.safetensors"), load_file(
+            ref_out / folder / "adapter_model.safetensors")
+        assert mine.keys() == theirs.keys()
+        for k in mine:
+            torch.testing.assert_close(mine[k], theirs[k], rtol=0, atol=1e-6, msg=f"{folder}/{k}")
+    assert metrics["selected_step"] == ref["selected_step"] and metrics["kl"] == pytest.approx(ref["kl"], abs=1e-6)
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(line) for line in (ref_out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]
+    for a, b in zip(rows, ref_rows):
+        assert a.get("loss", 0.0) == pytest.approx(b.get("loss", 0.0), rel=1e-5, abs=1e-7)

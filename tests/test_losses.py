@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wavedistill.losses import kd_loss, kl_teacher_student, next_token_ce
+from wavedistill.losses import entropy_temperature, hidden_mse, kd_loss, kl_teacher_student, next_token_ce
 
 
 def logits_of(probs, shift: float = 0.0) -> torch.Tensor:
@@ -108,7 +108,7 @@ def expected_kl_ce(s, t, ids, mask) -> tuple[float, float]:
 def test_kd_loss_averages_kl_and_ce_over_real_positions_only(pad):
     s, t, ids = batch()
     mask = MASKS[pad]
-    out = kd_loss(s, t, ids, temperature=1.0, alpha=0.5, mask=mask)
+    out = kd_loss(s, t, ids, temperature=1.0, kl_weight=0.5, ce_weight=0.5, mask=mask)
     kl, ce = expected_kl_ce(s, t, ids, mask)
     assert abs(out["kl"].item() - kl) < 1e-5
     assert abs(out["ce"].item() - ce) < 1e-5
@@ -119,7 +119,7 @@ def test_kd_loss_averages_kl_and_ce_over_real_positions_only(pad):
 def test_padded_positions_do_not_change_the_loss_or_get_gradient(pad):
     s, t, ids = batch()
     mask = MASKS[pad]
-    ref = kd_loss(s, t, ids, alpha=0.5, mask=mask)["loss"]
+    ref = kd_loss(s, t, ids, kl_weight=0.5, ce_weight=0.5, mask=mask)["loss"]
     # Garbage logits and different ids at every pad position: neither KL nor CE may see them
     # (a pad id as a CE *target* is excluded too, since CE needs the next token to be real).
     s2, t2, ids2 = s.clone(), t.clone(), ids.clone()
@@ -127,7 +127,7 @@ def test_padded_positions_do_not_change_the_loss_or_get_gradient(pad):
     t2[~mask] = 100 * torch.randn(int((~mask).sum()), V)
     ids2[~mask] = (ids2[~mask] + 1) % V
     s2.requires_grad_(True)
-    out = kd_loss(s2, t2, ids2, alpha=0.5, mask=mask)["loss"]
+    out = kd_loss(s2, t2, ids2, kl_weight=0.5, ce_weight=0.5, mask=mask)["loss"]
     assert abs(out.item() - ref.item()) < 1e-5
     out.backward()
     assert s2.grad[~mask].abs().max().item() == 0.0
@@ -139,7 +139,7 @@ def test_ce_needs_the_next_token_real():
     # come from row 0 alone, while KL still counts row 1's real position.
     s, t, ids = batch()
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
-    out = kd_loss(s, t, ids, alpha=0.5, mask=mask)
+    out = kd_loss(s, t, ids, kl_weight=0.5, ce_weight=0.5, mask=mask)
     ce_row0 = F.cross_entropy(s[0, :-1], ids[0, 1:]).item()
     assert abs(out["ce"].item() - ce_row0) < 1e-5
     kl_real = kl_teacher_student(t, s)[mask].mean().item()
@@ -148,20 +148,55 @@ def test_ce_needs_the_next_token_real():
 
 def test_no_mask_means_every_position():
     s, t, ids = batch()
-    out = kd_loss(s, t, ids, alpha=0.5)
+    out = kd_loss(s, t, ids, kl_weight=0.5, ce_weight=0.5)
     assert abs(out["kl"].item() - kl_teacher_student(t, s).mean().item()) < 1e-6
     assert abs(out["ce"].item() - next_token_ce(s, ids).mean().item()) < 1e-6
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 3.5])
-def test_alpha_one_is_pure_t_squared_kl_and_alpha_zero_pure_ce(temperature):
+def test_kl_weight_alone_is_pure_t_squared_kl_and_ce_weight_alone_pure_ce(temperature):
     s, t, ids = batch()
     mask = MASKS["right_pad"]
     kl, _ = expected_kl_ce(s / temperature, t / temperature, ids, mask)  # KL at temperature T
     _, ce = expected_kl_ce(s, t, ids, mask)  # CE is always at temperature 1
-    pure_kl = kd_loss(s, t, ids, temperature=temperature, alpha=1.0, mask=mask)
+    pure_kl = kd_loss(s, t, ids, temperature=temperature, kl_weight=1.0, ce_weight=0.0, mask=mask)
     assert abs(pure_kl["loss"].item() - temperature ** 2 * kl) < 1e-4
-    pure_ce = kd_loss(s, t, ids, temperature=temperature, alpha=0.0, mask=mask)
+    pure_ce = kd_loss(s, t, ids, temperature=temperature, kl_weight=0.0, ce_weight=1.0, mask=mask)
     assert abs(pure_ce["loss"].item() - ce) < 1e-5
-    # The reported parts are the unweighted means, whatever alpha is.
+    # The reported parts are the unweighted means, whatever the weights are.
     assert abs(pure_kl["ce"].item() - ce) < 1e-5 and abs(pure_ce["kl"].item() - kl) < 1e-5
+
+
+def test_per_position_temperature_scales_each_position_by_its_own_t_squared():
+    s, t, ids = batch()
+    temps = 1.0 + torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) * 3  # (B, T) in [1, 4)
+    out = kd_loss(s, t, ids, temperature=temps, kl_weight=1.0, ce_weight=0.0)
+    by_hand = []
+    for b in range(ids.shape[0]):
+        for i in range(ids.shape[1]):
+            tau = temps[b, i].item()
+            p = F.softmax(t[b, i].double() / tau, -1)
+            kl = (p * (p.log() - F.log_softmax(s[b, i].double() / tau, -1))).sum().item()
+            by_hand.append(tau ** 2 * kl)
+    assert abs(out["loss"].item() - sum(by_hand) / len(by_hand)) < 1e-4
+
+
+def test_entropy_temperature_is_t_max_for_a_one_hot_teacher_and_one_for_a_uniform_one():
+    V = 7
+    confident = torch.full((1, 1, V), -1e4)
+    confident[..., 2] = 0.0
+    uniform = torch.zeros(1, 1, V)
+    assert entropy_temperature(confident, 4.0).item() == pytest.approx(4.0, abs=1e-4)
+    assert entropy_temperature(uniform, 4.0).item() == pytest.approx(1.0, abs=1e-5)
+    middle = entropy_temperature(torch.tensor([[[2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]]]), 4.0).item()
+    assert 1.0 < middle < 4.0
+
+
+def test_hidden_mse_is_the_mean_squared_error_over_layers_and_real_positions():
+    g = torch.Generator().manual_seed(0)
+    s = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]
+    t = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    per_layer = [((a - b) ** 2)[mask].mean().item() for a, b in zip(s, t)]
+    assert hidden_mse(s, t, mask).item() == pytest.approx(sum(per_layer) / 3, rel=1e-6)
+    assert hidden_mse(t, t).item() == 0.0

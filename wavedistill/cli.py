@@ -1,4 +1,4 @@
-"""``wavedistill`` command line: distill, eval, generate, bench, demo, mixers."""
+"""``wavedistill`` command line: distill, layers, compare, eval, generate, report, bench, demo, mixers."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from Dist
     ("--save-every",): "save_every", ("--eval-every",): "eval_every", ("--device",): "device", ("--dtype",): "dtype",
     ("--seed",): "seed", ("--mixer-kwargs",): "mixer_kwargs", ("--test-windows",): "test_windows",
     ("--keep-attention",): "keep_attention", ("--keep-attention-every",): "keep_attention_every",
+    ("--stages",): "stages", ("--lora-mlp",): "lora_mlp", ("--lora-alpha",): "lora_alpha",
 }
 
 
@@ -38,38 +39,73 @@ def _json_dict(text: str) -> dict:
     return value
 
 
+def _stages(text: str) -> list[dict]:
+    from .recipes import parse_stages_flag
+
+    try:
+        return parse_stages_flag(text)
+    except WavedistillError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_distill_args(p: argparse.ArgumentParser) -> None:
     from .config import DistillConfig
 
     defaults = DistillConfig()
     types = {"layers": _layers, "keep_attention": _layers, "mixer_kwargs": _json_dict, "epochs": float, "lr": float,
-             "temperature": float, "alpha": float}
+             "temperature": float, "alpha": float, "stages": _stages, "lora_alpha": float}
     for flags, name in DISTILL_FLAGS.items():
         default = getattr(defaults, name)
         kind = types.get(name, type(default) if default is not None else str)
         p.add_argument(*flags, dest=name, type=kind, default=None, help=f"(default: {default})")
-    p.add_argument("--config", help="YAML file with config changes; flags given on the command line win")
+    p.add_argument("--config", "--recipe", dest="config",
+                   help="YAML file with config changes (a recipe: `stages:` and settings); command-line flags win")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --output-dir")
     p.add_argument("--unfreeze-mlps", action="store_true", default=None, help="also train the MLPs")
+    p.add_argument("--lora-merge", action="store_true", default=None,
+                   help="merge the --lora-mlp update into the MLP weights of the final adapter")
     p.add_argument("--no-train", dest="train", action="store_false", default=None,
                    help="score the teacher-initialised student without training (a baseline)")
 
 
-def distill_config(args: argparse.Namespace):
-    from .config import load_yaml, make_config
+def distill_changes(args: argparse.Namespace) -> dict:
+    """Config changes from --config / --recipe and the flags given (flags win)."""
+    from .config import load_yaml
 
     changes = load_yaml(args.config) if args.config else {}
-    for name in list(DISTILL_FLAGS.values()) + ["resume", "unfreeze_mlps", "train"]:
+    for name in list(DISTILL_FLAGS.values()) + ["resume", "unfreeze_mlps", "lora_merge", "train"]:
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
-    return make_config(changes)
+    return changes
+
+
+def distill_config(args: argparse.Namespace):
+    from .config import make_config
+
+    return make_config(distill_changes(args))
 
 
 def cmd_distill(args) -> None:
     from .distill import run
 
     run(distill_config(args))
+
+
+def cmd_layers(args) -> None:
+    from .layer_report import run_layer_report
+
+    changes = distill_changes(args)
+    changes.setdefault("stages", [{"kind": "transfer", "steps": args.transfer_steps}])
+    run_layer_report(changes, args.output_dir or "runs/layers")
+
+
+def cmd_compare(args) -> None:
+    from .compare import run_compare
+
+    changes = distill_changes(args)
+    changes.pop("output_dir", None)
+    run_compare(changes, [m for m in args.mixers.split(",") if m.strip()], args.output_dir or "runs/compare")
 
 
 def cmd_eval(args) -> None:
@@ -161,11 +197,13 @@ def cmd_report(args) -> None:
 
 def report_table(rows: list[tuple[str, dict]]) -> str:
     """One Markdown row per run, from each run's metrics.json."""
-    head = ("| run | mixer | T | steps | tokens seen | train wall s | positions | top-1 | top-5 overlap | "
-            "T-top1 in S-top5 | KL | ppl teacher | ppl student | ppl no-mixing | gap closed |")
-    lines = [head, "|" + "---|" * 2 + "---:|" * 13]
+    head = ("| run | mixer | recipe | attention kept | T | steps | tokens seen | train wall s | positions | top-1 | "
+            "top-5 overlap | T-top1 in S-top5 | KL | ppl teacher | ppl student | ppl no-mixing | gap closed |")
+    lines = [head, "|" + "---|" * 4 + "---:|" * 13]
     for run_dir, m in rows:
-        cells = [os.path.basename(os.path.normpath(run_dir)), m.get("mixer", "?"), m.get("seq_len", "?"),
+        recipe = " → ".join(m.get("recipe") or []) or ("kd" if m.get("steps") else "untrained")
+        kept = ",".join(str(i) for i in m.get("kept_attention_layers") or []) or "—"
+        cells = [os.path.basename(os.path.normpath(run_dir)), m.get("mixer", "?"), recipe, kept, m.get("seq_len", "?"),
                  m.get("steps", "?"), f"{m.get('tokens_seen', 0):,}", m.get("train_wall_s", "?"), m["positions"],
                  f"{m['top1_agreement']:.3f}", f"{m['top5_overlap']:.3f}", f"{m['teacher_top1_in_student_top5']:.3f}",
                  f"{m['kl']:.3f}", f"{m['ppl_teacher']:.2f}", f"{m['ppl_student']:.2f}",
@@ -193,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="replace attention with a wave mixer and distill from the teacher")
     add_distill_args(p)
     p.set_defaults(fn=cmd_distill)
+
+    p = sub.add_parser("layers", help="per-layer report: transfer loss and held-out KL with only that layer replaced")
+    add_distill_args(p)
+    p.add_argument("--transfer-steps", type=int, default=500,
+                   help="steps of the all-layers transfer run (when no --stages / recipe stages are given)")
+    p.set_defaults(fn=cmd_layers)
+
+    p = sub.add_parser("compare", help="the same recipe for several mixers: one table and a top-5 vs tokens plot")
+    add_distill_args(p)
+    p.add_argument("--mixers", required=True, help="comma-separated mixer names, e.g. learned_gate,fnet")
+    p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("eval", help="score a student against its teacher on held-out text")
     p.add_argument("--student", required=True, help="run folder (with adapter/) or adapter folder")

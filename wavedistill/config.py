@@ -33,7 +33,11 @@ class DistillConfig:
     grad_clip: float = 1.0
     temperature: float = 1.0
     alpha: float = 0.9  # weight of the KL term; 1 - alpha weights next-token CE
+    stages: list[dict] | None = None  # the recipe (see wavedistill.recipes); None = one kd stage of max_steps / epochs
     unfreeze_mlps: bool = False
+    lora_mlp: int = 0  # > 0: LoRA of this rank on every MLP projection, trained in the end-to-end stages
+    lora_alpha: float = 0.0  # LoRA scale numerator; 0 = 2 * lora_mlp
+    lora_merge: bool = False  # fold LoRA into the MLP weights of the final adapter (else keep LoRA tensors)
     train: bool = True  # False: score the teacher-initialised student without any training step
     eval_every: int = 200
     val_windows: int = 32
@@ -90,10 +94,26 @@ def validate(cfg: DistillConfig) -> None:
         (0.0 <= cfg.alpha <= 1.0, "alpha must be in [0, 1]"),
         (cfg.epochs > 0 or cfg.max_steps > 0 or not cfg.train, "set epochs > 0 or max_steps > 0"),
         (cfg.dtype in ("float32", "bfloat16", "float16"), "dtype must be float32, bfloat16 or float16"),
+        (cfg.lora_mlp >= 0 and cfg.lora_alpha >= 0, "lora_mlp and lora_alpha must be >= 0"),
+        (not (cfg.lora_mlp and cfg.unfreeze_mlps), "choose one recovery: lora_mlp or unfreeze_mlps, not both"),
+        (not cfg.lora_merge or cfg.lora_mlp > 0, "lora_merge needs lora_mlp > 0"),
+        (cfg.stages is None or isinstance(cfg.stages, list), "stages must be a list of stage mappings"),
     ]
     for ok, message in checks:
         if not ok:
             raise WavedistillError(message)
+    recipe_stages(cfg)
+
+
+def recipe_stages(cfg: DistillConfig, default_steps: int = 1):
+    """The run's stages as dataclasses; without ``stages``, one kd stage of ``max_steps`` (else ``default_steps``)."""
+    from .recipes import KDStage, make_stage
+
+    if not cfg.train:
+        return []
+    if cfg.stages:
+        return [make_stage(dict(s)) for s in cfg.stages]
+    return [KDStage(steps=cfg.max_steps or default_steps)]
 
 
 def to_yaml(cfg) -> str:

@@ -1,10 +1,17 @@
-"""The distillation run, top to bottom: load, convert, split data, train with KL + CE, select, evaluate.
+"""The distillation run, top to bottom: load, convert, split data, run the recipe's stages, select, evaluate.
+
+Every stage trains through :func:`train_steps` (one optimizer and cosine schedule per stage, or
+per swapped group in ``progressive``), which logs each step, scores val every ``eval_every`` steps
+and checkpoints every ``save_every``. Selection: ``adapter/`` is the student with the lowest val KL
+among the evaluations of the *last* stage (its starting point included), restarted whenever that
+stage changes which layers are converted, so the selected student is always the final architecture.
 
 Output folder:
     config.yaml          resolved config          data_split.json   documents / tokens per split
-    adapter/             best student by held-out (val) KL    checkpoint/   last state for --resume
-    metrics.json         test-split metrics       samples.md        side-by-side generations
-    train_log.jsonl      per-step scalars         events.out.tfevents.*   TensorBoard
+    adapter/             selected student         checkpoint/       last state for --resume
+    metrics.json         test-split metrics, per-stage summaries, trainable parameters per group
+    samples.md           side-by-side generations train_log.jsonl   per-step scalars (with the stage)
+    events.out.tfevents.*   TensorBoard
 """
 
 from __future__ import annotations
@@ -16,17 +23,20 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass, field
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from .config import DistillConfig, to_yaml
+from .config import DistillConfig, recipe_stages, to_yaml
 from .data import check_lengths, eval_windows, read_documents, split_documents, train_batch
 from .errors import TrainingError, WavedistillError
 from .evaluate import compare, evaluate_student, print_metrics, window_prompts, write_evaluation
-from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher, replace_dir, save_adapter, write_adapter_files
-from .losses import kd_loss
-from .surgery import convert, decoder_layers
+from .io import (ADAPTER_WEIGHTS, adapter_state_dict, apply_adapter, load_adapter_weights, load_teacher, replace_dir,
+                 save_adapter, write_adapter_files)
+from .surgery import (WaveAttention, convert, converted_layers, decoder_layers, detach_wave, mixer_parameters,
+                      set_handoff, unconvert, wave_attention_modules)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -66,19 +76,43 @@ def wave_layers(cfg: DistillConfig, n_layers: int) -> list[int]:
 
 
 def build_student(teacher, cfg: DistillConfig):
-    """A float32 copy of the teacher with mixers swapped in. Low-precision runs use autocast over these
-    float32 master weights: AdamW on bf16 weights loses small updates of O(1) wave parameters."""
+    """A float32 copy of the teacher with mixers swapped in (and LoRA / unfrozen MLPs for recovery).
+
+    Low-precision runs use autocast over these float32 master weights: AdamW on bf16 weights loses
+    small updates of O(1) wave parameters.
+    """
+    from .lora import add_mlp_lora
+
     student = copy.deepcopy(teacher).float()
     convert(student, cfg.wave_type, layers=wave_layers(cfg, len(decoder_layers(teacher))), **cfg.mixer_kwargs)
     if cfg.unfreeze_mlps:
         for block in decoder_layers(student):
             block.mlp.requires_grad_(True)
+    if cfg.lora_mlp:
+        add_mlp_lora(student, cfg.lora_mlp, cfg.lora_alpha or 2.0 * cfg.lora_mlp)
     return student.train()
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
+def trainable_counts(model: nn.Module, params=None) -> dict[str, int]:
+    """Trainable parameters per group (mixers, lora, mlp, handoff_gates, other), among ``params`` (default: all)."""
+    from .lora import lora_parameters
+    from .surgery import handoff_gate_parameters
+
+    chosen = {id(p) for p in (params if params is not None else model.parameters()) if p.requires_grad}
+    groups = {"mixers": {id(p) for p in mixer_parameters(model)}, "lora": {id(p) for p in lora_parameters(model).values()},
+              "handoff_gates": {id(p) for p in handoff_gate_parameters(model).values()}}
+    counts = dict.fromkeys(("mixers", "lora", "mlp", "handoff_gates", "other"), 0)
+    for name, p in model.named_parameters():
+        if id(p) not in chosen:
+            continue
+        group = next((g for g, ids in groups.items() if id(p) in ids), "mlp" if ".mlp." in name else "other")
+        counts[group] += p.numel()
+    return counts
+
+
+def param_groups(params, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in params:
         if p.requires_grad:
             (no_decay if getattr(p, "_no_weight_decay", False) or p.dim() < 2 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -93,45 +127,206 @@ def lr_lambda(cfg: DistillConfig, total_steps: int):
     return f
 
 
-def save_checkpoint(student, optimizer, scheduler, step: int, best: tuple[float, int], cfg: DistillConfig) -> None:
-    """checkpoint/ = an adapter of the *last* state (loadable with load_student) + optimizer/RNG state."""
-    ckpt = os.path.join(cfg.output_dir, "checkpoint")
+@dataclass
+class Run:
+    """What every stage reads and advances. Counters run over the whole recipe."""
+
+    cfg: DistillConfig
+    stages: list
+    teacher: nn.Module
+    student: nn.Module
+    tokenizer: object
+    splits: object
+    val_windows: torch.Tensor
+    test_windows: torch.Tensor
+    device: str
+    writer: object = None
+    log: object = None
+    stage_index: int = 0
+    step: int = 0  # optimizer steps so far
+    batches: int = 0  # training batches drawn so far: batch k is train_batch(..., seed, k)
+    tokens_seen: int = 0
+    best: tuple[float, int] = (float("inf"), -1)  # (val KL, step) of adapter/
+    pending: dict[int, WaveAttention] = field(default_factory=dict)  # converted, not swapped in (progressive)
+    records: list[dict] = field(default_factory=list)  # one summary per finished stage
+    log_rows: int = 0  # rows written to train_log.jsonl
+    resume_state: dict | None = None
+
+    @property
+    def stage(self):
+        return self.stages[self.stage_index] if self.stage_index < len(self.stages) else None
+
+    @property
+    def final_stage(self) -> bool:
+        return self.stage_index >= len(self.stages) - 1
+
+    @property
+    def autocast(self):
+        return torch.autocast(self.device.split(":")[0], dtype=DTYPES[self.cfg.dtype],
+                              enabled=self.cfg.dtype != "float32")
+
+    def resuming(self, part=None) -> dict | None:
+        """The checkpoint state if this run resumes inside the current stage (and ``part``, when given)."""
+        s = self.resume_state
+        if s is None or s["stage_index"] != self.stage_index or s["part"] is None:
+            return None
+        return s if part is None or s["part"] == part else None
+
+    def log_row(self, row: dict) -> None:
+        self.log.write(json.dumps(row) + "\n")
+        self.log.flush()
+        self.log_rows += 1
+
+    def reset_selection(self) -> None:
+        """The converted layers changed: earlier candidates are another architecture and no longer count."""
+        if self.final_stage:
+            self.best = (float("inf"), -1)
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict:
+    """Val KL and top-5 overlap of the teacher-free student (any hand-off switched off for the measurement);
+    in the last stage, a new lowest KL replaces adapter/."""
+    modules = wave_attention_modules(run.student)
+    handoff = {i: m.handoff for i, m in modules.items()}
+    set_handoff(run.student, None)
+    run.student.eval()
+    m = compare(run.teacher, run.student, run.val_windows, device=run.device, with_baseline=False)
+    run.student.train()
+    for i, a in handoff.items():
+        modules[i].handoff = a
+    run.writer.add_scalar("val/kl", m["kl"], run.step)
+    run.writer.add_scalar("val/top5_overlap", m["top5_overlap"], run.step)
+    if run.final_stage and m["kl"] < run.best[0]:
+        run.best = (m["kl"], run.step)
+        save_adapter(run.student, os.path.join(run.cfg.output_dir, "adapter"), run.cfg.teacher)
+    return {"val_kl": m["kl"], "val_top5": m["top5_overlap"]}
+
+
+def log_candidate(run: Run) -> dict:
+    """Score the student as it stands (no step taken) and log it as a row of its own."""
+    name = f"{run.stage_index}:{run.stage.kind}" if run.stage else "untrained"
+    row = {"step": run.step, "stage": name, "tokens_seen": run.tokens_seen,
+           **evaluate(run)}
+    run.log_row(row)
+    return row
+
+
+def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, before_step=None,
+                extra_state=None) -> dict:
+    """Train ``params`` for ``n_steps`` on ``loss_fn(input_ids, stage_step) -> {"loss": ..., ...}``.
+
+    ``part`` names this call inside the stage (progressive: the group index), so a resumed run
+    continues the right one. Returns steps, tokens, training wall time (evaluation excluded) and
+    tokens per second.
+    """
+    from tqdm import tqdm
+
+    cfg = run.cfg
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise WavedistillError(f"stage {run.stage.kind!r} has no trainable parameters")
+    optimizer = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=lr, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, n_steps))
+    start = 0
+    state = run.resuming(part)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["part_step"]
+        run.resume_state = None
+    name = f"{run.stage_index}:{run.stage.kind}"
+    tokens, wall, val_kl = 0, 0.0, None
+    bar = tqdm(range(start, n_steps), initial=start, total=n_steps, desc=name, dynamic_ncols=True)
+    for s in bar:
+        t0 = time.perf_counter()
+        if before_step is not None:
+            before_step(s)
+        ids = train_batch(run.splits.train, cfg.batch_size, cfg.seq_len, cfg.seed, run.batches).to(run.device)
+        run.batches += 1
+        losses = loss_fn(ids, s)
+        if not torch.isfinite(losses["loss"]):
+            raise TrainingError(f"loss became {losses['loss'].item()} at step {run.step + 1} (stage {name}); lower the "
+                                f"stage's lr (now {lr}) or use --dtype float32. The last checkpoint in "
+                                f"{cfg.output_dir} is untouched.")
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        wall += time.perf_counter() - t0
+        run.step += 1
+        run.tokens_seen += ids.numel()
+        tokens += ids.numel()
+        row = {"step": run.step, "stage": name, "stage_step": s + 1, "tokens_seen": run.tokens_seen,
+               "lr": scheduler.get_last_lr()[0], **{k: float(v.detach()) for k, v in losses.items()}}
+        bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tokens / max(wall, 1e-9):.0f}")
+        for k, v in row.items():
+            if k not in ("step", "stage", "stage_step", "tokens_seen"):
+                run.writer.add_scalar(f"train/{k}", v, run.step)
+        last = s + 1 == n_steps
+        if run.step % cfg.eval_every == 0 or last:
+            row.update(evaluate(run))
+            val_kl = row["val_kl"]
+        run.log_row(row)
+        if run.step % cfg.save_every == 0 or last:
+            save_checkpoint(run, {"part": part, "part_step": s + 1, "optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(), **(extra_state() if extra_state else {})})
+    bar.close()
+    return {"steps": n_steps - start, "tokens": tokens, "train_wall_s": round(wall, 2),
+            "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None, "val_kl": val_kl,
+            "trainable_params": trainable_counts(run.student, params)}
+
+
+def save_checkpoint(run: Run, extra: dict) -> None:
+    """checkpoint/ = an adapter of the *current* state (loadable with load_student) + everything to resume."""
+    ckpt = os.path.join(run.cfg.output_dir, "checkpoint")
     tmp = ckpt + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    write_adapter_files(student, tmp, cfg.teacher)
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-             "best_val_kl": best[0], "best_step": best[1], "torch_rng": torch.get_rng_state(),
-             "python_rng": random.getstate()}
+    write_adapter_files(run.student, tmp, run.cfg.teacher)
+    state = {"stage_index": run.stage_index, "part": None, "part_step": 0, "step": run.step, "batches": run.batches,
+             "tokens_seen": run.tokens_seen, "best_val_kl": run.best[0], "best_step": run.best[1],
+             "converted": converted_layers(run.student), "records": run.records, "log_rows": run.log_rows,
+             "pending": {str(i): {k: v.detach().cpu() for k, v in m.mixer.state_dict().items()}
+                         for i, m in run.pending.items()},
+             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), **extra}
     torch.save(state, os.path.join(tmp, "state.pt"))
     replace_dir(tmp, ckpt)
 
 
-def load_checkpoint(student, optimizer, scheduler, cfg: DistillConfig) -> tuple[int, tuple[float, int]]:
-    ckpt = os.path.join(cfg.output_dir, "checkpoint")
-    load_adapter_weights(student, load_file(os.path.join(ckpt, ADAPTER_WEIGHTS)), ckpt)
+def restore_checkpoint(run: Run) -> None:
+    """Put the student back in the checkpoint's shape (converted, pending and dropped layers) and state."""
+    ckpt = os.path.join(run.cfg.output_dir, "checkpoint")
     state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    pending = sorted(int(i) for i in state["pending"])
+    run.pending = detach_wave(run.student, pending)
+    for i, tensors in state["pending"].items():
+        run.pending[int(i)].mixer.load_state_dict(tensors)
+    dropped = [i for i in converted_layers(run.student) if i not in state["converted"]]
+    if dropped:
+        unconvert(run.student, dropped)
+    load_adapter_weights(run.student, load_file(os.path.join(ckpt, ADAPTER_WEIGHTS)), ckpt)
     torch.set_rng_state(state["torch_rng"])
-    random.setstate(_as_python_state(state["python_rng"]))
-    return state["step"], (state["best_val_kl"], state["best_step"])
+    s = state["python_rng"]  # weights_only loading turns the tuple state into lists
+    random.setstate((s[0], tuple(s[1]), s[2]))
+    run.stage_index, run.step, run.batches, run.tokens_seen = (state["stage_index"], state["step"], state["batches"],
+                                                                state["tokens_seen"])
+    run.best, run.records = (state["best_val_kl"], state["best_step"]), list(state["records"])
+    run.log_rows = state["log_rows"]
+    run.resume_state = state
 
 
-def _as_python_state(state):
-    # weights_only loading turns the tuple state into lists; random.setstate wants tuples.
-    return (state[0], tuple(state[1]), state[2])
-
-
-@torch.no_grad()
-def val_kl(teacher, student, windows, device) -> float:
-    student.eval()
-    m = compare(teacher, student, windows, device=device, with_baseline=False)
-    student.train()
-    return m["kl"]
+def trainable_state(run: Run) -> dict[str, torch.Tensor]:
+    """A copy of everything the student trains (to undo a progressive swap)."""
+    return {k: v.clone() for k, v in adapter_state_dict(run.student).items()}
 
 
 def run(cfg: DistillConfig) -> dict:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .stages import RUNNERS
+
     check_output_dir(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -141,115 +336,83 @@ def run(cfg: DistillConfig) -> dict:
     docs = read_documents(cfg.data, cfg.n_samples or (0 if os.path.exists(cfg.data) else 20000))
     splits = split_documents(docs, tokenizer, cfg.val_frac, cfg.test_frac)
     check_lengths(splits, cfg.seq_len)
-    val_windows = eval_windows(splits.val, cfg.seq_len, cfg.val_windows)
-    test_windows = eval_windows(splits.test, cfg.seq_len, cfg.test_windows)
-    student = build_student(teacher, cfg)
-
     tokens_per_step = cfg.batch_size * cfg.seq_len
-    total_steps = (cfg.max_steps or math.ceil(cfg.epochs * len(splits.train) / tokens_per_step)) if cfg.train else 0
-    optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
-    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    stages = recipe_stages(cfg, default_steps=max(1, math.ceil(cfg.epochs * len(splits.train) / tokens_per_step)))
+    r = Run(cfg, stages, teacher, build_student(teacher, cfg).to(device), tokenizer, splits,
+            eval_windows(splits.val, cfg.seq_len, cfg.val_windows), eval_windows(splits.test, cfg.seq_len,
+                                                                                 cfg.test_windows), device)
 
     os.makedirs(cfg.output_dir, exist_ok=True)
-    start_step, best = 0, (float("inf"), 0)  # (val KL, step) of the adapter/ checkpoint
     if cfg.resume:
-        start_step, best = load_checkpoint(student, optimizer, scheduler, cfg)
-        print(f"resuming {cfg.output_dir} at step {start_step} of {total_steps}")
+        restore_checkpoint(r)
+        print(f"resuming {cfg.output_dir} at step {r.step} (stage {r.stage_index} of {len(stages)})")
     else:
         with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
             f.write(to_yaml(cfg))
         with open(os.path.join(cfg.output_dir, "data_split.json"), "w") as f:
-            json.dump({**splits.summary(), "val_windows": len(val_windows), "test_windows": len(test_windows),
+            json.dump({**splits.summary(), "val_windows": len(r.val_windows), "test_windows": len(r.test_windows),
                        "seq_len": cfg.seq_len}, f, indent=2)
-    print(f"teacher {cfg.teacher} | mixer {cfg.wave_type} on layers {student.wavedistill_config['layers']} | "
-          f"trainable params {trainable:,} | train tokens {len(splits.train):,} | {total_steps} steps of "
-          f"{tokens_per_step} tokens | device {device}")
-
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
+    counts = trainable_counts(r.student)
+    print(f"teacher {cfg.teacher} | mixer {cfg.wave_type} on layers {r.student.wavedistill_config['layers']} | "
+          f"recipe {' -> '.join(s.kind for s in stages) or 'none (untrained)'} | trainable params "
+          f"{', '.join(f'{k} {v:,}' for k, v in counts.items() if v)} | train tokens {len(splits.train):,} | "
+          f"{tokens_per_step} tokens per step | device {device}")
 
     log_path = os.path.join(cfg.output_dir, "train_log.jsonl")
     if cfg.resume:
-        # Steps after the checkpoint were logged by the killed run and will be redone: drop them.
+        # Rows after the checkpoint were logged by the killed run and will be redone: drop them.
         with open(log_path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+            kept = [line for line in f if line.strip()][: r.log_rows]
         with open(log_path, "w") as f:
             f.writelines(kept)
-    writer = SummaryWriter(cfg.output_dir, purge_step=start_step + 1 if cfg.resume else None)
-    log = open(log_path, "a")
-    if start_step == 0:
-        # The teacher-initialised student is a candidate too: training must beat it to be selected.
-        best = (val_kl(teacher, student, val_windows, device), 0)
-        save_adapter(student, os.path.join(cfg.output_dir, "adapter"), cfg.teacher)
-        writer.add_scalar("val/kl", best[0], 0)
-        log.write(json.dumps({"step": 0, "tokens_seen": 0, "val_kl": best[0]}) + "\n")
-    bar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, dynamic_ncols=True)
-    t0, tokens_since = time.time(), 0
-    autocast = torch.autocast(device.split(":")[0], dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")
-    for step in bar:
-        ids = train_batch(splits.train, cfg.batch_size, cfg.seq_len, cfg.seed, step).to(device)
-        with torch.no_grad():
-            t_logits = teacher(ids, use_cache=False).logits
-        with autocast:
-            s_logits = student(ids, use_cache=False).logits
-        losses = kd_loss(s_logits, t_logits, ids, temperature=cfg.temperature, alpha=cfg.alpha)
-        if not torch.isfinite(losses["loss"]):
-            raise TrainingError(f"loss became {losses['loss'].item()} at step {step}; lower --lr (now {cfg.lr}) or "
-                                f"use --dtype float32. The last checkpoint in {cfg.output_dir} is untouched.")
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-
-        tokens_since += ids.numel()
-        tok_s = tokens_since / max(time.time() - t0, 1e-9)
-        row = {"step": step + 1, "tokens_seen": (step + 1) * tokens_per_step, "lr": scheduler.get_last_lr()[0],
-               **{k: v.item() for k, v in losses.items()}}
-        bar.set_postfix(loss=f"{row['loss']:.3f}", kl=f"{row['kl']:.3f}", ce=f"{row['ce']:.3f}", tok_s=f"{tok_s:.0f}")
-        for k in ("loss", "kl", "ce", "lr"):
-            writer.add_scalar(f"train/{k}", row[k], step + 1)
-        writer.add_scalar("train/tokens_per_s", tok_s, step + 1)
-
-        last = step + 1 == total_steps
-        if (step + 1) % cfg.eval_every == 0 or last:
-            row["val_kl"] = val_kl(teacher, student, val_windows, device)
-            writer.add_scalar("val/kl", row["val_kl"], step + 1)
-            if row["val_kl"] < best[0]:
-                best = (row["val_kl"], step + 1)
-                save_adapter(student, os.path.join(cfg.output_dir, "adapter"), cfg.teacher)
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        if (step + 1) % cfg.save_every == 0 or last:
-            save_checkpoint(student, optimizer, scheduler, step + 1, best, cfg)
-    bar.close()
-    writer.close()
-    log.close()
-    wall = time.time() - t0
+    r.writer = SummaryWriter(cfg.output_dir, purge_step=r.step + 1 if cfg.resume else None)
+    r.log = open(log_path, "a")
+    if not stages:
+        log_candidate(r)  # --no-train: the teacher-initialised student is the only candidate
+    for i in range(r.stage_index, len(stages)):
+        r.stage_index = i
+        stage = stages[i]
+        if r.final_stage and r.resuming() is None and stage.kind != "progressive":
+            # The starting point of the last stage is a candidate too: training must beat it
+            # (progressive changes the architecture first and scores its own starting points).
+            log_candidate(r)
+        summary = {"stage": i, "kind": stage.kind, **RUNNERS[stage.kind](r, stage)}
+        r.records.append(summary)
+        r.resume_state = None
+        save_checkpoint(r, {"stage_index": i + 1})
+    r.writer.close()
+    r.log.close()
 
     # Logits of the in-memory student at the end of training (the state in checkpoint/), so a
     # fresh process can check that load_student(DIR/checkpoint) reproduces them.
     with torch.no_grad():
-        probe = test_windows[:1].to(device)
-        save_file({"input_ids": probe.cpu(), "logits": student.eval()(probe, use_cache=False).logits.float().cpu()},
+        probe = r.test_windows[:1].to(device)
+        save_file({"input_ids": probe.cpu(), "logits": r.student.eval()(probe, use_cache=False).logits.float().cpu()},
                   os.path.join(cfg.output_dir, "final_logits.safetensors"))
-    return finish(cfg, teacher, tokenizer, test_windows, splits, total_steps, wall, device, best)
+    return finish(r, counts)
 
 
-def finish(cfg, teacher, tokenizer, test_windows, splits, total_steps, wall, device, best) -> dict:
+def finish(r: Run, counts: dict) -> dict:
     """Reload the selected adapter (best val KL) onto a fresh copy and score it on the test split."""
-    from .io import apply_adapter
+    cfg = r.cfg
+    adapter = os.path.join(cfg.output_dir, "adapter")
+    student = apply_adapter(copy.deepcopy(r.teacher), adapter).eval()
+    if cfg.lora_merge:
+        from .lora import merge_mlp_lora
 
-    student = apply_adapter(copy.deepcopy(teacher), os.path.join(cfg.output_dir, "adapter")).eval()
-    prompts = window_prompts(splits.test, cfg.seq_len, cfg.n_generations)
-    metrics, rows = evaluate_student(teacher, student, tokenizer, test_windows, prompts, device=device)
+        merge_mlp_lora(student)
+        save_adapter(student, adapter, cfg.teacher)
+    prompts = window_prompts(r.splits.test, cfg.seq_len, cfg.n_generations)
+    metrics, rows = evaluate_student(r.teacher, student, r.tokenizer, r.test_windows, prompts, device=r.device)
     converted = student.wavedistill_config["layers"]
     metrics.update({"split": "test", "mixer": cfg.wave_type, "layers": converted,
                     "kept_attention_layers": [i for i in range(len(decoder_layers(student))) if i not in converted],
-                    "steps": total_steps, "tokens_seen": total_steps * cfg.batch_size * cfg.seq_len,
-                    "train_wall_s": round(wall, 1), "seq_len": cfg.seq_len,
-                    "selected_step": best[1], "selected_val_kl": best[0]})
+                    "recipe": [rec["kind"] for rec in r.records], "stages": r.records, "steps": r.step,
+                    "tokens_seen": r.tokens_seen, "train_wall_s": round(sum(x.get("train_wall_s", 0.0)
+                                                                            for x in r.records), 1),
+                    "trainable_params": counts, "lora": {"r": cfg.lora_mlp, "merged": cfg.lora_merge}
+                    if cfg.lora_mlp else None, "seq_len": cfg.seq_len, "selected_step": r.best[1],
+                    "selected_val_kl": r.best[0]})
     write_evaluation(cfg.output_dir, metrics, rows)
     print_metrics(metrics, title=f"{cfg.wave_type}: test split, {metrics['positions']} positions")
     return metrics

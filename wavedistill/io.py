@@ -21,7 +21,7 @@ from torch import nn
 
 from . import __version__
 from .errors import AdapterError, ModelLoadError
-from .surgery import convert, decoder_layers, mixer_state_dict
+from .surgery import convert, decoder_layers, handoff_gate_parameters, mixer_state_dict
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -76,10 +76,18 @@ def same_base(model: nn.Module, config: dict, fingerprint: str) -> bool:
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Mixer weights plus any other trainable decoder weight (e.g. MLPs unfrozen for recovery)."""
+    """What a student adds to its base: mixer weights, LoRA tensors, and any other decoder weight that
+    was trained (MLPs unfrozen for recovery) or changed (LoRA merged into an MLP). Hand-off gates
+    are training-time state and never part of an adapter."""
+    from .lora import lora_parameters
+
     sd = mixer_state_dict(model)
+    if getattr(model, "wavedistill_lora", None):
+        sd.update(lora_parameters(model))
+    gates = {id(p) for p in handoff_gate_parameters(model).values()}
+    merged = set(getattr(model, "wavedistill_merged", []))
     for name, p in model.get_decoder().named_parameters():
-        if p.requires_grad and name not in sd:
+        if name not in sd and id(p) not in gates and (p.requires_grad or name in merged):
             sd[name] = p
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
@@ -99,7 +107,9 @@ def write_adapter_files(model: nn.Module, directory: str, base_model: str) -> No
     sd = adapter_state_dict(model)
     if os.path.isdir(base_model):  # a local folder must be found again from any working directory
         base_model = os.path.abspath(base_model)
-    extra = sorted({k.split(".")[2] if k.startswith("layers.") else k for k in sd if ".self_attn.mixer." not in k})
+    lora = getattr(model, "wavedistill_lora", None)
+    extra = sorted({k.split(".")[2] if k.startswith("layers.") else k for k in sd
+                    if ".self_attn.mixer." not in k and ".lora_" not in k})
     config = {
         "format_version": FORMAT_VERSION,
         "wavedistill_version": __version__,
@@ -112,6 +122,7 @@ def write_adapter_files(model: nn.Module, directory: str, base_model: str) -> No
         "mixer": cfg["mixer"],
         "layer_kwargs": cfg["layer_kwargs"],
         "unfrozen": extra,
+        "lora": lora,
     }
     save_file(sd, os.path.join(directory, ADAPTER_WEIGHTS))
     with open(os.path.join(directory, ADAPTER_CONFIG), "w") as f:
@@ -165,14 +176,21 @@ def apply_adapter(model: nn.Module, directory: str) -> nn.Module:
         groups.setdefault(json.dumps(kw, sort_keys=True), []).append(int(i))
     for kw, layers in groups.items():
         convert(model, config["mixer"], layers=layers, init_from_teacher=False, **json.loads(kw))
+    if config.get("lora"):
+        from .lora import add_mlp_lora
+
+        add_mlp_lora(model, config["lora"]["r"], config["lora"]["alpha"], config["lora"]["targets"])
     load_adapter_weights(model, weights, directory)
     return model
 
 
 def load_adapter_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Copy adapter tensors into a converted model; every mixer tensor must be present, nothing unknown."""
+    """Copy adapter tensors into a converted model; every mixer (and LoRA) tensor must be present, nothing unknown."""
     targets = dict(model.get_decoder().state_dict(keep_vars=True))
-    needed = set(mixer_state_dict(model))
+    from .lora import lora_parameters
+
+    needed = set(mixer_state_dict(model)) | (set(lora_parameters(model)) if getattr(model, "wavedistill_lora", None)
+                                             else set())
     missing = sorted(needed - set(weights))
     unexpected = sorted(set(weights) - set(targets))
     if missing or unexpected:

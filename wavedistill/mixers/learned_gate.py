@@ -78,6 +78,26 @@ class LearnedGate(WaveMixer):
         s = min(L, self.short_len)
         return torch.cat([k[:, :s] + self.taps[:, :s].to(dtype), k[:, s:]], dim=1)
 
+    @torch.no_grad()
+    def fit_toeplitz(self, head_kernels: Tensor) -> None:
+        """Set the filters to given per-head kernels (H, L) over lags 0..L-1 (the ``fit`` stage).
+
+        Channel c serves query head c // head_dim, whose values it convolves (v_proj repeats KV heads),
+        so a head's Toeplitz fit of its attention map becomes the kernel of all its channels. Free taps
+        take lags < short_len exactly; the EMA weights are the minimum-norm least-squares fit of the rest.
+        """
+        if head_kernels.shape[0] != self.n_heads:
+            raise MixerValueError(f"expected a kernel per head ({self.n_heads}), got {head_kernels.shape[0]}")
+        L = min(head_kernels.shape[1], self.kernel_len)
+        target = head_kernels[:, :L].double().repeat_interleave(self.head_dim, dim=0)  # (C, L)
+        basis = ema_basis(self.decays, L, torch.float64)  # (n_decays, L)
+        s = min(self.short_len, L)
+        # The fastest EMAs vanish beyond short lags, so the basis is rank-deficient there: pinv, not solve.
+        weights = target[:, s:] @ torch.linalg.pinv(basis[:, s:], rtol=1e-10)  # (C, n_decays)
+        self.decay_weight.copy_(weights)
+        self.taps.zero_()
+        self.taps[:, :s].copy_(target[:, :s] - (weights @ basis)[:, :s])
+
     def _mix(self, x: Tensor, padding_mask, conv) -> Tensor:
         v = self.zero_pads(self.v_proj(x), padding_mask)  # (B, T, C)
         y = conv(v, self.kernel(x.shape[1], torch.promote_types(x.dtype, torch.float32)))  # (B, T, C)

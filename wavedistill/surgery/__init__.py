@@ -1,8 +1,10 @@
 from .cache import WaveCacheLayer
-from .convert import (WaveAttention, convert, converted_layers, mixer_parameters, mixer_state_dict,
-                      padding_mask_from_attention_mask, set_handoff, unconvert, wave_attention_modules)
+from .convert import (WaveAttention, add_handoff_gates, attach_wave, convert, converted_layers, detach_wave,
+                      handoff_gate_parameters, mixer_parameters, mixer_state_dict, padding_mask_from_attention_mask,
+                      remove_handoff_gates, set_handoff, unconvert, wave_attention_modules)
 from .families import FAMILIES, UnsupportedModelError, attention_geometry, decoder_layers, family_of
 
-__all__ = ["FAMILIES", "UnsupportedModelError", "WaveAttention", "WaveCacheLayer", "attention_geometry", "convert",
-           "converted_layers", "decoder_layers", "family_of", "mixer_parameters", "mixer_state_dict",
-           "padding_mask_from_attention_mask", "set_handoff", "unconvert", "wave_attention_modules"]
+__all__ = ["FAMILIES", "UnsupportedModelError", "WaveAttention", "WaveCacheLayer", "add_handoff_gates", "attach_wave",
+           "attention_geometry", "convert", "converted_layers", "decoder_layers", "detach_wave", "family_of",
+           "handoff_gate_parameters", "mixer_parameters", "mixer_state_dict", "padding_mask_from_attention_mask",
+           "remove_handoff_gates", "set_handoff", "unconvert", "wave_attention_modules"]

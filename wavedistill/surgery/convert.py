@@ -37,16 +37,20 @@ class WaveAttention(nn.Module):
     """Drop-in for an HF attention module: runs ``mixer`` and keeps ``base_attn`` for ``unconvert``.
 
     ``handoff`` None (default): the mixer alone. ``handoff = a`` in [0, 1]: the original attention
-    runs in parallel and the output is ``(1 - a) * attention + a * mixer``; a = 0 is the teacher
-    exactly, a = 1 the mixer's output (with the attention still computed, so a cache stays valid).
+    runs in parallel and the output is ``(1 - w) * attention + w * mixer`` with ``w = a``, or, with
+    a learned gate ``g`` (:func:`add_handoff_gates`), ``w = a + a (1 - a) tanh(g)``: a convex mix the
+    model can tilt while the schedule runs, pinned to 0 at a = 0 and to 1 at a = 1. At a = 0 the
+    output is the teacher's attention exactly (the mixer is not run); at a = 1 it is the mixer's.
     """
 
-    def __init__(self, base_attn: nn.Module, mixer: WaveMixer, layer_idx: int) -> None:
+    def __init__(self, base_attn: nn.Module, mixer: WaveMixer, layer_idx: int, mixer_kwargs: dict | None = None) -> None:
         super().__init__()
         self.base_attn = base_attn
         self.mixer = mixer
         self.wave_layer_idx = layer_idx
+        self.mixer_kwargs = dict(mixer_kwargs or {})  # what the mixer was built with, for the adapter config
         self.handoff: float | None = None
+        self.handoff_logit: nn.Parameter | None = None
 
     def __getattr__(self, name: str):
         try:
@@ -56,6 +60,13 @@ class WaveAttention(nn.Module):
                 raise
             return getattr(self.base_attn, name)
 
+    def handoff_share(self) -> Tensor | float:
+        """The mixer's share w of the output while a hand-off is on."""
+        a = self.handoff
+        if self.handoff_logit is None:
+            return a
+        return a + a * (1 - a) * torch.tanh(self.handoff_logit)
+
     def forward(self, hidden_states: Tensor, position_embeddings=None, attention_mask=None, past_key_values=None,
                 cache=None, **kwargs) -> tuple[Tensor, None]:
         # transformers >= 5.24 passes the cache as `cache`, earlier 5.x as `past_key_values`; hand the
@@ -64,11 +75,13 @@ class WaveAttention(nn.Module):
                     {"past_key_values": past_key_values} if past_key_values is not None else {})
         cache = cache if cache is not None else past_key_values
         q_len = hidden_states.shape[1]
-        pad = padding_mask_from_attention_mask(attention_mask, q_len)
         parallel = self.handoff is not None
         if parallel:
             attn_out, _ = self.base_attn(hidden_states=hidden_states, position_embeddings=position_embeddings,
                                          attention_mask=attention_mask, **cache_kw, **kwargs)
+            if self.handoff == 0:
+                return attn_out, None  # exactly the teacher; the mixer is not even run
+        pad = padding_mask_from_attention_mask(attention_mask, q_len)
         if cache is None:
             mixed = self.mixer(hidden_states, padding_mask=pad, position_embeddings=position_embeddings)
         else:
@@ -77,16 +90,15 @@ class WaveAttention(nn.Module):
             mixed = self.mixer(x, padding_mask=pad, position_embeddings=pe)[:, -q_len:]
         if not parallel:
             return mixed, None
-        if self.handoff == 0:
-            return attn_out, None  # exactly the teacher, whatever the mixer computes
-        return (1 - self.handoff) * attn_out + self.handoff * mixed, None
+        w = self.handoff_share()
+        return (1 - w) * attn_out + w * mixed, None
 
 
 def set_handoff(model: nn.Module, a: float | None, layers=None) -> None:
     """Blend the original attention and the mixer in converted ``layers`` (default all); None = mixer only.
 
     Set the same value for a whole ``generate`` call: the attention's K/V cache is filled only
-    while hand-off is on.
+    while hand-off is on, and the mixer's history only while a > 0.
     """
     if a is not None and not 0.0 <= a <= 1.0:
         raise SurgeryError(f"hand-off weight must be in [0, 1] or None, got {a}")
@@ -95,6 +107,27 @@ def set_handoff(model: nn.Module, a: float | None, layers=None) -> None:
         if i not in modules:
             raise SurgeryError(f"layer {i} is not converted; converted layers: {sorted(modules)}")
         modules[i].handoff = a
+
+
+def add_handoff_gates(model: nn.Module) -> list[nn.Parameter]:
+    """Give every converted layer a learned hand-off gate logit (starting at 0: w = a); return them."""
+    gates = []
+    for m in wave_attention_modules(model).values():
+        ref = next(m.mixer.parameters())
+        m.handoff_logit = nn.Parameter(torch.zeros((), device=ref.device, dtype=ref.dtype))
+        gates.append(m.handoff_logit)
+    return gates
+
+
+def remove_handoff_gates(model: nn.Module) -> None:
+    for m in wave_attention_modules(model).values():
+        m.handoff_logit = None
+
+
+def handoff_gate_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Learned hand-off gates by decoder path, ``layers.{i}.self_attn.handoff_logit``."""
+    return {f"layers.{i}.self_attn.handoff_logit": m.handoff_logit for i, m in wave_attention_modules(model).items()
+            if m.handoff_logit is not None}
 
 
 def resolve_layers(model: nn.Module, layers) -> list[int]:
@@ -153,29 +186,67 @@ def convert(model: nn.Module, mixer: str = "learned_gate", layers=None, init_fro
         if init_from_teacher:
             m.init_from_attention(attn)
         m = m.to(device=ref.device, dtype=ref.dtype)
-        blocks[i].self_attn = WaveAttention(attn, m, i)
+        blocks[i].self_attn = WaveAttention(attn, m, i, kwargs)
         replaced.append(f"{prefix}layers.{i}.self_attn")
     for p in mixer_parameters(model):
         p.requires_grad_(True)
-    per_layer = {**(previous["layer_kwargs"] if previous else {}), **{str(i): kwargs for i in chosen}}
-    model.wavedistill_config = {"mixer": mixer, "layers": sorted(int(i) for i in per_layer),
-                                "layer_kwargs": dict(sorted(per_layer.items(), key=lambda kv: int(kv[0])))}
+    _record(model, mixer)
     return replaced
 
 
-def unconvert(model: nn.Module) -> list[str]:
-    """Put the original attention modules back; return the restored paths."""
-    restored = []
+def _record(model: nn.Module, mixer: str) -> None:
+    """model.wavedistill_config: the mixer, the converted layers and each layer's mixer kwargs."""
+    modules = wave_attention_modules(model)
+    model.wavedistill_config = {"mixer": mixer, "layers": sorted(modules),
+                                "layer_kwargs": {str(i): modules[i].mixer_kwargs for i in sorted(modules)}}
+
+
+def unconvert(model: nn.Module, layers=None) -> list[str]:
+    """Put the original attention back in ``layers`` (default: every converted layer); return the restored paths.
+
+    Once no layer is converted, the model's original ``requires_grad`` flags are restored too.
+    """
+    modules = wave_attention_modules(model)
+    chosen = sorted(modules) if layers is None else sorted(int(i) for i in layers)
+    missing = [i for i in chosen if i not in modules]
+    if missing:
+        raise SurgeryError(f"layers {missing} are not converted; converted layers: {sorted(modules)}")
+    blocks = decoder_layers(model)
     prefix = _decoder_prefix(model)
-    for i, block in enumerate(decoder_layers(model)):
-        if isinstance(block.self_attn, WaveAttention):
-            block.self_attn = block.self_attn.base_attn
-            restored.append(f"{prefix}layers.{i}.self_attn")
-    model.__dict__.pop("wavedistill_config", None)
-    flags = model.__dict__.pop("_wavedistill_grad_flags", {})
-    for n, p in model.named_parameters():
-        p.requires_grad_(flags.get(n, p.requires_grad))
-    return restored
+    for i in chosen:
+        blocks[i].self_attn = modules[i].base_attn
+    if len(chosen) < len(modules):
+        _record(model, model.wavedistill_config["mixer"])
+    else:
+        model.__dict__.pop("wavedistill_config", None)
+        flags = model.__dict__.pop("_wavedistill_grad_flags", {})
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, p.requires_grad))
+    return [f"{prefix}layers.{i}.self_attn" for i in chosen]
+
+
+def detach_wave(model: nn.Module, layers) -> dict[int, WaveAttention]:
+    """Unconvert ``layers`` but hand back their :class:`WaveAttention` modules (mixers and all) for :func:`attach_wave`."""
+    modules = wave_attention_modules(model)
+    kept = {int(i): modules[int(i)] for i in layers if int(i) in modules}
+    unconvert(model, list(layers))
+    return kept
+
+
+def attach_wave(model: nn.Module, modules: dict[int, WaveAttention]) -> list[str]:
+    """Put detached :class:`WaveAttention` modules back in their layers; return the replaced paths."""
+    blocks = decoder_layers(model)
+    mixers = {m.mixer.name for m in modules.values()} | {m.mixer.name for m in wave_attention_modules(model).values()}
+    if len(mixers) > 1:
+        raise SurgeryError(f"one mixer type per model, got {sorted(mixers)}")
+    for i, m in modules.items():
+        if blocks[i].self_attn is not m.base_attn:
+            raise SurgeryError(f"layer {i} no longer holds the attention this wave module was built on")
+        blocks[i].self_attn = m
+    if modules:
+        _record(model, mixers.pop())
+    prefix = _decoder_prefix(model)
+    return [f"{prefix}layers.{i}.self_attn" for i in sorted(modules)]
 
 
 def converted_layers(model: nn.Module) -> list[int]:

@@ -8,7 +8,7 @@ import torch
 from tests.conftest import VOCAB, tiny_model
 from wavedistill.errors import WavedistillError
 from wavedistill.surgery import convert
-from wavedistill.transfer import record_attention, transfer_loss, transfer_step
+from wavedistill.stages.transfer import record_attention, transfer_loss, transfer_step
 
 
 def batch(seed: int, B: int = 4, T: int = 33) -> torch.Tensor:

@@ -1,0 +1,52 @@
+"""The ``kd`` stage: end-to-end logit distillation of the whole student against the frozen teacher.
+
+Loss per batch: ``kl_weight * mean(T^2 KL_T(teacher || student)) + ce_weight * CE(next token)
++ hidden_weight * hidden_mse``, where ``hidden_mse`` averages the squared error between student
+and teacher decoder-layer outputs (HF ``hidden_states[1:]``; the last one is after the final norm).
+The temperature is constant, follows a linear / cosine schedule to ``temperature_end`` over the
+stage, or is ``dynamic``: per position, from the teacher's entropy (confident positions are softened).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..losses import entropy_temperature, hidden_mse, kd_loss
+from ..schedules import scheduled_temperature
+
+
+def kd_objective(run, stage, n_steps: int):
+    """``loss_fn(input_ids, stage_step)`` for :func:`wavedistill.distill.train_steps`, from a stage's KD fields."""
+    cfg = run.cfg
+    kl_weight = cfg.alpha if stage.kl_weight is None else stage.kl_weight
+    ce_weight = 1.0 - cfg.alpha if stage.ce_weight is None else stage.ce_weight
+    start = cfg.temperature if stage.temperature is None else stage.temperature
+    hidden = stage.hidden_weight > 0
+
+    def loss_fn(ids, step: int) -> dict:
+        with torch.no_grad():
+            t_out = run.teacher(ids, use_cache=False, output_hidden_states=hidden)
+        with run.autocast:
+            s_out = run.student(ids, use_cache=False, output_hidden_states=hidden)
+        if stage.temperature_schedule == "dynamic":
+            temperature = entropy_temperature(t_out.logits, stage.temperature_max)  # (B, T)
+        else:
+            temperature = scheduled_temperature(start, stage.temperature_end, stage.temperature_schedule,
+                                                step / max(1, n_steps - 1))
+        losses = kd_loss(s_out.logits, t_out.logits, ids, temperature=temperature, kl_weight=kl_weight,
+                         ce_weight=ce_weight)
+        if hidden:
+            losses["hidden_mse"] = hidden_mse(s_out.hidden_states[1:], t_out.hidden_states[1:])
+            losses["loss"] = losses["loss"] + stage.hidden_weight * losses["hidden_mse"]
+            losses["hidden_mse"] = losses["hidden_mse"].detach()
+        losses["temperature"] = torch.as_tensor(temperature).float().mean()
+        return losses
+
+    return loss_fn
+
+
+def run_kd(run, stage) -> dict:
+    from ..distill import train_steps
+
+    params = [p for p in run.student.parameters() if p.requires_grad]
+    return train_steps(run, 0, params, stage.steps, stage.lr or run.cfg.lr, kd_objective(run, stage, stage.steps))
