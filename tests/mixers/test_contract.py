@@ -23,6 +23,7 @@ T = 37  # not a power of two
 D = 24  # default head_dim is 8 here, so mixers get 3 heads
 
 VARIANTS = {
+    "attention": [dict(qk_norm=True, n_heads=4, n_kv_heads=2, head_dim=6, rope=False)],
     "fnet": [dict(proj=False)],
     "frequency_band": [dict(window=5, qk_norm=True, n_heads=4, n_kv_heads=2, head_dim=6, n_bands=3, kernel_len=20)],
     "learned_gate": [dict(kernel_len=10, gate=False)],

@@ -202,6 +202,20 @@ def test_frequency_band_with_full_window_and_zero_fft_branch_reproduces_teacher(
     torch.testing.assert_close(student, teacher, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f != "gemma3_text"])
+def test_attention_mixer_with_the_teachers_weights_is_the_teacher(family):
+    # The control: rebuilding every layer's attention from the teacher's weights changes nothing.
+    # (Gemma3's sliding layers see a window, which full attention does not reproduce.)
+    model = tiny_model(family)
+    ids = rand_ids(2, T)
+    with torch.no_grad():
+        teacher = model(ids).logits
+    convert(model, "attention")
+    with torch.no_grad():
+        student = model(ids).logits
+    torch.testing.assert_close(student, teacher, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if FAMILIES[f].qk_norm])
 def test_frequency_band_qk_norms_match_the_teachers_after_init(family):
     # Qwen3 scales by w, Gemma3 by (1 + w) and names its epsilon `eps`: the copied norm must compute

@@ -26,35 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MixerValueError
-from .base import WaveMixer, no_weight_decay
-from .functional import (apply_rope, causal_conv, causal_conv_naive, ema_basis, local_attention, local_causal_mask,
-                         rope_tables)
+from .base import no_weight_decay
+from .functional import causal_conv, causal_conv_naive, ema_basis, local_attention, local_causal_mask
+from .qkv import QKVMixer
 from .registry import register_mixer
 
 
-class HeadRMSNorm(nn.Module):
-    """RMS norm over head_dim, as Qwen3's q_norm/k_norm."""
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.register_buffer("eps_", torch.tensor(float(eps)))  # saved, since teachers differ
-
-    @property
-    def eps(self) -> float:
-        return self.eps_.item()
-
-    @eps.setter
-    def eps(self, value: float) -> None:
-        self.eps_.fill_(value)
-
-    def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
-
-
 @register_mixer("frequency_band")
-class FrequencyBand(WaveMixer):
+class FrequencyBand(QKVMixer):
     """Args:
         d_model: model width D.
         window: keys each query attends to, itself included (default 64).
@@ -62,30 +41,21 @@ class FrequencyBand(WaveMixer):
         n_bands: number of low-pass filters in the FFT branch (default 8).
         kernel_len: longest lag of the FFT branch (default 2048).
         qk_norm: RMS-normalise q and k per head (Qwen3 / Gemma3 style).
-        rope_theta: rotary base used when no teacher position embeddings are passed.
+        rope: rotate q and k (default True); rope_theta: rotary base used when no teacher tables are passed.
         n_heads, n_kv_heads, head_dim, bias: attention geometry.
     """
 
     def __init__(self, d_model: int, *, window: int = 64, fft_branch: bool = True, n_bands: int = 8,
-                 kernel_len: int = 2048, qk_norm: bool = False, rope_theta: float = 10000.0,
+                 kernel_len: int = 2048, qk_norm: bool = False, rope: bool = True, rope_theta: float = 10000.0,
                  n_heads: int | None = None, n_kv_heads: int | None = None, head_dim: int | None = None,
                  bias: bool = False, causal: bool = True, layer_idx: int | None = None) -> None:
-        super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
-                         bias=bias)
+        super().__init__(d_model, qk_norm=qk_norm, rope=rope, rope_theta=rope_theta, n_heads=n_heads,
+                         n_kv_heads=n_kv_heads, head_dim=head_dim, bias=bias, causal=causal)
         if not causal:
             raise MixerValueError("frequency_band is causal by construction (sliding window + causal filter)")
         if window < 1:
             raise MixerValueError(f"window must be >= 1, got {window}")
-        self.window, self.kernel_len, self.rope_theta = window, kernel_len, rope_theta
-        kv_dim = self.n_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(d_model, self.inner_dim, bias=bias)
-        self.k_proj = nn.Linear(d_model, kv_dim, bias=bias)
-        self.v_proj = nn.Linear(d_model, kv_dim, bias=bias)
-        self.o_proj = nn.Linear(self.inner_dim, d_model, bias=False)
-        self.q_norm = HeadRMSNorm(self.head_dim) if qk_norm else None
-        self.k_norm = HeadRMSNorm(self.head_dim) if qk_norm else None
-        # A buffer, so a reloaded student keeps a teacher's non-default scale (Gemma3's query_pre_attn_scalar).
-        self.register_buffer("scaling", torch.tensor(float(self.head_dim) ** -0.5))
+        self.window, self.kernel_len = window, kernel_len
         if fft_branch:
             tau = torch.logspace(math.log10(window), math.log10(max(kernel_len, window + 1)), n_bands)
             self.register_buffer("decays", 1.0 - 1.0 / tau, persistent=False)  # (n_bands,)
@@ -93,46 +63,12 @@ class FrequencyBand(WaveMixer):
         else:
             self.band_weight = None
 
-    @torch.no_grad()
-    def init_from_attention(self, attn: nn.Module) -> None:
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            mine, theirs = getattr(self, name), getattr(attn, name)
-            mine.weight.copy_(theirs.weight)
-            if mine.bias is not None and theirs.bias is not None:
-                mine.bias.copy_(theirs.bias)
-        for name in ("q_norm", "k_norm"):
-            mine, theirs = getattr(self, name), getattr(attn, name, None)
-            if mine is not None and theirs is not None:
-                mine.eps = float(getattr(theirs, "variance_epsilon", getattr(theirs, "eps", mine.eps)))
-                # Families store the scale differently (Gemma: 1 + w); read the effective scale off the
-                # teacher's norm itself: norm(ones) = scale / sqrt(1 + eps).
-                ones = torch.ones(1, self.head_dim, dtype=theirs.weight.dtype, device=theirs.weight.device)
-                mine.weight.copy_(theirs(ones)[0].float() * (1 + mine.eps) ** 0.5)
-        self.scaling.fill_(float(attn.scaling))
-
     def low_band_kernel(self, T: int, dtype) -> Tensor:
         return self.band_weight.to(dtype) @ ema_basis(self.decays, min(T, self.kernel_len), dtype)  # (C, L)
 
-    def _qkv(self, x: Tensor, position_embeddings) -> tuple[Tensor, Tensor, Tensor]:
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if position_embeddings is None:
-            position_embeddings = rope_tables(T, self.head_dim, self.rope_theta, x.device, x.dtype)
-        cos, sin = (p.to(x.dtype).expand(B, -1, -1) for p in position_embeddings)
-        q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, hd)
-        k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, Hkv, T, hd)
-        rep = self.n_heads // self.n_kv_heads
-        k = k.repeat_interleave(rep, dim=1)
-        v = v.transpose(1, 2).repeat_interleave(rep, dim=1)  # (B, H, T, hd)
-        return q, k, v
-
     def _mix(self, x: Tensor, padding_mask, position_embeddings, attend, conv) -> Tensor:
         B, T, _ = x.shape
-        q, k, v = self._qkv(x, position_embeddings)
+        q, k, v = self.qkv(x, position_embeddings)
         y = attend(q, k, v, padding_mask).transpose(1, 2).reshape(B, T, self.inner_dim)  # (B, T, H*hd)
         if self.band_weight is not None:
             vc = self.zero_pads(v.transpose(1, 2).reshape(B, T, self.inner_dim), padding_mask)
@@ -153,6 +89,3 @@ class FrequencyBand(WaveMixer):
 
     def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
         return self._mix(x, padding_mask, position_embeddings, self._attend_naive, causal_conv_naive)
-
-
-

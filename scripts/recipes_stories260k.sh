@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Regenerates every number of the "Recipes" section of docs/results.md (issue 3) on stories260K.
+# usage: bash scripts/recipes_stories260k.sh [RUNS_DIR]     (needs ../shared beside the checkout)
+# Two runs at a time, one CPU thread each; finished runs are skipped, so the script can be rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=${1:-runs}
+export OMP_NUM_THREADS=1
+T=../shared/teachers/stories260K
+D=../shared/corpora/tinystories/stories.txt
+run() {  # run NAME [distill flags]: one learned_gate run into $R/NAME unless it is finished
+  local name=$1; shift
+  [ -f "$R/$name/metrics.json" ] && return 0
+  local resume=(); [ -d "$R/$name/checkpoint" ] && resume=(--resume)
+  wavedistill distill --wave-type learned_gate --output-dir "$R/$name" "${resume[@]}" "$@" > "$R/$name.log" 2>&1
+}
+mkdir -p "$R"
+# 1. plain KD vs transfer -> KD at the same 2,000-step budget; the per-layer report.
+run kd --recipe configs/kd.yaml &
+[ -f "$R/layers/layers.json" ] || wavedistill layers --teacher $T --data $D --mixer learned_gate --seq-len 256 \
+  --batch-size 16 --stages transfer:500 --lr 0.01 --output-dir "$R/layers" > "$R/layers.log" 2>&1 &
+wait
+wavedistill compare --recipe configs/transfer_kd.yaml --mixers learned_gate --output-dir "$R/compare" > "$R/compare_lg.log" 2>&1 &
+run fit_transfer_kd --recipe configs/fit_transfer_kd.yaml &
+wait
+# 2. progressive, hand-off, LoRA recovery, and a hybrid keeping the hardest layer (rank 1 in the report) as attention.
+run progressive --recipe configs/progressive.yaml &
+run handoff --recipe configs/handoff.yaml &
+wait
+HARDEST=$(python -c "import json; r=json.load(open('$R/layers/layers.json'))['rows']; print(max(r, key=lambda x: x['kl_only_this_layer'])['layer'])")
+run lora --recipe configs/lora.yaml &
+run "hybrid_keep$HARDEST" --recipe configs/transfer_kd.yaml --keep-attention "$HARDEST" &
+wait
+# 3. the same transfer -> KD recipe for every mixer (learned_gate's run from step 1 is reused).
+wavedistill compare --recipe configs/transfer_kd.yaml --mixers fnet,phase_shift --output-dir "$R/compare" > "$R/compare_a.log" 2>&1 &
+wavedistill compare --recipe configs/transfer_kd.yaml --mixers wave_network,frequency_band --output-dir "$R/compare" > "$R/compare_b.log" 2>&1 &
+wait
+wavedistill compare --recipe configs/transfer_kd.yaml --mixers learned_gate,frequency_band,phase_shift,wave_network,fnet \
+  --output-dir "$R/compare"
+wavedistill report "$R/kd" "$R/compare/learned_gate" "$R/fit_transfer_kd" "$R/progressive" "$R/handoff" "$R/lora" \
+  "$R/hybrid_keep$HARDEST" --output "$R/report_recipes.md"

@@ -1,0 +1,66 @@
+"""Softmax attention (Vaswani et al., 2017) through PyTorch SDPA: the baseline the wave mixers are measured against.
+
+Not a wave mixer. It is registered so that the lab trains it inside exactly the same model as every
+wave mixer (``--mixer attention``), and so that surgery can rebuild a teacher's own attention as a
+control: with the teacher's q/k/v/o, norms, scale and rotary tables it computes what the teacher does.
+Causal by default (each query sees keys <= t); ``causal=False`` is the bidirectional encoder form,
+which causal-LM surgery refuses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .functional import local_causal_mask
+from .qkv import QKVMixer
+from .registry import register_mixer
+
+
+@register_mixer("attention")
+class Attention(QKVMixer):
+    """Args:
+        d_model: model width D.
+        causal: mask future keys (default True); False attends over the whole (unpadded) sequence.
+        qk_norm: RMS-normalise q and k per head (Qwen3 / Gemma3 style).
+        rope: rotate q and k (default True); rope_theta: rotary base used when no teacher tables are passed.
+        n_heads, n_kv_heads, head_dim, bias: attention geometry.
+    """
+
+    def __init__(self, d_model: int, *, causal: bool = True, qk_norm: bool = False, rope: bool = True,
+                 rope_theta: float = 10000.0, n_heads: int | None = None, n_kv_heads: int | None = None,
+                 head_dim: int | None = None, bias: bool = False, layer_idx: int | None = None) -> None:
+        super().__init__(d_model, qk_norm=qk_norm, rope=rope, rope_theta=rope_theta, n_heads=n_heads,
+                         n_kv_heads=n_kv_heads, head_dim=head_dim, bias=bias, causal=causal)
+
+    def mask(self, T: int, padding_mask: Tensor | None, device) -> Tensor | None:
+        """(B or 1, 1, T, T) bool, True = may attend; None = plain causal (SDPA's is_causal) or nothing."""
+        if padding_mask is None:
+            return None
+        if self.causal:
+            return local_causal_mask(T, T, padding_mask, device)
+        keep = padding_mask[:, None, :] | torch.eye(T, dtype=torch.bool, device=device)[None]  # (B, T, T)
+        return keep[:, None]
+
+    def _out(self, y: Tensor) -> Tensor:
+        B, H, T, hd = y.shape
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * hd))
+
+    def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        q, k, v = self.qkv(x, position_embeddings)
+        mask = self.mask(x.shape[1], padding_mask, x.device)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None,
+                                           scale=self.scaling.item())
+        return self._out(y)
+
+    def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        q, k, v = self.qkv(x, position_embeddings)
+        T = x.shape[1]
+        mask = self.mask(T, padding_mask, x.device)
+        if mask is None:
+            mask = torch.ones(1, 1, T, T, dtype=torch.bool, device=x.device)
+            mask = mask.tril() if self.causal else mask
+        scores = torch.einsum("bhtd,bhsd->bhts", q, k) * self.scaling.item()
+        scores = scores.masked_fill(~mask, float("-inf"))
+        return self._out(torch.einsum("bhts,bhsd->bhtd", scores.softmax(-1), v))

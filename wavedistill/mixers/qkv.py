@@ -1,0 +1,91 @@
+"""Query / key / value machinery shared by the mixers that attend (``frequency_band``, ``attention``).
+
+The projections, optional per-head q/k RMS norms (Qwen3, Gemma3), the attention scale and rotary
+embeddings are laid out like a Hugging Face attention module, so ``init_from_attention`` copies a
+teacher's weights one to one and, with the teacher's rotary tables, reproduces its scores.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import WaveMixer
+from .functional import apply_rope, rope_tables
+
+
+class HeadRMSNorm(nn.Module):
+    """RMS norm over head_dim, as Qwen3's q_norm/k_norm."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.register_buffer("eps_", torch.tensor(float(eps)))  # saved, since teachers differ
+
+    @property
+    def eps(self) -> float:
+        return self.eps_.item()
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self.eps_.fill_(value)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class QKVMixer(WaveMixer):
+    """A mixer with teacher-shaped q/k/v/o projections; subclasses decide how queries attend."""
+
+    def __init__(self, d_model: int, *, qk_norm: bool = False, rope: bool = True, rope_theta: float = 10000.0,
+                 n_heads: int | None = None, n_kv_heads: int | None = None, head_dim: int | None = None,
+                 bias: bool = False, causal: bool = True) -> None:
+        super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
+                         bias=bias)
+        self.rope, self.rope_theta = rope, rope_theta
+        kv_dim = self.n_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(d_model, self.inner_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, kv_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, kv_dim, bias=bias)
+        self.o_proj = nn.Linear(self.inner_dim, d_model, bias=False)
+        self.q_norm = HeadRMSNorm(self.head_dim) if qk_norm else None
+        self.k_norm = HeadRMSNorm(self.head_dim) if qk_norm else None
+        # A buffer, so a reloaded student keeps a teacher's non-default scale (Gemma3's query_pre_attn_scalar).
+        self.register_buffer("scaling", torch.tensor(float(self.head_dim) ** -0.5))
+
+    @torch.no_grad()
+    def init_from_attention(self, attn: nn.Module) -> None:
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            mine, theirs = getattr(self, name), getattr(attn, name)
+            mine.weight.copy_(theirs.weight)
+            if mine.bias is not None and theirs.bias is not None:
+                mine.bias.copy_(theirs.bias)
+        for name in ("q_norm", "k_norm"):
+            mine, theirs = getattr(self, name), getattr(attn, name, None)
+            if mine is not None and theirs is not None:
+                mine.eps = float(getattr(theirs, "variance_epsilon", getattr(theirs, "eps", mine.eps)))
+                # Families store the scale differently (Gemma: 1 + w); read the effective scale off the
+                # teacher's norm itself: norm(ones) = scale / sqrt(1 + eps).
+                ones = torch.ones(1, self.head_dim, dtype=theirs.weight.dtype, device=theirs.weight.device)
+                mine.weight.copy_(theirs(ones)[0].float() * (1 + mine.eps) ** 0.5)
+        self.scaling.fill_(float(attn.scaling))
+
+    def qkv(self, x: Tensor, position_embeddings) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, H, T, hd) queries, keys and values, KV heads repeated for grouped-query attention."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd)
+        if self.rope:
+            if position_embeddings is None:
+                position_embeddings = rope_tables(T, self.head_dim, self.rope_theta, x.device, x.dtype)
+            cos, sin = (p.to(x.dtype).expand(B, -1, -1) for p in position_embeddings)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        rep = self.n_heads // self.n_kv_heads
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.transpose(1, 2).repeat_interleave(rep, dim=1)  # (B, H, T, hd)
+        return q, k, v
