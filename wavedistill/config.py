@@ -73,12 +73,13 @@ def load_yaml(path: str, cls=DistillConfig) -> dict:
     return changes
 
 
-def make_config(changes: dict, cls=DistillConfig):
+def make_config(changes: dict, cls=DistillConfig, check=None):
+    """``cls(**changes)`` with unknown keys refused, then checked (DistillConfig: :func:`validate`)."""
     unknown = sorted(set(changes) - set(field_names(cls)))
     if unknown:
         raise WavedistillError(f"unknown config keys {unknown}; known keys: {', '.join(field_names(cls))}")
     cfg = cls(**changes)
-    validate(cfg)
+    (check or validate)(cfg)
     return cfg
 
 

@@ -1,0 +1,1 @@
+"""The lab: wave transformers trained from scratch on grokking, algorithmic tasks, recall and char-LM."""

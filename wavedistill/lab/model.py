@@ -1,0 +1,159 @@
+"""``WaveTransformer``: a small pre-norm transformer whose token mixer is any registered mixer.
+
+Everything but the mixer is identical across models: learned token and absolute position
+embeddings (N(0, 1/sqrt(D))), ``n_layers`` blocks ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``,
+a final norm and an untied linear read-out. ``mixer="attention"`` is the softmax-attention
+baseline (PyTorch SDPA) from the same registry. The decoder reads out every position
+(:meth:`logits`); the encoder variant for classification pools the final states over real tokens
+(:meth:`classify`). Norms act per token over the width, never over the sequence.
+
+``phase_embedding=p`` replaces the embeddings of tokens 0..p-1 (the numbers of Z_p) by fixed waves,
+token a -> [cos(2 pi k a / p), sin(2 pi k a / p)] for k = 1 .. (p-1)/2, mapped to the width by a
+learned linear map: the Fourier basis that networks trained on modular arithmetic discover (Nanda
+et al., 2023), given as an inductive bias. Other tokens keep learned embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import WavedistillError
+from ..mixers import build_mixer
+from ..mixers import mixer_kwargs as accepted_kwargs
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    if kind == "rms":
+        return RMSNorm(dim)
+    if kind == "none":
+        return nn.Identity()
+    raise WavedistillError(f"unknown norm {kind!r}; known: rms, none")
+
+
+class PhaseEmbedding(nn.Module):
+    """Numbers 0..p-1 as fixed Fourier features, projected to the width; other tokens learned."""
+
+    def __init__(self, vocab_size: int, d_model: int, p: int) -> None:
+        super().__init__()
+        if not 1 < p <= vocab_size:
+            raise WavedistillError(f"phase_embedding p={p} must be in 2..vocab_size ({vocab_size})")
+        self.p = p
+        k = torch.arange(1, (p - 1) // 2 + 1, dtype=torch.float64)
+        angle = 2 * math.pi * torch.arange(p, dtype=torch.float64)[:, None] * k[None] / p  # (p, K)
+        self.register_buffer("waves", torch.cat([angle.cos(), angle.sin()], dim=1).float(), persistent=False)
+        self.proj = nn.Linear(self.waves.shape[1], d_model, bias=False)
+        self.other = nn.Embedding(vocab_size - p, d_model) if vocab_size > p else None
+
+    def table(self) -> Tensor:
+        """The effective (vocab, D) embedding matrix."""
+        rows = [self.proj(self.waves)]
+        if self.other is not None:
+            rows.append(self.other.weight)
+        return torch.cat(rows, dim=0)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.table())
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, d_mlp: int, mixer: nn.Module, norm: str, activation: str) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = make_norm(norm, d_model), make_norm(norm, d_model)
+        self.mixer = mixer
+        self.mlp = nn.Sequential(nn.Linear(d_model, d_mlp), ACTIVATIONS[activation](), nn.Linear(d_mlp, d_model))
+
+    def mix(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:
+        return x + self.mixer(self.norm1(x), padding_mask=padding_mask)
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        return x + self.mlp(self.norm2(x))
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:
+        return self.feed_forward(self.mix(x, padding_mask))
+
+
+class WaveTransformer(nn.Module):
+    """Args:
+        vocab_size, max_len: token and position tables.
+        mixer: registry name (``wavedistill mixers``); mixer_kwargs: extra constructor arguments.
+        d_model, n_layers, n_heads, d_mlp: sizes (head_dim = d_model / n_heads).
+        activation: ``relu`` or ``gelu``; norm: ``rms`` (pre-norm RMSNorm) or ``none``.
+        phase_embedding: p > 0 embeds tokens 0..p-1 as fixed Fourier features (off by default).
+        n_classes: > 0 adds a classification head over pooled states (the encoder variant).
+    """
+
+    def __init__(self, vocab_size: int, max_len: int, *, mixer: str = "attention", mixer_kwargs: dict | None = None,
+                 d_model: int = 128, n_layers: int = 1, n_heads: int = 4, d_mlp: int = 512, activation: str = "relu",
+                 norm: str = "rms", phase_embedding: int = 0, n_classes: int = 0) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise WavedistillError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
+        if d_model % n_heads:
+            raise WavedistillError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
+        self.embed = PhaseEmbedding(vocab_size, d_model, phase_embedding) if phase_embedding else nn.Embedding(
+            vocab_size, d_model)
+        self.pos = nn.Embedding(max_len, d_model)
+        for table in (self.pos.weight, *([self.embed.weight] if not phase_embedding else [])):
+            nn.init.normal_(table, std=d_model**-0.5)
+        # Geometry every mixer gets if it takes it; the user's mixer_kwargs are passed as given (unknown = error).
+        defaults = {"n_heads": n_heads, "head_dim": d_model // n_heads, "kernel_len": max_len}
+        accepted = set(accepted_kwargs(mixer))
+        kw = {**{k: v for k, v in defaults.items() if k in accepted}, **(mixer_kwargs or {})}
+        self.blocks = nn.ModuleList(
+            Block(d_model, d_mlp, build_mixer(mixer, d_model, layer_idx=i, **kw), norm, activation)
+            for i in range(n_layers))
+        self.norm = make_norm(norm, d_model)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.classifier = nn.Linear(d_model, n_classes) if n_classes else None
+        self.max_len = max_len
+
+    def forward(self, ids: Tensor, padding_mask: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
+        """(B, T) ids -> (B, T, D) final states, or (N, D) at the N positions where ``keep`` (B, T) is True.
+
+        Nothing after the last mixer moves information between positions, so with ``keep`` the last
+        MLP runs only where a state is read out (one position of three in modular arithmetic).
+        """
+        T = ids.shape[1]
+        if T > self.max_len:
+            raise WavedistillError(f"sequence of {T} tokens is longer than the model's max_len {self.max_len}")
+        if padding_mask is None:
+            x = self.embed(ids) + self.pos.weight[:T]
+        else:  # positions count real tokens only, so left padding shifts nothing
+            x = self.embed(ids) + self.pos((padding_mask.long().cumsum(1) - 1).clamp_min(0))
+        for block in self.blocks[:-1]:
+            x = block(x, padding_mask)
+        x = self.blocks[-1].mix(x, padding_mask)
+        if keep is not None:
+            x = x[keep]
+        return self.norm(self.blocks[-1].feed_forward(x))
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.head(hidden)
+
+    def classify(self, hidden: Tensor, padding_mask: Tensor | None) -> Tensor:
+        """(B, n_classes) from the mean of the final states over real tokens."""
+        if self.classifier is None:
+            raise WavedistillError("this model has no classification head (n_classes = 0)")
+        if padding_mask is None:
+            return self.classifier(hidden.mean(1))
+        w = padding_mask.to(hidden.dtype)[..., None]
+        return self.classifier((hidden * w).sum(1) / w.sum(1).clamp_min(1))
+
+    def embedding_table(self) -> Tensor:
+        return self.embed.table() if isinstance(self.embed, PhaseEmbedding) else self.embed.weight

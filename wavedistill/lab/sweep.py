@@ -1,0 +1,164 @@
+"""Several seeds of one lab run (``wavedistill lab TASK``) and a sweep over mixers (``wavedistill lab compare``).
+
+A run folder holds one ``seed_<k>/`` per seed (see :mod:`wavedistill.lab.train`), ``summary.json``
+(the resolved config, per-seed results and their median / [min, max]) and ``plots/``. A seed whose
+folder already holds a ``summary.json`` for the same settings is reused, so an interrupted sweep
+picks up where it stopped; a folder holding other settings is refused, never overwritten.
+Seeds (and, in a sweep, mixers) run in ``jobs`` processes at once, one CPU thread each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+
+import yaml
+
+from .. import __version__
+from ..errors import WavedistillError
+from .config import LabConfig, make_lab_config, resolve
+
+SETTINGS_IGNORED = ("seeds", "jobs", "output_dir", "device")  # they do not change what one seed computes
+
+
+def seed_dir(cfg: LabConfig, seed: int) -> str:
+    return os.path.join(cfg.output_dir, f"seed_{seed}")
+
+
+def settings(cfg: LabConfig) -> dict:
+    r = resolve(cfg)
+    return yaml.safe_load(yaml.safe_dump({k: v for k, v in r.items() if k not in SETTINGS_IGNORED}))
+
+
+def finished_seed(cfg: LabConfig, seed: int) -> dict | None:
+    """The seed's summary if its folder holds a finished run of these settings; refuse other settings."""
+    folder = seed_dir(cfg, seed)
+    if not os.path.isfile(os.path.join(folder, "config.yaml")):
+        return None
+    with open(os.path.join(folder, "config.yaml")) as f:
+        saved = yaml.safe_load(f)
+    wanted = settings(cfg)
+    differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    if differ:
+        raise WavedistillError(f"{folder!r} holds a run with other settings ({', '.join(differ)}); "
+                               "choose another --output-dir")
+    path = os.path.join(folder, "summary.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _train(job: tuple[dict, int]) -> dict:
+    import torch
+
+    from .train import train_seed
+
+    torch.set_num_threads(1)
+    changes, seed = job
+    cfg = make_lab_config(changes)
+    return train_seed(cfg, seed, seed_dir(cfg, seed))
+
+
+def run_jobs(cfgs: list[LabConfig], jobs: int) -> None:
+    """Train every (config, seed) not finished yet, ``jobs`` at a time."""
+    todo = [(dataclasses.asdict(c), s) for c in cfgs for s in c.seeds if finished_seed(c, s) is None]
+    for changes, seed in todo:
+        print(f"lab: {changes['task']} / {changes['mixer']} / seed {seed} -> {seed_dir(make_lab_config(changes), seed)}")
+    if jobs <= 1 or len(todo) <= 1:
+        for job in todo:
+            _train(job)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for _ in pool.map(_train, todo):
+            pass
+
+
+def spread(values: list) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def aggregate(cfg: LabConfig) -> dict:
+    """summary.json of a run folder from its seeds' summaries."""
+    seeds = {s: finished_seed(cfg, s) for s in cfg.seeds}
+    keys = ["grok_step", "memorization_step", "final_train_acc", "final_test_acc", "final_test_loss", "steps_per_s",
+            "final_test_bpc"]
+    summary = {"task": cfg.task, "mixer": cfg.mixer, "wavedistill_version": __version__, "config": resolve(cfg),
+               "seeds": {str(s): v for s, v in seeds.items()},
+               "grokked": sum(v["grok_step"] is not None for v in seeds.values()), "n_seeds": len(seeds),
+               "params": next(iter(seeds.values()))["params"],
+               **{k: spread([v.get(k) for v in seeds.values()]) for k in keys}}
+    with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def run_lab(cfg: LabConfig) -> dict:
+    from .analysis import analyze
+
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    run_jobs([cfg], cfg.jobs)
+    summary = aggregate(cfg)
+    analyze(cfg.output_dir)
+    print(summary_line(summary))
+    return summary
+
+
+def fmt_spread(s: dict | None, fmt: str = "{:.0f}") -> str:
+    if s is None:
+        return "—"
+    return f"{fmt.format(s['median'])} [{fmt.format(s['min'])}, {fmt.format(s['max'])}]"
+
+
+def summary_line(s: dict) -> str:
+    return (f"{s['task']} / {s['mixer']}: grokked {s['grokked']}/{s['n_seeds']}, grok step {fmt_spread(s['grok_step'])}, "
+            f"final test acc {fmt_spread(s['final_test_acc'], '{:.3f}')}, {s['params']:,} params, "
+            f"{fmt_spread(s['steps_per_s'], '{:.1f}')} steps/s")
+
+
+def compare_table(summaries: list[dict]) -> str:
+    """One Markdown row per mixer: median [min, max] over seeds."""
+    charlm = summaries[0]["task"] == "charlm"
+    head = ["mixer", "params", "seeds"]
+    head += ["val bits/char"] if charlm else ["reached test acc ≥ thr.", "step reached (grok step)",
+                                             "memorisation step", "final test acc"]
+    head += ["final train acc", "steps/s"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for s in summaries:
+        cells = [f"`{s['mixer']}`", f"{s['params']:,}", str(s["n_seeds"])]
+        if charlm:
+            cells.append(fmt_spread(s["final_test_bpc"], "{:.3f}"))
+        else:
+            cells += [f"{s['grokked']}/{s['n_seeds']}", fmt_spread(s["grok_step"]), fmt_spread(s["memorization_step"]),
+                      fmt_spread(s["final_test_acc"], "{:.3f}")]
+        cells += [fmt_spread(s["final_train_acc"], "{:.3f}"), fmt_spread(s["steps_per_s"], "{:.1f}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_compare(changes: dict, mixers: list[str], output_dir: str) -> str:
+    from .analysis import analyze, plot_compare
+
+    if not mixers:
+        raise WavedistillError("--mixers is empty; name at least one, e.g. --mixers attention,learned_gate")
+    cfgs = [make_lab_config({**changes, "mixer": m, "output_dir": os.path.join(output_dir, m)}) for m in mixers]
+    for c in cfgs:
+        os.makedirs(c.output_dir, exist_ok=True)
+    run_jobs(cfgs, cfgs[0].jobs)
+    summaries = [aggregate(c) for c in cfgs]
+    for c in cfgs:
+        analyze(c.output_dir)
+    table = compare_table(summaries)
+    with open(os.path.join(output_dir, "compare.md"), "w") as f:
+        f.write(table)
+    plot_compare(cfgs, os.path.join(output_dir, "compare.png"))
+    print(table)
+    return table

@@ -1,0 +1,151 @@
+"""Train one seed of one lab run, top to bottom (nanoGPT ``train.py`` shape, as a function).
+
+Every ``eval_every`` steps (and at steps 1 and last) the model is scored on the training set (all
+of it for full-batch tasks, else its first 2,048 rows) and on the held-out test set, and one row
+goes to ``train_log.jsonl`` and TensorBoard. Step marks, from those evaluations:
+* ``memorization_step``: the first evaluated step with train accuracy >= ``grok_threshold``;
+* ``grok_step``: the first evaluated step after which test accuracy stays >= ``grok_threshold`` until
+  the run ends (None if the last evaluation is below it). With ``stop_after_grok`` > 0 a run ends
+  once test accuracy has stayed above the threshold for that many steps.
+A seed folder holds ``config.yaml`` (resolved, with seed and package version), ``train_log.jsonl``,
+TensorBoard events, ``model.safetensors`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import save_file
+
+from .. import __version__
+from ..errors import TrainingError, WavedistillError
+from .config import LabConfig, resolve
+from .model import WaveTransformer
+from .tasks import IGNORE, build_task
+
+
+def build_model(cfg: LabConfig, task) -> WaveTransformer:
+    r = resolve(cfg)
+    return WaveTransformer(task.vocab_size, task.seq_len, mixer=cfg.mixer, mixer_kwargs=cfg.mixer_kwargs,
+                           d_model=r["d_model"], n_layers=r["n_layers"], n_heads=r["n_heads"], d_mlp=r["d_mlp"],
+                           activation=r["activation"], norm=r["norm"],
+                           phase_embedding=task.p if cfg.phase_embedding else 0, n_classes=task.n_classes)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and embeddings; none on norms, biases and tagged wave parameters."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if getattr(p, "_no_weight_decay", False) or p.dim() < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def scored(model: WaveTransformer, task, x, y, pad) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-target cross-entropy, per-target correct) over the positions / sequences the task scores."""
+    if task.kind == "classify":
+        logits, target = model.classify(model(x, pad), pad), y
+    else:
+        keep = y != IGNORE  # (B, T): only scored positions go through the last MLP and the read-out
+        logits, target = model.logits(model(x, pad, keep=keep)), y[keep]
+    ce = F.cross_entropy(logits.float(), target, reduction="none")
+    return ce, logits.argmax(-1) == target
+
+
+@torch.no_grad()
+def evaluate(model, task, sets: dict, device: str, batch_rows: int = 512) -> dict:
+    model.eval()
+    out = {}
+    for split, (x, y, pad) in sets.items():
+        ce_sum, correct, n = 0.0, 0, 0
+        for i in range(0, len(x), batch_rows):
+            ce, ok = scored(model, task, x[i: i + batch_rows].to(device), y[i: i + batch_rows].to(device),
+                            None if pad is None else pad[i: i + batch_rows].to(device))
+            ce_sum, correct, n = ce_sum + ce.double().sum().item(), correct + ok.sum().item(), n + ce.numel()
+        out[f"{split}_loss"], out[f"{split}_acc"], out[f"{split}_targets"] = ce_sum / n, correct / n, n
+        if task.name == "charlm":
+            out[f"{split}_bpc"] = out[f"{split}_loss"] / math.log(2)
+    model.train()
+    return out
+
+
+def step_marks(rows: list[dict], threshold: float) -> tuple[int | None, int | None]:
+    """(memorization_step, grok_step) from evaluation rows in step order; see the module docstring."""
+    memorized = next((r["step"] for r in rows if r["train_acc"] >= threshold), None)
+    grok = None
+    for r in rows:
+        grok = (grok or r["step"]) if r["test_acc"] >= threshold else None
+    return memorized, grok
+
+
+def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict:
+    from torch.utils.tensorboard import SummaryWriter
+
+    r = resolve(cfg)
+    device = cfg.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WavedistillError(f"--device {device} asked for, but CUDA is not available; pass --device cpu")
+    torch.manual_seed(seed)
+    task = build_task(cfg.task, seed, **cfg.task_kwargs)
+    model = build_model(cfg, task).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    mixer_params = sum(p.numel() for b in model.blocks for p in b.mixer.parameters())
+    optimizer = torch.optim.AdamW(param_groups(model, r["weight_decay"]), lr=r["lr"], betas=(r["beta1"], r["beta2"]))
+    warmup = max(1, r["warmup_steps"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    sets = task.eval_sets()
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump({**r, "seed": seed, "wavedistill_version": __version__, "task_info": task.describe()}, f,
+                       sort_keys=False)
+    writer = SummaryWriter(out_dir)
+    log = open(os.path.join(out_dir, "train_log.jsonl"), "w")
+    threshold, rows = r["grok_threshold"], []
+    train_s, step = 0.0, 0
+    for step in range(1, r["steps"] + 1):
+        x, y, pad = task.train_batch(step, r["batch_size"])
+        t0 = time.perf_counter()
+        ce, _ = scored(model, task, x.to(device), y.to(device), None if pad is None else pad.to(device))
+        loss = ce.mean()
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {loss.item()} at step {step} (seed {seed}); lower --lr (now {r['lr']})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if r["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), r["grad_clip"])
+        optimizer.step()
+        scheduler.step()
+        train_s += time.perf_counter() - t0
+        if step % r["eval_every"] and step not in (1, r["steps"]):
+            continue
+        rows.append({"step": step, "train_batch_loss": loss.item(), **evaluate(model, task, sets, device),
+                     "steps_per_s": step / train_s})
+        log.write(json.dumps(rows[-1]) + "\n")
+        log.flush()
+        for k, v in rows[-1].items():
+            if k != "step" and not k.endswith("_targets"):
+                writer.add_scalar(k.replace("_", "/", 1), v, step)
+        grok = step_marks(rows, threshold)[1]
+        if cfg.stop_after_grok and grok is not None and step - grok >= cfg.stop_after_grok:
+            break
+    writer.close()
+    log.close()
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              os.path.join(out_dir, "model.safetensors"))
+    memorized, grok = step_marks(rows, threshold)
+    last = rows[-1]
+    summary = {"seed": seed, "grok_step": grok, "memorization_step": memorized, "steps_run": step,
+               "final_train_acc": last["train_acc"], "final_test_acc": last["test_acc"],
+               "final_test_loss": last["test_loss"], "test_targets": last["test_targets"],
+               "steps_per_s": round(step / train_s, 2), "params": n_params, "mixer_params": mixer_params}
+    if "test_bpc" in last:
+        summary["final_test_bpc"] = last["test_bpc"]
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
