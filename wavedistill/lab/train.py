@@ -1,8 +1,9 @@
 """Train one seed of one lab run, top to bottom (nanoGPT ``train.py`` shape, as a function).
 
-Every ``eval_every`` steps (and at steps 1 and last) the model is scored on the training set (all
-of it for full-batch tasks, else its first 2,048 rows) and on the held-out test set, and one row
-goes to ``train_log.jsonl`` and TensorBoard. Step marks, from those evaluations:
+Every step logs the training batch's loss and accuracy to TensorBoard. Every ``eval_every`` steps
+(and at steps 1 and last) the model is scored on the training set (all of it for full-batch tasks,
+else its first 2,048 rows) and on the held-out test set, and one row goes to ``train_log.jsonl``
+and TensorBoard. Step marks, from those evaluations:
 * ``memorization_step``: the first evaluated step with train accuracy >= ``grok_threshold``;
 * ``grok_step``: the first evaluated step after which test accuracy stays >= ``grok_threshold`` until
   the run ends (None if the last evaluation is below it). With ``stop_after_grok`` > 0 a run ends
@@ -111,7 +112,7 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict:
     for step in range(1, r["steps"] + 1):
         x, y, pad = task.train_batch(step, r["batch_size"])
         t0 = time.perf_counter()
-        ce, _ = scored(model, task, x.to(device), y.to(device), None if pad is None else pad.to(device))
+        ce, correct = scored(model, task, x.to(device), y.to(device), None if pad is None else pad.to(device))
         loss = ce.mean()
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at step {step} (seed {seed}); lower --lr (now {r['lr']})")
@@ -122,6 +123,8 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict:
         optimizer.step()
         scheduler.step()
         train_s += time.perf_counter() - t0
+        writer.add_scalar("train/batch_loss", loss.item(), step)
+        writer.add_scalar("train/batch_acc", correct.float().mean().item(), step)
         if step % r["eval_every"] and step not in (1, r["steps"]):
             continue
         rows.append({"step": step, "train_batch_loss": loss.item(), **evaluate(model, task, sets, device),
