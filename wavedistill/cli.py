@@ -108,58 +108,6 @@ def cmd_compare(args) -> None:
     run_compare(changes, [m for m in args.mixers.split(",") if m.strip()], args.output_dir or "runs/compare")
 
 
-LAB_FLAGS = {"mixer": str, "steps": int, "lr": float, "weight_decay": float, "batch_size": int, "eval_every": int,
-             "d_model": int, "n_layers": int, "n_heads": int, "d_mlp": int, "stop_after_grok": int, "jobs": int,
-             "device": str}
-LAB_TASK_FLAGS = {"p": int, "op": str, "train_frac": float, "data": str, "seq_len": int, "n_pairs": int,
-                  "length": int, "vocab": int}
-
-
-def lab_changes(args, task: str) -> dict:
-    """Lab config changes from --config and the flags given (flags win); task flags go to task_kwargs."""
-    from .config import load_yaml
-    from .lab.config import LabConfig
-
-    changes = load_yaml(args.config, cls=LabConfig) if args.config else {}
-    changes["task"] = task
-    for name in LAB_FLAGS:
-        if getattr(args, name, None) is not None:
-            changes[name] = getattr(args, name)
-    task_kw = {**changes.get("task_kwargs", {}), **{k: getattr(args, k) for k in LAB_TASK_FLAGS
-                                                    if getattr(args, k) is not None}}
-    changes["task_kwargs"] = task_kw
-    for name in ("mixer_kwargs", "seeds", "output_dir"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
-    if args.phase_embedding:
-        changes["phase_embedding"] = True
-    return changes
-
-
-def cmd_lab(args) -> None:
-    from .lab.config import make_lab_config
-    from .lab.sweep import run_compare, run_lab
-
-    if args.task == "compare":
-        if not args.compare_task or not args.mixers:
-            raise WavedistillError("lab compare needs --task TASK and --mixers a,b,c")
-        changes = lab_changes(args, args.compare_task)
-        out = changes.pop("output_dir", None) or f"runs/lab/{args.compare_task}"
-        changes.pop("mixer", None)
-        run_compare(changes, [m.strip() for m in args.mixers.split(",") if m.strip()], out)
-        return
-    changes = lab_changes(args, args.task)
-    changes.setdefault("output_dir", f"runs/lab/{args.task}_{changes.get('mixer', 'attention')}")
-    run_lab(make_lab_config(changes))
-
-
-def cmd_analyze(args) -> None:
-    from .lab.analysis import analyze
-
-    analyze(args.run_dir)
-    print(f"plots regenerated in {os.path.join(args.run_dir, 'plots')}")
-
-
 def cmd_eval(args) -> None:
     import copy
 
@@ -295,25 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixers", required=True, help="comma-separated mixer names, e.g. learned_gate,fnet")
     p.set_defaults(fn=cmd_compare)
 
-    from .lab.tasks import TASKS
+    from .lab.cli import add_lab_parsers
 
-    p = sub.add_parser("lab", help="train wave transformers from scratch on a task, several seeds; "
-                       "`lab compare --task T --mixers a,b` sweeps mixers")
-    p.add_argument("task", choices=[*TASKS, "compare"])
-    p.add_argument("--task", dest="compare_task", choices=list(TASKS), help="(lab compare) the task to sweep")
-    p.add_argument("--mixers", help="(lab compare) comma-separated mixers, e.g. attention,fnet,learned_gate")
-    p.add_argument("--seeds", type=_layers, help="comma-separated seeds (default 0)")
-    p.add_argument("--output-dir")
-    p.add_argument("--config", help="YAML file of lab config changes; flags win")
-    p.add_argument("--mixer-kwargs", type=_json_dict)
-    p.add_argument("--phase-embedding", action="store_true", help="modular: tokens of Z_p as fixed waves")
-    for name, kind in {**LAB_FLAGS, **LAB_TASK_FLAGS}.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
-    p.set_defaults(fn=cmd_lab)
-
-    p = sub.add_parser("analyze", help="regenerate the plots and spectra of a lab run folder")
-    p.add_argument("run_dir")
-    p.set_defaults(fn=cmd_analyze)
+    add_lab_parsers(sub)
 
     p = sub.add_parser("eval", help="score a student against its teacher on held-out text")
     p.add_argument("--student", required=True, help="run folder (with adapter/) or adapter folder")

@@ -21,22 +21,20 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .config import DistillConfig, recipe_stages, to_yaml
 from .data import check_lengths, eval_windows, read_documents, split_documents, train_batch
 from .errors import TrainingError, WavedistillError
 from .evaluate import compare, evaluate_student, print_metrics, window_prompts, write_evaluation
-from .io import (ADAPTER_WEIGHTS, adapter_state_dict, apply_adapter, load_adapter_weights, load_teacher, replace_dir,
-                 save_adapter, write_adapter_files)
-from .surgery import (WaveAttention, convert, converted_layers, decoder_layers, detach_wave, mixer_parameters,
-                      set_handoff, unconvert, wave_attention_modules)
+from .checkpoint import restore_checkpoint, save_checkpoint, trainable_state  # noqa: F401  (stages use these)
+from .io import apply_adapter, load_teacher, save_adapter
+from .surgery import WaveAttention, convert, decoder_layers, mixer_parameters, set_handoff, wave_attention_modules
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -99,7 +97,8 @@ def trainable_counts(model: nn.Module, params=None) -> dict[str, int]:
     from .surgery import handoff_gate_parameters
 
     chosen = {id(p) for p in (params if params is not None else model.parameters()) if p.requires_grad}
-    groups = {"mixers": {id(p) for p in mixer_parameters(model)}, "lora": {id(p) for p in lora_parameters(model).values()},
+    groups = {"mixers": {id(p) for p in mixer_parameters(model)},
+              "lora": {id(p) for p in lora_parameters(model).values()},
               "handoff_gates": {id(p) for p in handoff_gate_parameters(model).values()}}
     counts = dict.fromkeys(("mixers", "lora", "mlp", "handoff_gates", "other"), 0)
     for name, p in model.named_parameters():
@@ -276,50 +275,6 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
     return {"steps": n_steps - start, "tokens": tokens, "train_wall_s": round(wall, 2),
             "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None, "val_kl": val_kl,
             "trainable_params": trainable_counts(run.student, params)}
-
-
-def save_checkpoint(run: Run, extra: dict) -> None:
-    """checkpoint/ = an adapter of the *current* state (loadable with load_student) + everything to resume."""
-    ckpt = os.path.join(run.cfg.output_dir, "checkpoint")
-    tmp = ckpt + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    write_adapter_files(run.student, tmp, run.cfg.teacher)
-    state = {"stage_index": run.stage_index, "part": None, "part_step": 0, "step": run.step, "batches": run.batches,
-             "tokens_seen": run.tokens_seen, "best_val_kl": run.best[0], "best_step": run.best[1],
-             "converted": converted_layers(run.student), "records": run.records, "log_rows": run.log_rows,
-             "pending": {str(i): {k: v.detach().cpu() for k, v in m.mixer.state_dict().items()}
-                         for i, m in run.pending.items()},
-             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), **extra}
-    torch.save(state, os.path.join(tmp, "state.pt"))
-    replace_dir(tmp, ckpt)
-
-
-def restore_checkpoint(run: Run) -> None:
-    """Put the student back in the checkpoint's shape (converted, pending and dropped layers) and state."""
-    ckpt = os.path.join(run.cfg.output_dir, "checkpoint")
-    state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=True)
-    pending = sorted(int(i) for i in state["pending"])
-    run.pending = detach_wave(run.student, pending)
-    for i, tensors in state["pending"].items():
-        run.pending[int(i)].mixer.load_state_dict(tensors)
-    dropped = [i for i in converted_layers(run.student) if i not in state["converted"]]
-    if dropped:
-        unconvert(run.student, dropped)
-    load_adapter_weights(run.student, load_file(os.path.join(ckpt, ADAPTER_WEIGHTS)), ckpt)
-    torch.set_rng_state(state["torch_rng"])
-    s = state["python_rng"]  # weights_only loading turns the tuple state into lists
-    random.setstate((s[0], tuple(s[1]), s[2]))
-    run.stage_index, run.step, run.batches, run.tokens_seen = (state["stage_index"], state["step"], state["batches"],
-                                                                state["tokens_seen"])
-    run.best, run.records = (state["best_val_kl"], state["best_step"]), list(state["records"])
-    run.log_rows = state["log_rows"]
-    run.resume_state = state
-
-
-def trainable_state(run: Run) -> dict[str, torch.Tensor]:
-    """A copy of everything the student trains (to undo a progressive swap)."""
-    return {k: v.clone() for k, v in adapter_state_dict(run.student).items()}
 
 
 def run(cfg: DistillConfig) -> dict:

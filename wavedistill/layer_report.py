@@ -107,7 +107,8 @@ def plot_layers(rows: list[dict], mixer: str, path: str) -> None:
     axes[0].bar(layers, [r["transfer_loss"] for r in rows], color="tab:blue")
     axes[0].set(title=f"{mixer}: held-out transfer loss", xlabel="layer", ylabel="attention-output MSE")
     w = 0.4
-    axes[1].bar([x - w / 2 for x in layers], [r["kl_only_this_layer"] for r in rows], w, label="only this layer replaced")
+    axes[1].bar([x - w / 2 for x in layers], [r["kl_only_this_layer"] for r in rows], w,
+                label="only this layer replaced")
     axes[1].bar([x + w / 2 for x in layers], [r["kl_attention_zeroed"] for r in rows], w, color="tab:gray",
                 label="this layer's attention zeroed")
     axes[1].set(title="held-out KL(teacher || student)", xlabel="layer", ylabel="nats / position", yscale="log")

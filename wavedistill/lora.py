@@ -24,7 +24,8 @@ def mlp_targets(model: nn.Module, layers=None) -> list[str]:
     targets = [f"layers.{i}.mlp.{name}" for i in chosen for name in MLP_PROJECTIONS
                if isinstance(getattr(blocks[i].mlp, name, None), nn.Linear)]
     if not targets:
-        raise WavedistillError(f"no MLP projections ({', '.join(MLP_PROJECTIONS)}) found for LoRA in {type(model).__name__}")
+        raise WavedistillError(f"no MLP projections ({', '.join(MLP_PROJECTIONS)}) found for LoRA in "
+                               f"{type(model).__name__}")
     return targets
 
 

@@ -91,7 +91,8 @@ def test_phase_embedding_gives_numbers_fixed_waves_and_other_tokens_learned_rows
     emb = PhaseEmbedding(vocab_size=14, d_model=8, p=13)
     assert emb.waves.shape == (13, 12)  # cos and sin of k = 1..6
     a, k = 5, 2
-    assert emb.waves[a, k - 1].item() == pytest.approx(torch.cos(torch.tensor(2 * torch.pi * k * a / 13)).item(), abs=1e-6)
+    expected = torch.cos(torch.tensor(2 * torch.pi * k * a / 13)).item()
+    assert emb.waves[a, k - 1].item() == pytest.approx(expected, abs=1e-6)
     table = emb.table()
     assert table.shape == (14, 8)
     # Only the projection (numbers) and the '=' row are learned: 12 * 8 + 1 * 8 parameters.

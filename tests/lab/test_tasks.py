@@ -93,7 +93,8 @@ def test_charlm_without_data_says_what_to_pass():
 
 
 def write_labelled(path, n=40):
-    rows = [{"text": ("good " if i % 2 else "bad ") * (1 + i % 3), "label": "pos" if i % 2 else "neg"} for i in range(n)]
+    rows = [{"text": ("good " if i % 2 else "bad ") * (1 + i % 3), "label": "pos" if i % 2 else "neg"}
+            for i in range(n)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
 
@@ -108,7 +109,8 @@ def test_classify_reads_jsonl_and_csv_and_pads(tmp_path):
     assert build_task("classify", seed=0, data=str(csv)).n_classes == 2
 
 
-@pytest.mark.parametrize("content,needle", [('{"text": "a", "cls": "x"}\n{"text": "b", "cls": "y"}', "has no \\['label'\\]"),
+@pytest.mark.parametrize("content,needle", [('{"text": "a", "cls": "x"}\n{"text": "b", "cls": "y"}',
+                                             "has no \\['label'\\]"),
                                             ('{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n' * 2,
                                              "single label"),
                                             ('{"text": ', "not valid JSON")])

@@ -66,7 +66,8 @@ def run_jobs(cfgs: list[LabConfig], jobs: int) -> None:
     """Train every (config, seed) not finished yet, ``jobs`` at a time."""
     todo = [(dataclasses.asdict(c), s) for c in cfgs for s in c.seeds if finished_seed(c, s) is None]
     for changes, seed in todo:
-        print(f"lab: {changes['task']} / {changes['mixer']} / seed {seed} -> {seed_dir(make_lab_config(changes), seed)}")
+        folder = seed_dir(make_lab_config(changes), seed)
+        print(f"lab: {changes['task']} / {changes['mixer']} / seed {seed} -> {folder}")
     if jobs <= 1 or len(todo) <= 1:
         for job in todo:
             _train(job)
@@ -119,7 +120,8 @@ def fmt_spread(s: dict | None, fmt: str = "{:.0f}") -> str:
 
 
 def summary_line(s: dict) -> str:
-    return (f"{s['task']} / {s['mixer']}: grokked {s['grokked']}/{s['n_seeds']}, grok step {fmt_spread(s['grok_step'])}, "
+    return (f"{s['task']} / {s['mixer']}: grokked {s['grokked']}/{s['n_seeds']}, "
+            f"grok step {fmt_spread(s['grok_step'])}, "
             f"final test acc {fmt_spread(s['final_test_acc'], '{:.3f}')}, {s['params']:,} params, "
             f"{fmt_spread(s['steps_per_s'], '{:.1f}')} steps/s")
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from ..schedules import handoff_weights, layer_order
-from ..surgery import add_handoff_gates, handoff_gate_parameters, remove_handoff_gates, set_handoff, wave_attention_modules
+from ..surgery import (add_handoff_gates, handoff_gate_parameters, remove_handoff_gates, set_handoff,
+                       wave_attention_modules)
 from .kd import kd_objective
 
 

@@ -43,7 +43,8 @@ class WaveAttention(nn.Module):
     output is the teacher's attention exactly (the mixer is not run); at a = 1 it is the mixer's.
     """
 
-    def __init__(self, base_attn: nn.Module, mixer: WaveMixer, layer_idx: int, mixer_kwargs: dict | None = None) -> None:
+    def __init__(self, base_attn: nn.Module, mixer: WaveMixer, layer_idx: int,
+                 mixer_kwargs: dict | None = None) -> None:
         super().__init__()
         self.base_attn = base_attn
         self.mixer = mixer
@@ -226,7 +227,8 @@ def unconvert(model: nn.Module, layers=None) -> list[str]:
 
 
 def detach_wave(model: nn.Module, layers) -> dict[int, WaveAttention]:
-    """Unconvert ``layers`` but hand back their :class:`WaveAttention` modules (mixers and all) for :func:`attach_wave`."""
+    """Unconvert ``layers`` but hand back their :class:`WaveAttention` modules (mixers and all) for
+    :func:`attach_wave`."""
     modules = wave_attention_modules(model)
     kept = {int(i): modules[int(i)] for i in layers if int(i) in modules}
     unconvert(model, list(layers))

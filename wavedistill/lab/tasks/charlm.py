@@ -2,7 +2,8 @@
 
 The vocabulary is the set of characters of the file. The first ``1 - val_frac`` of the characters
 train (windows at seeded random offsets), the rest is held out: it is cut into consecutive windows
-and every character of them is scored (``max_val_windows`` > 0 scores only the first ones). The metric is bits per character, mean cross-entropy / ln 2.
+and every character of them is scored (``max_val_windows`` > 0 scores only the first ones). The
+metric is bits per character, mean cross-entropy / ln 2.
 """
 
 from __future__ import annotations

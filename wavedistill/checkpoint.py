@@ -1,0 +1,61 @@
+"""Checkpoints of a distillation run: ``checkpoint/`` holds an adapter of the current student (loadable with
+``load_student``) and ``state.pt`` with everything needed to resume inside any stage: optimizer and
+scheduler, counters, RNG states, which layers are converted, the mixers a progressive stage holds
+aside (``pending``) and the stage's own state. Written to a temporary folder, then swapped in.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import torch
+from safetensors.torch import load_file
+
+from .io import ADAPTER_WEIGHTS, adapter_state_dict, load_adapter_weights, replace_dir, write_adapter_files
+from .surgery import converted_layers, detach_wave, unconvert
+
+
+def save_checkpoint(run, extra: dict) -> None:
+    """checkpoint/ = an adapter of the *current* state (loadable with load_student) + everything to resume."""
+    ckpt = os.path.join(run.cfg.output_dir, "checkpoint")
+    tmp = ckpt + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    write_adapter_files(run.student, tmp, run.cfg.teacher)
+    state = {"stage_index": run.stage_index, "part": None, "part_step": 0, "step": run.step, "batches": run.batches,
+             "tokens_seen": run.tokens_seen, "best_val_kl": run.best[0], "best_step": run.best[1],
+             "converted": converted_layers(run.student), "records": run.records, "log_rows": run.log_rows,
+             "pending": {str(i): {k: v.detach().cpu() for k, v in m.mixer.state_dict().items()}
+                         for i, m in run.pending.items()},
+             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), **extra}
+    torch.save(state, os.path.join(tmp, "state.pt"))
+    replace_dir(tmp, ckpt)
+
+
+def restore_checkpoint(run) -> None:
+    """Put the student back in the checkpoint's shape (converted, pending and dropped layers) and state."""
+    ckpt = os.path.join(run.cfg.output_dir, "checkpoint")
+    state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=True)
+    pending = sorted(int(i) for i in state["pending"])
+    run.pending = detach_wave(run.student, pending)
+    for i, tensors in state["pending"].items():
+        run.pending[int(i)].mixer.load_state_dict(tensors)
+    dropped = [i for i in converted_layers(run.student) if i not in state["converted"]]
+    if dropped:
+        unconvert(run.student, dropped)
+    load_adapter_weights(run.student, load_file(os.path.join(ckpt, ADAPTER_WEIGHTS)), ckpt)
+    torch.set_rng_state(state["torch_rng"])
+    s = state["python_rng"]  # weights_only loading turns the tuple state into lists
+    random.setstate((s[0], tuple(s[1]), s[2]))
+    run.stage_index, run.step, run.batches, run.tokens_seen = (state["stage_index"], state["step"], state["batches"],
+                                                                state["tokens_seen"])
+    run.best, run.records = (state["best_val_kl"], state["best_step"]), list(state["records"])
+    run.log_rows = state["log_rows"]
+    run.resume_state = state
+
+
+def trainable_state(run) -> dict[str, torch.Tensor]:
+    """A copy of everything the student trains (to undo a progressive swap)."""
+    return {k: v.clone() for k, v in adapter_state_dict(run.student).items()}

@@ -1,0 +1,89 @@
+"""``wavedistill lab`` and ``wavedistill analyze``: the command-line side of the lab."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import WavedistillError
+
+LAB_FLAGS = {"mixer": str, "steps": int, "lr": float, "weight_decay": float, "batch_size": int, "eval_every": int,
+             "d_model": int, "n_layers": int, "n_heads": int, "d_mlp": int, "stop_after_grok": int, "jobs": int,
+             "device": str}
+LAB_TASK_FLAGS = {"p": int, "op": str, "train_frac": float, "data": str, "seq_len": int, "n_pairs": int,
+                  "length": int, "vocab": int}
+
+
+def lab_changes(args, task: str) -> dict:
+    """Lab config changes from --config and the flags given (flags win); task flags go to task_kwargs."""
+    from ..config import load_yaml
+    from .config import LabConfig
+
+    changes = load_yaml(args.config, cls=LabConfig) if args.config else {}
+    changes["task"] = task
+    for name in LAB_FLAGS:
+        if getattr(args, name, None) is not None:
+            changes[name] = getattr(args, name)
+    task_kw = {**changes.get("task_kwargs", {}), **{k: getattr(args, k) for k in LAB_TASK_FLAGS
+                                                    if getattr(args, k) is not None}}
+    changes["task_kwargs"] = task_kw
+    for name in ("mixer_kwargs", "seeds", "output_dir"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.phase_embedding:
+        changes["phase_embedding"] = True
+    return changes
+
+
+def cmd_lab(args) -> None:
+    from .config import make_lab_config
+    from .sweep import run_compare, run_lab
+
+    if args.task == "compare":
+        if not args.compare_task or not args.mixers:
+            raise WavedistillError("lab compare needs --task TASK and --mixers a,b,c")
+        changes = lab_changes(args, args.compare_task)
+        out = changes.pop("output_dir", None) or f"runs/lab/{args.compare_task}"
+        changes.pop("mixer", None)
+        run_compare(changes, [m.strip() for m in args.mixers.split(",") if m.strip()], out)
+        return
+    changes = lab_changes(args, args.task)
+    changes.setdefault("output_dir", f"runs/lab/{args.task}_{changes.get('mixer', 'attention')}")
+    run_lab(make_lab_config(changes))
+
+
+def cmd_analyze(args) -> None:
+    from .analysis import analyze
+
+    analyze(args.run_dir)
+    print(f"plots regenerated in {os.path.join(args.run_dir, 'plots')}")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds such as 0,1,2, got {text!r}") from None
+
+
+def add_lab_parsers(sub) -> None:
+    from ..cli import _json_dict
+    from .tasks import TASKS
+
+    p = sub.add_parser("lab", help="train wave transformers from scratch on a task, several seeds; "
+                       "`lab compare --task T --mixers a,b` sweeps mixers")
+    p.add_argument("task", choices=[*TASKS, "compare"])
+    p.add_argument("--task", dest="compare_task", choices=list(TASKS), help="(lab compare) the task to sweep")
+    p.add_argument("--mixers", help="(lab compare) comma-separated mixers, e.g. attention,fnet,learned_gate")
+    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default 0)")
+    p.add_argument("--output-dir")
+    p.add_argument("--config", help="YAML file of lab config changes; flags win")
+    p.add_argument("--mixer-kwargs", type=_json_dict)
+    p.add_argument("--phase-embedding", action="store_true", help="modular: tokens of Z_p as fixed waves")
+    for name, kind in {**LAB_FLAGS, **LAB_TASK_FLAGS}.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+    p.set_defaults(fn=cmd_lab)
+
+    p = sub.add_parser("analyze", help="regenerate the plots and spectra of a lab run folder")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_analyze)
