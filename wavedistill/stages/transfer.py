@@ -64,7 +64,7 @@ def layer_losses(teacher: nn.Module, mixers: dict[int, nn.Module], input_ids: Te
                  autocast=contextlib.nullcontext()) -> dict[int, Tensor]:
     """Transfer loss of each ``mixers[i]`` against teacher layer i's attention output, on the teacher's inputs."""
     with torch.no_grad(), record_attention(teacher, sorted(mixers)) as records:
-        teacher(input_ids, use_cache=False)
+        teacher.get_decoder()(input_ids=input_ids, use_cache=False)  # no LM head: only layer outputs are needed
     out = {}
     for i, mixer in mixers.items():
         r = records[i]
