@@ -202,6 +202,10 @@ def report_table(rows: list[tuple[str, dict]]) -> str:
     lines = [head, "|" + "---|" * 4 + "---:|" * 13]
     for run_dir, m in rows:
         recipe = " → ".join(m.get("recipe") or []) or ("kd" if m.get("steps") else "untrained")
+        if m.get("lora"):
+            recipe += f" + LoRA r{m['lora']['r']}{' (merged)' if m['lora']['merged'] else ''}"
+        elif (m.get("trainable_params") or {}).get("mlp"):
+            recipe += " + MLPs"
         kept = ",".join(str(i) for i in m.get("kept_attention_layers") or []) or "—"
         cells = [os.path.basename(os.path.normpath(run_dir)), m.get("mixer", "?"), recipe, kept, m.get("seq_len", "?"),
                  m.get("steps", "?"), f"{m.get('tokens_seen', 0):,}", m.get("train_wall_s", "?"), m["positions"],
