@@ -23,6 +23,7 @@ wait
 wavedistill compare --recipe configs/transfer_kd.yaml --mixers learned_gate --output-dir "$R/compare" > "$R/compare_lg.log" 2>&1 &
 run fit_transfer_kd --recipe configs/fit_transfer_kd.yaml &
 wait
+run fit_only --recipe configs/kd.yaml --stages fit  # the closed-form Toeplitz start alone, no gradient step
 # 2. progressive, hand-off, LoRA recovery, and a hybrid keeping the hardest layer (rank 1 in the report) as attention.
 run progressive --recipe configs/progressive.yaml &
 run handoff --recipe configs/handoff.yaml &
@@ -37,5 +38,10 @@ wavedistill compare --recipe configs/transfer_kd.yaml --mixers wave_network,freq
 wait
 wavedistill compare --recipe configs/transfer_kd.yaml --mixers learned_gate,frequency_band,phase_shift,wave_network,fnet \
   --output-dir "$R/compare"
+# 4. a second seed (other training batches) of plain KD and transfer -> KD.
+run kd_seed1 --recipe configs/kd.yaml --seed 1 &
+run transfer_kd_seed1 --recipe configs/transfer_kd.yaml --seed 1 &
+wait
 wavedistill report "$R/kd" "$R/compare/learned_gate" "$R/fit_transfer_kd" "$R/progressive" "$R/handoff" "$R/lora" \
   "$R/hybrid_keep$HARDEST" --output "$R/report_recipes.md"
+wavedistill report "$R/kd" "$R/kd_seed1" "$R/compare/learned_gate" "$R/transfer_kd_seed1" --output "$R/report_seeds.md"

@@ -97,6 +97,9 @@ def save_adapter(model: nn.Module, directory: str, base_model: str) -> None:
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".adapter-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); an adapter is an ordinary folder
     write_adapter_files(model, tmp, base_model)
     replace_dir(tmp, directory)
 
