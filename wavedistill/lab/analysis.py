@@ -109,8 +109,9 @@ def plot_embedding_spectrum(spec: dict, title: str, path: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
     ax.bar(spec["frequencies"], spec["power_share"], color="tab:purple")
-    ax.set(xlabel="frequency k over Z_p", ylabel="share of non-DC power",
-           title=f"{title}: key freqs {spec['key_frequencies']}, top-5 share {spec['top5_share']:.2f}")
+    # two title lines: the key frequencies do not fit beside a long run title
+    ax.set(xlabel="frequency k over Z_p", ylabel="share of non-DC power")
+    ax.set_title(f"{title}\nkey freqs {spec['key_frequencies']}, top-5 share {spec['top5_share']:.2f}", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
