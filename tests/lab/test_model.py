@@ -101,6 +101,15 @@ def test_phase_embedding_gives_numbers_fixed_waves_and_other_tokens_learned_rows
         PhaseEmbedding(vocab_size=5, d_model=8, p=13)
 
 
+def test_phase_embeddings_start_at_the_scale_of_learned_embeddings():
+    torch.manual_seed(0)
+    learned = WaveTransformer(114, 3, d_model=128, norm="none").embedding_table()
+    phase = WaveTransformer(114, 3, d_model=128, norm="none", phase_embedding=113).embedding_table()
+    # Per-entry std 1/sqrt(D) for numbers and for the other tokens alike, so the comparison is of the bias only.
+    for table in (learned, phase[:113], phase[113:]):
+        assert table.std().item() == pytest.approx(128**-0.5, rel=0.15)
+
+
 def test_model_refuses_bad_geometry_and_long_inputs():
     with pytest.raises(WavedistillError, match="multiple of n_heads"):
         WaveTransformer(V, 8, d_model=10, n_heads=4)

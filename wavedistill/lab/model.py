@@ -59,6 +59,11 @@ class PhaseEmbedding(nn.Module):
         self.register_buffer("waves", torch.cat([angle.cos(), angle.sin()], dim=1).float(), persistent=False)
         self.proj = nn.Linear(self.waves.shape[1], d_model, bias=False)
         self.other = nn.Embedding(vocab_size - p, d_model) if vocab_size > p else None
+        # Same start scale as learned embeddings, N(0, 1/D) per entry: each wave row has squared norm K,
+        # so proj entries get variance 1/(D K); only the inductive bias differs, not the init.
+        nn.init.normal_(self.proj.weight, std=(d_model * len(k)) ** -0.5)
+        if self.other is not None:
+            nn.init.normal_(self.other.weight, std=d_model**-0.5)
 
     def table(self) -> Tensor:
         """The effective (vocab, D) embedding matrix."""
