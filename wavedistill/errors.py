@@ -31,3 +31,7 @@ class MixerArgumentError(WavedistillError, TypeError):
 
 class MixerValueError(WavedistillError, ValueError):
     """A mixer argument with a value the mixer cannot take."""
+
+
+class MixerStateError(WavedistillError, ValueError):
+    """A decoding state that does not fit the mixer or the batch (another batch size, no state form)."""

@@ -28,6 +28,8 @@ VARIANTS = {
     "frequency_band": [dict(window=5, qk_norm=True, n_heads=4, n_kv_heads=2, head_dim=6, n_bands=3, kernel_len=20)],
     "learned_gate": [dict(kernel_len=10, gate=False)],
     "phase_shift": [dict(n_sections=3)],
+    "rotary_gla": [dict(qk_norm=True, n_heads=4, n_kv_heads=2, head_dim=6, feature_dim=9, chunk=8),
+                   dict(feature_map="softmax", n_heads=4, n_kv_heads=2, head_dim=6)],
     "wave_network": [dict(mode="modulation")],
 }
 

@@ -231,10 +231,10 @@ def test_frequency_band_qk_norms_match_the_teachers_after_init(family):
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma3_text"])
-def test_cache_crop_rolls_back_the_wave_history(family):
+def test_cache_crop_rolls_back_the_wave_state(family):
     # transformers 5.x rolls rejected draft tokens back with `cache.crop(-n)` (negative = remove n),
-    # after `activate_past_recording()`. The wave layer's input history must be cut by the same n, or
-    # the next call mixes over tokens that were never accepted. Gemma3's wave layer 0 wraps a sliding
+    # after `activate_past_recording()`. The wave layer's recurrent state must go back by the same n, or
+    # the next call continues from tokens that were never accepted. Gemma3's wave layer 0 wraps a sliding
     # layer, which can only be cropped if past recording reached it.
     model = converted(family, "learned_gate")
     ids = rand_ids(1, 12)
@@ -247,8 +247,11 @@ def test_cache_crop_rolls_back_the_wave_history(family):
         cache.crop(-2)
         assert cache.get_seq_length() == 9
         for i in WAVE_LAYERS:
-            assert cache.layers[i].x.shape[1] == 9, f"wave layer {i} still holds the rejected tokens"
+            assert cache.layers[i].x is None, "a stateful mixer keeps no input history"
+            assert cache.layers[i].state["pos"].tolist() == [9], f"wave layer {i} still holds the rejected tokens"
         resumed = model(ids[:, 9:12], past_key_values=cache, use_cache=True).logits
+        with pytest.raises(ValueError, match="roll a recurrent wave state back"):
+            cache.crop(-5)  # further back than the last call reaches
     torch.testing.assert_close(resumed, full[:, 9:12], atol=1e-6, rtol=0)
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .base import State
 from .functional import local_causal_mask
 from .qkv import QKVMixer
 from .registry import register_mixer
@@ -34,6 +35,8 @@ class Attention(QKVMixer):
         super().__init__(d_model, qk_norm=qk_norm, rope=rope, rope_theta=rope_theta, n_heads=n_heads,
                          n_kv_heads=n_kv_heads, head_dim=head_dim, bias=bias, causal=causal)
 
+    state_form = "a key / value cache that grows by one entry per token; O(T) per token"
+
     def mask(self, T: int, padding_mask: Tensor | None, device) -> Tensor | None:
         """(B or 1, 1, T, T) bool, True = may attend; None = plain causal (SDPA's is_causal) or nothing."""
         if padding_mask is None:
@@ -47,15 +50,30 @@ class Attention(QKVMixer):
         B, H, T, hd = y.shape
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * hd))
 
-    def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        q, k, v = self.qkv(x, position_embeddings)
+    def _mix(self, x: Tensor, padding_mask, position_embeddings) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = self.qkv(x, position_embeddings, padding_mask)
         mask = self.mask(x.shape[1], padding_mask, x.device)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None,
                                            scale=self.scaling.item())
-        return self._out(y)
+        return self._out(y), k, v
+
+    def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        return self._mix(x, padding_mask, position_embeddings)[0]
+
+    def _init_state(self, batch: int, device, dtype) -> State:
+        return self.kv_state(batch, device, dtype, slots=0)
+
+    def _step(self, x_t: Tensor, state: State, padding_mask, position_embeddings) -> tuple[Tensor, State]:
+        q, k, v = self.step_qkv(x_t, state, position_embeddings)
+        y, memory = self.kv_attend(q, k, v, state, padding_mask, window=None)  # (B, H, hd)
+        return self.o_proj(y.reshape(x_t.shape[0], -1).to(x_t.dtype)), {**state, **memory}
+
+    def _prefill(self, x: Tensor, padding_mask, position_embeddings) -> tuple[Tensor, State]:
+        y, k, v = self._mix(x, padding_mask, position_embeddings)
+        return y, self.kv_final(k, v, padding_mask, None, torch.promote_types(x.dtype, torch.float32))
 
     def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        q, k, v = self.qkv(x, position_embeddings)
+        q, k, v = self.qkv(x, position_embeddings, padding_mask)
         T = x.shape[1]
         mask = self.mask(T, padding_mask, x.device)
         if mask is None:

@@ -7,7 +7,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..errors import MixerValueError
+from ..errors import MixerStateError, MixerValueError
+
+#: A recurrent decoding state: named tensors whose dim 0 is the batch, so a cache can reorder,
+#: select and repeat it without knowing the mixer.
+State = dict[str, Tensor]
 
 
 def default_head_dim(d_model: int) -> int:
@@ -23,9 +27,20 @@ class WaveMixer(nn.Module):
 
     Mixers that work on "values" own ``v_proj`` (D -> H*hd) and ``o_proj`` (H*hd -> D) shaped like
     a teacher's attention, so :meth:`init_from_attention` can copy them (KV heads repeated for GQA).
+
+    Decoding contract. A mixer with a recurrent form sets ``state_form`` (what its state holds and
+    what a token costs) and implements :meth:`init_state` and :meth:`_step`; :meth:`step` then maps
+    one token ``x_t`` (B, D) and a state to ``y_t`` (B, D) and the next state, exactly as
+    :meth:`forward` would at that position. :meth:`prefill` runs a whole prompt and returns the
+    state after it; the default steps token by token, mixers override it with their parallel form.
+    A mixer without a recurrent form leaves ``state_form = None`` and is decoded by re-running
+    :meth:`forward` over the input history (the cache keeps that history instead).
     """
 
     name: ClassVar[str]
+    #: What the decoding state holds and its cost per token, e.g. "EMA states + 32-tap ring, O(1)";
+    #: None = no recurrent form.
+    state_form: ClassVar[str | None] = None
 
     def __init__(self, d_model: int, *, n_heads: int | None = None, n_kv_heads: int | None = None,
                  head_dim: int | None = None, causal: bool = True, bias: bool = False) -> None:
@@ -41,6 +56,25 @@ class WaveMixer(nn.Module):
         self.inner_dim = self.n_heads * self.head_dim
         self.causal = causal
         self.bias = bias
+
+    def register_fixed_buffer(self, name: str, tensor: Tensor, persistent: bool = False) -> None:
+        """A buffer derived from constants (decay rates, frequencies, scales) that casts never round.
+
+        ``model.to(torch.bfloat16)`` would round it like a weight: a 741-token EMA's decay
+        1 - 1/741 becomes exactly 1.0 in bf16 and its filter vanishes. Fixed buffers follow device
+        moves and up-casts (float64 tests) but never go below float32 (see :meth:`_apply`).
+        """
+        self.register_buffer(name, tensor, persistent=persistent)
+        self._fixed_buffers = getattr(self, "_fixed_buffers", set()) | {name}
+
+    def _apply(self, fn, recurse=True):
+        fixed = {n: self._buffers[n] for n in getattr(self, "_fixed_buffers", ()) if self._buffers.get(n) is not None}
+        super()._apply(fn, recurse)
+        for n, old in fixed.items():
+            moved = self._buffers[n]
+            # Re-derive from the unrounded original: same device as the cast result, dtype >= float32.
+            self._buffers[n] = old.to(device=moved.device, dtype=torch.promote_types(moved.dtype, torch.float32))
+        return self
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None,
                 position_embeddings: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -60,6 +94,81 @@ class WaveMixer(nn.Module):
 
     def mix_naive(self, x: Tensor, padding_mask: Tensor | None, position_embeddings) -> Tensor:
         raise NotImplementedError
+
+    @property
+    def has_state(self) -> bool:
+        """Whether this instance decodes through :meth:`step` (settings may rule it out, e.g. ``causal=False``)."""
+        return self.state_form is not None and self.causal
+
+    def _require_state_form(self) -> None:
+        if not self.has_state:
+            raise MixerStateError(f"mixer {self.name!r} has no recurrent state form (see `wavedistill mixers`); decode "
+                                  "it through its forward over the input history, which the wave cache does by itself")
+
+    def init_state(self, batch: int, device=None, dtype=None) -> State:
+        """The state before any token, for ``batch`` sequences."""
+        self._require_state_form()
+        ref = next(self.parameters(), next(self.buffers(), None))
+        device = device if device is not None else (ref.device if ref is not None else None)
+        dtype = dtype if dtype is not None else (ref.dtype if ref is not None else torch.float32)
+        state = self._init_state(batch, device, torch.promote_types(dtype, torch.float32))
+        state["pos"] = torch.zeros(batch, dtype=torch.long, device=device)  # real tokens seen: the next position
+        return state
+
+    def _init_state(self, batch: int, device, dtype) -> State:
+        raise NotImplementedError
+
+    def step(self, x_t: Tensor, state: State, padding_mask: Tensor | None = None,
+             position_embeddings: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, State]:
+        """One token: x_t (B, D) -> y_t (B, D) and the next state.
+
+        padding_mask: (B,) bool, True = real token (a pad is a zero input, as in :meth:`forward`);
+        position_embeddings: (cos, sin), each (B or 1, head_dim), the rotary tables at this position.
+        """
+        self._require_state_form()
+        B = x_t.shape[0]
+        bad = sorted({k: v.shape[0] for k, v in state.items() if v.shape[0] != B}.items())
+        if bad:
+            raise MixerStateError(f"{self.name} state was built for batch {bad[0][1]} but the token batch is {B}; "
+                                  "build the state with init_state(batch) or prefill() for this batch")
+        if padding_mask is not None:
+            x_t = torch.where(padding_mask[:, None], x_t, torch.zeros((), dtype=x_t.dtype, device=x_t.device))
+        y, new = self._step(x_t, state, padding_mask, position_embeddings)
+        new["pos"] = state["pos"] + (1 if padding_mask is None else padding_mask.long())
+        return y, new
+
+    def _step(self, x_t: Tensor, state: State, padding_mask: Tensor | None,
+              position_embeddings) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def _prefill(self, x: Tensor, padding_mask: Tensor | None, position_embeddings) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def prefill(self, x: Tensor, padding_mask: Tensor | None = None,
+                position_embeddings: tuple[Tensor, Tensor] | None = None,
+                state: State | None = None) -> tuple[Tensor, State]:
+        """Run x (B, T, D) from ``state`` (default: the initial one): (y (B, T, D), the state after x).
+
+        From the initial state, mixers that implement ``_prefill`` (their parallel form plus a
+        closed-form final state) use it; otherwise, and from a given state, this steps token by
+        token. Either way it equals :meth:`forward` on the same tokens.
+        """
+        if state is None and type(self)._prefill is not WaveMixer._prefill:
+            self._require_state_form()
+            if padding_mask is not None:
+                x = torch.where(padding_mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+            y, new = self._prefill(x, padding_mask, position_embeddings)
+            new["pos"] = (torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+                          if padding_mask is None else padding_mask.long().sum(1))
+            return y, new
+        if state is None:
+            state = self.init_state(x.shape[0], x.device, x.dtype)
+        ys = []
+        for t in range(x.shape[1]):
+            pe_t = None if position_embeddings is None else tuple(p[:, t] for p in position_embeddings)
+            y, state = self.step(x[:, t], state, None if padding_mask is None else padding_mask[:, t], pe_t)
+            ys.append(y)
+        return torch.stack(ys, dim=1), state
 
     @staticmethod
     def zero_pads(u: Tensor, padding_mask: Tensor | None) -> Tensor:

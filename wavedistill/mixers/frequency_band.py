@@ -15,7 +15,10 @@ low-frequency averages, which an FFT convolution computes in O(T log T).
 * Low band: per value channel, a learned mix of ``n_bands`` causal exponential moving
   averages, ``k_low[c, tau] = sum_b w[c, b] (1 - l_b) l_b^tau`` with time constants
   ``1/(1 - l_b)`` log-spaced from ``window`` to ``kernel_len`` tokens: low-pass filters defined
-  in physical lags, applied by a zero-padded FFT. ``w`` starts at zero.
+  in physical lags, applied by a zero-padded FFT. ``w`` starts at zero. The EMAs are exact
+  first-order IIR filters (not truncated), so decoding keeps ``n_bands`` values per channel.
+
+Decoding state: the last ``window`` keys / values (a ring) plus the EMA values; O(window) per token.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MixerValueError
-from .base import no_weight_decay
-from .functional import causal_conv, causal_conv_naive, ema_basis, local_attention, local_causal_mask
+from .base import State, no_weight_decay
+from .functional import (causal_conv, causal_conv_naive, ema_basis, ema_final_state, ema_step, local_attention,
+                         local_causal_mask)
 from .qkv import QKVMixer
 from .registry import register_mixer
 
@@ -53,27 +57,56 @@ class FrequencyBand(QKVMixer):
                          n_kv_heads=n_kv_heads, head_dim=head_dim, bias=bias, causal=causal)
         if not causal:
             raise MixerValueError("frequency_band is causal by construction (sliding window + causal filter)")
-        if window < 1:
-            raise MixerValueError(f"window must be >= 1, got {window}")
+        for arg, value in (("window", window), ("n_bands", n_bands), ("kernel_len", kernel_len)):
+            if value < 1:
+                raise MixerValueError(f"frequency_band {arg} must be >= 1, got {value}")
         self.window, self.kernel_len = window, kernel_len
         if fft_branch:
-            tau = torch.logspace(math.log10(window), math.log10(max(kernel_len, window + 1)), n_bands)
-            self.register_buffer("decays", 1.0 - 1.0 / tau, persistent=False)  # (n_bands,)
+            tau = torch.logspace(math.log10(window), math.log10(max(kernel_len, window + 1)), n_bands).double()
+            self.register_fixed_buffer("decays", 1.0 - 1.0 / tau)  # (n_bands,)
             self.band_weight = no_weight_decay(nn.Parameter(torch.zeros(self.inner_dim, n_bands)))  # (C, n_bands)
         else:
             self.band_weight = None
 
-    def low_band_kernel(self, T: int, dtype) -> Tensor:
-        return self.band_weight.to(dtype) @ ema_basis(self.decays, min(T, self.kernel_len), dtype)  # (C, L)
+    state_form = "the last `window` keys / values + n_bands EMA values per channel; O(window) per token"
 
-    def _mix(self, x: Tensor, padding_mask, position_embeddings, attend, conv) -> Tensor:
+    def low_band_kernel(self, T: int, dtype) -> Tensor:
+        return self.band_weight.to(dtype) @ ema_basis(self.decays, T, dtype)  # (C, T)
+
+    def _mix(self, x: Tensor, padding_mask, position_embeddings, attend, conv, with_state: bool = False):
         B, T, _ = x.shape
-        q, k, v = self.qkv(x, position_embeddings)
+        q, k, v = self.qkv(x, position_embeddings, padding_mask)
         y = attend(q, k, v, padding_mask).transpose(1, 2).reshape(B, T, self.inner_dim)  # (B, T, H*hd)
+        ct = torch.promote_types(x.dtype, torch.float32)
+        state = self.kv_final(k, v, padding_mask, self.window, ct) if with_state else {}
         if self.band_weight is not None:
             vc = self.zero_pads(v.transpose(1, 2).reshape(B, T, self.inner_dim), padding_mask)
-            y = y + conv(vc, self.low_band_kernel(T, torch.promote_types(x.dtype, torch.float32)))
-        return self.o_proj(y)
+            y = y + conv(vc, self.low_band_kernel(T, ct)).to(y.dtype)
+            if with_state:
+                state["ema"] = ema_final_state(vc, self.decays)
+        y = self.o_proj(y)
+        return (y, state) if with_state else y
+
+    def _init_state(self, batch: int, device, dtype) -> State:
+        state = self.kv_state(batch, device, dtype, slots=self.window)
+        if self.band_weight is not None:
+            state["ema"] = torch.zeros(batch, self.inner_dim, len(self.decays), device=device, dtype=dtype)
+        return state
+
+    def _step(self, x_t: Tensor, state: State, padding_mask, position_embeddings) -> tuple[Tensor, State]:
+        q, k, v = self.step_qkv(x_t, state, position_embeddings)
+        y, new = self.kv_attend(q, k, v, state, padding_mask, window=self.window)  # (B, H, hd)
+        y = y.reshape(x_t.shape[0], self.inner_dim)
+        if self.band_weight is not None:
+            vc = v[:, :, 0].reshape(x_t.shape[0], self.inner_dim)  # (B, C)
+            if padding_mask is not None:
+                vc = torch.where(padding_mask[:, None], vc, torch.zeros((), dtype=vc.dtype, device=vc.device))
+            new["ema"] = ema_step(state["ema"], vc, self.decays)
+            y = y + (new["ema"] * self.band_weight.to(new["ema"].dtype)).sum(-1)
+        return self.o_proj(y.to(x_t.dtype)), new
+
+    def _prefill(self, x: Tensor, padding_mask, position_embeddings) -> tuple[Tensor, State]:
+        return self._mix(x, padding_mask, position_embeddings, self._attend, causal_conv, with_state=True)
 
     def _attend(self, q, k, v, padding_mask):
         return local_attention(q, k, v, self.window, padding_mask, self.scaling.item())

@@ -45,6 +45,24 @@ def ema_basis(decays: Tensor, length: int, dtype: torch.dtype) -> Tensor:
     return ((1 - d) * d ** lag[None]).to(dtype)
 
 
+def ema_final_state(u: Tensor, decays: Tensor) -> Tensor:
+    """State of each EMA ``h <- l h + (1 - l) u_t`` after the whole of u (B, T, C), from zero; (B, C, n).
+
+    The closed form ``h_T = sum_s (1 - l) l^(T-1-s) u_s`` is the EMA's impulse response read
+    backwards, which is how a parallel prefill hands its state to step-by-step decoding.
+    """
+    T = u.shape[1]
+    ct = fft_dtype(u)
+    weights = ema_basis(decays, T, ct).flip(-1)  # (n, T): weight of u_s in the final state
+    return torch.einsum("btc,nt->bcn", u.to(ct), weights)
+
+
+def ema_step(h: Tensor, u_t: Tensor, decays: Tensor) -> Tensor:
+    """One EMA step for every channel and decay: h (B, C, n), u_t (B, C) -> (B, C, n)."""
+    d = decays.to(h.dtype)
+    return d * h + (1 - d) * u_t.to(h.dtype)[..., None]
+
+
 def causal_conv_naive(u: Tensor, k: Tensor) -> Tensor:
     """Reference for :func:`causal_conv`: an explicit lower-triangular Toeplitz product."""
     T = u.shape[1]
@@ -68,9 +86,14 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 def rope_tables(T: int, head_dim: int, theta: float, device, dtype) -> tuple[Tensor, Tensor]:
     """(cos, sin) of shape (1, T, head_dim) in the Hugging Face layout (frequencies repeated twice)."""
-    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
-    ang = torch.arange(T, device=device, dtype=torch.float64)[:, None] * inv[None]
-    emb = torch.cat((ang, ang), dim=-1)[None]
+    return rope_at(torch.arange(T, device=device)[None], head_dim, theta, dtype)
+
+
+def rope_at(positions: Tensor, head_dim: int, theta: float, dtype) -> tuple[Tensor, Tensor]:
+    """(cos, sin) of shape (*positions.shape, head_dim) at integer ``positions``; angles in float64."""
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim)
+    ang = positions.double()[..., None] * inv
+    emb = torch.cat((ang, ang), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 

@@ -5,7 +5,7 @@ with the filter's impulse response. To be causal that impulse response must vani
 lags, and the FFT must be zero-padded to at least 2T (otherwise it is circular and the future
 leaks). So the filter is stored in its causal, physical-lag form and applied by a zero-padded
 FFT; its frequency response (for plots) is ``rfft(kernel)``. The same parameters mean the same
-thing at every sequence length; tokens further back than ``kernel_len`` are out of reach.
+thing at every sequence length.
 
 The impulse response of channel c is parameterised as
 
@@ -13,8 +13,9 @@ The impulse response of channel c is parameterised as
 
 free taps for fine detail at short lags plus a mix of ``n_decays`` exponential moving averages
 with time constants ``1/(1 - l_b)`` log-spaced from 1 to ``kernel_len`` tokens for the long,
-smooth part (a smooth frequency response). ``short_len = kernel_len`` gives a fully free filter;
-the smooth parameterisation has ~10x fewer parameters and generalises better to held-out text.
+smooth part (a smooth frequency response). The EMAs are not truncated: each is an exact
+first-order IIR filter, so the mixer decodes with a state of ``n_decays`` EMA values plus a ring
+of the last ``short_len - 1`` inputs per channel, whatever the context length.
 
 Layout (per value channel c = head * head_dim + i):
     v = v_proj(x); y = conv(v, kernel); optional input-dependent gate y *= sigmoid(g_proj(x));
@@ -31,8 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MixerValueError
-from .base import WaveMixer, no_weight_decay
-from .functional import causal_conv, causal_conv_naive, ema_basis
+from .base import State, WaveMixer, no_weight_decay
+from .functional import causal_conv, causal_conv_naive, ema_basis, ema_final_state, ema_step
 from .registry import register_mixer
 
 
@@ -40,7 +41,7 @@ from .registry import register_mixer
 class LearnedGate(WaveMixer):
     """Args:
         d_model: model width D.
-        kernel_len: longest lag the filter reaches (default 512).
+        kernel_len: the slowest EMA's time constant in tokens (default 512).
         short_len: free filter taps at lags 0..short_len-1 (default 32).
         n_decays: EMA basis filters for the long part (default 16).
         gate: multiply by an input-dependent sigmoid gate (default True).
@@ -55,11 +56,14 @@ class LearnedGate(WaveMixer):
                          bias=bias)
         if not causal:
             raise MixerValueError("learned_gate is a causal convolution; it has no bidirectional form")
+        for arg, value, low in (("kernel_len", kernel_len, 1), ("short_len", short_len, 1), ("n_decays", n_decays, 1)):
+            if value < low:
+                raise MixerValueError(f"learned_gate {arg} must be >= {low}, got {value}")
         self.kernel_len, self.short_len = kernel_len, min(short_len, kernel_len)
         self.add_value_projections()
         C = self.inner_dim
         tau = torch.logspace(0, math.log10(max(kernel_len, 2)), n_decays)  # (n_decays,) time constants, tokens
-        self.register_buffer("decays", 1.0 - 1.0 / tau, persistent=False)
+        self.register_fixed_buffer("decays", 1.0 - 1.0 / tau.double())
         self.taps = no_weight_decay(nn.Parameter(torch.zeros(C, self.short_len)))  # (C, short_len)
         # Channel c starts as the EMA whose time constant is nearest its own log-spaced target.
         target = torch.logspace(0, math.log10(max(kernel_len, 2)), C)
@@ -71,11 +75,12 @@ class LearnedGate(WaveMixer):
             nn.init.zeros_(self.g_proj.weight)
             nn.init.constant_(self.g_proj.bias, 3.0)
 
+    state_form = "n_decays EMA values + a ring of short_len - 1 inputs per channel; O(1) per token"
+
     def kernel(self, T: int, dtype=torch.float32) -> Tensor:
-        """Impulse response over lags 0..min(T, kernel_len)-1; (C, L)."""
-        L = min(T, self.kernel_len)
-        k = self.decay_weight.to(dtype) @ ema_basis(self.decays, L, dtype)  # (C, L)
-        s = min(L, self.short_len)
+        """Impulse response over lags 0..T-1; (C, T)."""
+        k = self.decay_weight.to(dtype) @ ema_basis(self.decays, T, dtype)  # (C, T)
+        s = min(T, self.short_len)
         return torch.cat([k[:, :s] + self.taps[:, :s].to(dtype), k[:, s:]], dim=1)
 
     @torch.no_grad()
@@ -98,18 +103,41 @@ class LearnedGate(WaveMixer):
         self.taps.zero_()
         self.taps[:, :s].copy_(target[:, :s] - (weights @ basis)[:, :s])
 
-    def _mix(self, x: Tensor, padding_mask, conv) -> Tensor:
+    def _mix(self, x: Tensor, padding_mask, conv) -> tuple[Tensor, Tensor]:
         v = self.zero_pads(self.v_proj(x), padding_mask)  # (B, T, C)
         y = conv(v, self.kernel(x.shape[1], torch.promote_types(x.dtype, torch.float32)))  # (B, T, C)
+        return self._out(x, y), v
+
+    def _out(self, x: Tensor, y: Tensor) -> Tensor:
         if self.g_proj is not None:
             y = y * torch.sigmoid(self.g_proj(x))
-        return self.o_proj(y)
+        return self.o_proj(y.to(x.dtype))
 
     def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        return self._mix(x, padding_mask, causal_conv)
+        return self._mix(x, padding_mask, causal_conv)[0]
 
     def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        return self._mix(x, padding_mask, causal_conv_naive)
+        return self._mix(x, padding_mask, causal_conv_naive)[0]
+
+    def _init_state(self, batch: int, device, dtype) -> State:
+        C = self.inner_dim
+        return {"ema": torch.zeros(batch, C, len(self.decays), device=device, dtype=dtype),  # (B, C, n_decays)
+                "ring": torch.zeros(batch, C, self.short_len - 1, device=device, dtype=dtype)}  # oldest .. newest
+
+    def _step(self, x_t: Tensor, state: State, padding_mask, position_embeddings) -> tuple[Tensor, State]:
+        v = self.v_proj(x_t)  # (B, C)
+        if padding_mask is not None:
+            v = torch.where(padding_mask[:, None], v, torch.zeros((), dtype=v.dtype, device=v.device))
+        ema = ema_step(state["ema"], v, self.decays)
+        recent = torch.cat([state["ring"], v.to(ema.dtype)[..., None]], dim=-1)  # (B, C, short_len): v_{t-s+1} .. v_t
+        y = (ema * self.decay_weight.to(ema.dtype)).sum(-1) + (recent * self.taps.to(ema.dtype).flip(-1)).sum(-1)
+        return self._out(x_t, y), {"ema": ema, "ring": recent[..., 1:]}
+
+    def _prefill(self, x: Tensor, padding_mask, position_embeddings) -> tuple[Tensor, State]:
+        y, v = self._mix(x, padding_mask, causal_conv)
+        ct = torch.promote_types(x.dtype, torch.float32)
+        ring = torch.nn.functional.pad(v.to(ct).transpose(1, 2), (self.short_len - 1, 0))[..., v.shape[1]:]
+        return y, {"ema": ema_final_state(v, self.decays), "ring": ring}
 
     def spectrum(self) -> dict[str, Tensor]:
         H = torch.fft.rfft(self.kernel(self.kernel_len).detach().float(), n=2 * self.kernel_len, dim=-1)  # (C, F)

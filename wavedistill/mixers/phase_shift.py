@@ -11,7 +11,8 @@ all-pass sections (Mitra & Regalia, 1988):
 whose impulse response ``h[0] = a, h[n] = (1 - a^2)(-a)^(n-1)`` is computed in closed form over
 physical lags and applied as a zero-padded FFT convolution. ``a`` is learned per channel and
 section (``a = tanh(theta)``, so stability holds by construction). The naive reference runs the
-IIR recurrence ``y[n] = a x[n] + x[n-1] - a y[n-1]`` token by token.
+IIR recurrence ``y[n] = a x[n] + x[n-1] - a y[n-1]`` token by token, which is also how the mixer
+decodes: one previous input and output per section and channel.
 
 Layout: ``out = o_proj(allpass(v_proj(x)))`` with v/o copyable from a teacher.
 """
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MixerValueError
-from .base import WaveMixer, no_weight_decay
+from .base import State, WaveMixer, no_weight_decay
 from .functional import causal_conv
 from .registry import register_mixer
 
@@ -42,10 +43,14 @@ class PhaseShift(WaveMixer):
                          bias=bias)
         if not causal:
             raise MixerValueError("phase_shift is a causal IIR all-pass filter; it has no bidirectional form")
+        if n_sections < 1:
+            raise MixerValueError(f"phase_shift n_sections must be >= 1, got {n_sections}")
         self.add_value_projections()
         # Coefficients spread over (-0.5, 0.9): from a sign-flipped delay to slow phase rotations.
         a0 = torch.linspace(-0.5, 0.9, self.inner_dim)[:, None].repeat(1, n_sections)
         self.theta = no_weight_decay(nn.Parameter(torch.atanh(a0)))  # (C, S)
+
+    state_form = "the previous input and output of each all-pass section; O(1) per token"
 
     def coefficients(self) -> Tensor:
         return torch.tanh(self.theta)  # (C, S)
@@ -69,6 +74,37 @@ class PhaseShift(WaveMixer):
         v = self.zero_pads(self.v_proj(x), padding_mask)  # (B, T, C)
         ct = torch.promote_types(v.dtype, torch.float32)
         return self.o_proj(causal_conv(v, self.kernel(v.shape[1], ct)))
+
+    def _init_state(self, batch: int, device, dtype) -> State:
+        shape = (batch, self.inner_dim, self.theta.shape[1])
+        return {"x_prev": torch.zeros(shape, device=device, dtype=dtype),
+                "y_prev": torch.zeros(shape, device=device, dtype=dtype)}
+
+    def _step(self, x_t: Tensor, state: State, padding_mask, position_embeddings) -> tuple[Tensor, State]:
+        u = self.v_proj(x_t)  # (B, C)
+        if padding_mask is not None:
+            u = torch.where(padding_mask[:, None], u, torch.zeros((), dtype=u.dtype, device=u.device))
+        u = u.to(state["x_prev"].dtype)
+        a = self.coefficients().to(u.dtype)  # (C, S)
+        ins, outs = [], []
+        for s in range(a.shape[1]):
+            y = a[:, s] * u + state["x_prev"][..., s] - a[:, s] * state["y_prev"][..., s]
+            ins.append(u)
+            outs.append(y)
+            u = y
+        return self.o_proj(u.to(x_t.dtype)), {"x_prev": torch.stack(ins, -1), "y_prev": torch.stack(outs, -1)}
+
+    def _prefill(self, x: Tensor, padding_mask, position_embeddings) -> tuple[Tensor, State]:
+        v = self.zero_pads(self.v_proj(x), padding_mask)  # (B, T, C)
+        ct = torch.promote_types(v.dtype, torch.float32)
+        a = self.coefficients().to(ct)
+        # Section by section, to hand each section's last input and output to the recurrence.
+        ins, outs, u = [], [], v.to(ct)
+        for s in range(a.shape[1]):
+            ins.append(u[:, -1])
+            u = causal_conv(u, self.section_kernel(a[:, s], u.shape[1]))
+            outs.append(u[:, -1])
+        return self.o_proj(u.to(x.dtype)), {"x_prev": torch.stack(ins, -1), "y_prev": torch.stack(outs, -1)}
 
     def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
         v = self.zero_pads(self.v_proj(x), padding_mask)

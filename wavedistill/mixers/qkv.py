@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import WaveMixer
-from .functional import apply_rope, rope_tables
+from .base import State, WaveMixer
+from .functional import apply_rope, rope_at, rope_tables
 
 
 class HeadRMSNorm(nn.Module):
@@ -51,8 +51,8 @@ class QKVMixer(WaveMixer):
         self.o_proj = nn.Linear(self.inner_dim, d_model, bias=False)
         self.q_norm = HeadRMSNorm(self.head_dim) if qk_norm else None
         self.k_norm = HeadRMSNorm(self.head_dim) if qk_norm else None
-        # A buffer, so a reloaded student keeps a teacher's non-default scale (Gemma3's query_pre_attn_scalar).
-        self.register_buffer("scaling", torch.tensor(float(self.head_dim) ** -0.5))
+        # Saved, so a reloaded student keeps a teacher's non-default scale (Gemma3's query_pre_attn_scalar).
+        self.register_fixed_buffer("scaling", torch.tensor(float(self.head_dim) ** -0.5), persistent=True)
 
     @torch.no_grad()
     def init_from_attention(self, attn: nn.Module) -> None:
@@ -71,8 +71,12 @@ class QKVMixer(WaveMixer):
                 mine.weight.copy_(theirs(ones)[0].float() * (1 + mine.eps) ** 0.5)
         self.scaling.fill_(float(attn.scaling))
 
-    def qkv(self, x: Tensor, position_embeddings) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, H, T, hd) queries, keys and values, KV heads repeated for grouped-query attention."""
+    def qkv(self, x: Tensor, position_embeddings, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, H, T, hd) queries, keys and values, KV heads repeated for grouped-query attention.
+
+        Without the teacher's rotary tables, positions count real tokens only (0 at the first one),
+        as Hugging Face's ``generate`` numbers a left-padded row.
+        """
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
@@ -81,7 +85,10 @@ class QKVMixer(WaveMixer):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd)
         if self.rope:
-            if position_embeddings is None:
+            if position_embeddings is None and padding_mask is not None:
+                positions = (padding_mask.long().cumsum(1) - 1).clamp_min(0)  # (B, T)
+                position_embeddings = rope_at(positions, self.head_dim, self.rope_theta, x.dtype)
+            elif position_embeddings is None:
                 position_embeddings = rope_tables(T, self.head_dim, self.rope_theta, x.device, x.dtype)
             cos, sin = (p.to(x.dtype).expand(B, -1, -1) for p in position_embeddings)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -89,3 +96,46 @@ class QKVMixer(WaveMixer):
         k = k.repeat_interleave(rep, dim=1)
         v = v.transpose(1, 2).repeat_interleave(rep, dim=1)  # (B, H, T, hd)
         return q, k, v
+
+    def step_qkv(self, x_t: Tensor, state: State, position_embeddings) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, H, 1, hd) query, key and value of one token x_t (B, D) at position ``state["pos"]``."""
+        if position_embeddings is None and self.rope:
+            position_embeddings = rope_at(state["pos"], self.head_dim, self.rope_theta, x_t.dtype)
+        pe = None if position_embeddings is None else tuple(p[:, None] for p in position_embeddings)
+        return self.qkv(x_t[:, None], pe)
+
+    def kv_state(self, batch: int, device, dtype, slots: int) -> State:
+        """Key / value memory: ``slots`` entries for a sliding window (oldest first), 0 for a growing cache."""
+        shape = (batch, self.n_heads, slots, self.head_dim)
+        return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype),
+                "valid": torch.zeros(batch, slots, dtype=torch.bool, device=device)}
+
+    @staticmethod
+    def kv_final(k: Tensor, v: Tensor, padding_mask: Tensor | None, window: int | None, dtype) -> State:
+        """The key / value memory after a prefill: the last ``window`` keys (all when None), pads invalid."""
+        B, H, T, hd = k.shape
+        valid = torch.ones(B, T, dtype=torch.bool, device=k.device) if padding_mask is None else padding_mask
+        if window is not None:
+            short = max(0, window - T)  # fewer tokens than slots: invalid slots in front, as in kv_state
+            k, v = (nn.functional.pad(t, (0, 0, short, 0))[:, :, -window:] for t in (k, v))
+            valid = nn.functional.pad(valid, (short, 0), value=False)[:, -window:]
+        return {"k": k.to(dtype), "v": v.to(dtype), "valid": valid}
+
+    def kv_attend(self, q: Tensor, k: Tensor, v: Tensor, state: State, padding_mask, window: int | None):
+        """Append one key / value (B, H, 1, hd) to the memory and attend q over it: ((B, H, hd), next memory).
+
+        The new token always sees itself (as a padded query does in the parallel form), so no row
+        of the softmax is empty; pads are never attended to by later tokens.
+        """
+        B = q.shape[0]
+        real = torch.ones(B, 1, dtype=torch.bool, device=q.device) if padding_mask is None else padding_mask[:, None]
+        keep = slice(1, None) if window is not None else slice(None)
+        ks = torch.cat([state["k"][:, :, keep], k.to(state["k"].dtype)], dim=2)  # (B, H, S, hd)
+        vs = torch.cat([state["v"][:, :, keep], v.to(state["v"].dtype)], dim=2)
+        valid = torch.cat([state["valid"][:, keep], real], dim=1)  # (B, S)
+        see = valid.clone()
+        see[:, -1] = True
+        scores = torch.einsum("bhd,bhsd->bhs", q[:, :, 0].to(ks.dtype), ks) * self.scaling.to(ks.dtype)
+        scores = scores.masked_fill(~see[:, None], float("-inf"))
+        y = torch.einsum("bhs,bhsd->bhd", scores.softmax(-1), vs)
+        return y, {"k": ks, "v": vs, "valid": valid}

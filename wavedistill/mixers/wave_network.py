@@ -9,7 +9,8 @@ input give two waves, combined by *interference* ``Z1 + Z2`` or *modulation* ``Z
 Causal form: G is the running prefix energy, ``G_tk = sqrt(eps + sum_{s<=t} w_sk^2)``, so token
 t only sees tokens <= t. Because ``cos(alpha) = w/G``, ``Re Z = w`` and ``Im Z = sqrt(G^2 - w^2)``;
 the fast path uses that algebra, the naive path the literal arccos and complex exponential.
-The output is ``o_proj(Re Z) + i_proj(Im Z)``; ``i_proj`` starts at zero.
+The output is ``o_proj(Re Z) + i_proj(Im Z)``; ``i_proj`` starts at zero. Decoding keeps the two
+running energies per channel.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MixerValueError
-from .base import WaveMixer
+from .base import State, WaveMixer
 from .registry import register_mixer
 
 MODES = ("interference", "modulation")
@@ -47,13 +48,15 @@ class WaveNetwork(WaveMixer):
         self.i_proj = nn.Linear(self.inner_dim, d_model, bias=False)
         nn.init.zeros_(self.i_proj.weight)
 
+    state_form = "the running energy of each channel of both waves; O(1) per token"
+
     def _energy(self, u: Tensor) -> Tensor:
         if self.causal:
             return torch.sqrt(self.eps + (u * u).cumsum(dim=1))  # (B, T, C)
         return torch.sqrt(self.eps + (u * u).sum(dim=1, keepdim=True))
 
-    def _wave(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        G = self._energy(u)
+    def _wave(self, u: Tensor, G: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        G = self._energy(u) if G is None else G
         # Im = G sin(arccos(u/G)) = sqrt(G^2 - u^2), which is >= sqrt(eps) because G^2 includes u^2 + eps;
         # the clamp only guards round-off.
         return u, torch.sqrt((G * G - u * u).clamp_min(self.eps))
@@ -63,10 +66,33 @@ class WaveNetwork(WaveMixer):
             return r1 + r2, i1 + i2
         return r1 * r2 - i1 * i2, r1 * i2 + i1 * r2
 
+    def _inputs(self, x: Tensor, padding_mask) -> tuple[Tensor, Tensor]:
+        # Energies are running sums of squares: float32 at least, whatever the model's dtype.
+        ct = torch.promote_types(x.dtype, torch.float32)
+        return tuple(self.zero_pads(p(x), padding_mask).to(ct) for p in (self.v_proj, self.w_proj))
+
+    def _read_out(self, re: Tensor, im: Tensor, dtype) -> Tensor:
+        return self.o_proj(re.to(dtype)) + self.i_proj(im.to(dtype))
+
     def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        u1, u2 = (self.zero_pads(p(x), padding_mask) for p in (self.v_proj, self.w_proj))
-        re, im = self._combine(*self._wave(u1), *self._wave(u2))
-        return self.o_proj(re) + self.i_proj(im)
+        u1, u2 = self._inputs(x, padding_mask)
+        return self._read_out(*self._combine(*self._wave(u1), *self._wave(u2)), x.dtype)
+
+    def _init_state(self, batch: int, device, dtype) -> State:
+        return {f"energy{i}": torch.zeros(batch, self.inner_dim, device=device, dtype=dtype) for i in (1, 2)}
+
+    def _step(self, x_t: Tensor, state: State, padding_mask, position_embeddings) -> tuple[Tensor, State]:
+        u1, u2 = self._inputs(x_t[:, None], None if padding_mask is None else padding_mask[:, None])
+        new, waves = {}, []
+        for i, u in ((1, u1[:, 0]), (2, u2[:, 0])):  # (B, C)
+            new[f"energy{i}"] = state[f"energy{i}"] + u.square()
+            waves += self._wave(u, torch.sqrt(self.eps + new[f"energy{i}"]))
+        return self._read_out(*self._combine(*waves), x_t.dtype), new
+
+    def _prefill(self, x: Tensor, padding_mask, position_embeddings) -> tuple[Tensor, State]:
+        u1, u2 = self._inputs(x, padding_mask)
+        y = self._read_out(*self._combine(*self._wave(u1), *self._wave(u2)), x.dtype)
+        return y, {"energy1": u1.square().sum(1), "energy2": u2.square().sum(1)}
 
     def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
         waves = []

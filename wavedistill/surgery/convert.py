@@ -87,8 +87,7 @@ class WaveAttention(nn.Module):
             mixed = self.mixer(hidden_states, padding_mask=pad, position_embeddings=position_embeddings)
         else:
             layer = wave_cache_layer(cache, self.wave_layer_idx)
-            x, pad, pe = layer.append(hidden_states, pad, position_embeddings, write_kv=not parallel)
-            mixed = self.mixer(x, padding_mask=pad, position_embeddings=pe)[:, -q_len:]
+            mixed = layer.mix(self.mixer, hidden_states, pad, position_embeddings, write_kv=not parallel)
         if not parallel:
             return mixed, None
         w = self.handoff_share()

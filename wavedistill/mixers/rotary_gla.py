@@ -1,0 +1,167 @@
+"""Rotary gated linear attention: the teacher's RoPE-rotated query-key lookup, softmax-free, with a decaying state.
+
+Softmax attention weighs value s for query t by ``exp(q~_t . k~_s / sqrt(d))``, where q~, k~ are the
+teacher's queries and keys rotated by RoPE (each pair of dimensions turns at its own frequency, so
+the score depends on content *and* on t - s: a wave over the lag). This mixer keeps exactly those
+rotated q~, k~ (teacher init of q/k/v/o, q/k norms, KV heads repeated for GQA) and replaces the
+exponential by a learned feature map and a per-head, data-dependent decay:
+
+    S_t = a_t S_(t-1) + phi(k~_t) v_t^T,    z_t = a_t z_(t-1) + phi(k~_t),
+    y_t = phi(q~_t)^T S_t / phi(q~_t)^T z_t,        log a_t = logsigmoid(b + W x_t)
+
+so token t weighs token s by ``(prod_(s<r<=t) a_r) phi(q~_t) . phi(k~_s)``, normalised over s <= t
+like attention: a content-selective lookup (LoLCATs / Hedgehog feature map, GLA's gated decay)
+with an O(1) state (S, z) per head. phi is Hedgehog's ``[softmax(u P), softmax(-u P)]`` over the
+*feature* axis (never over tokens), P learned per head and started at ``I / d^(1/4)`` so that
+``phi(q) . phi(k)`` starts as a function of ``q . k / sqrt(d)``. The rotation acts on q and k before
+phi, as in LoLCATs; the decay starts at time constants log-spaced over ``[min_tau, max_tau]``
+tokens across heads, with W = 0.
+
+Training runs the chunked form (:mod:`.scan`), decoding the recurrence. ``feature_map="softmax"``
+is a diagnostic, not a softmax-free mixer: the same decay with the exact ``exp(q~.k~ / sqrt(d))``
+in place of phi, i.e. softmax attention over all keys with the log-decay added to the scores.
+Comparing the two separates the feature map's error from the decay's. It has no recurrent form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import MixerValueError
+from .base import State, no_weight_decay
+from .qkv import QKVMixer
+from .registry import register_mixer
+from .scan import decayed_linear_attention, decayed_linear_attention_naive, decayed_linear_attention_step
+
+FEATURE_MAPS = ("hedgehog", "softmax")
+EPS = 1e-6  # floor of the normaliser; only a padded query's (all-zero) row ever reaches it
+
+
+@register_mixer("rotary_gla")
+class RotaryGLA(QKVMixer):
+    """Args:
+        d_model: model width D.
+        feature_map: "hedgehog" (softmax-free, recurrent) or "softmax" (the exact-exp diagnostic).
+        feature_dim: columns of each head's feature projection P (default head_dim); phi has twice as many.
+        min_tau, max_tau: initial decay time constants in tokens, log-spaced across heads (default 8, 512).
+        chunk: chunk length of the parallel form (default 64).
+        qk_norm: RMS-normalise q and k per head (Qwen3 / Gemma3 style).
+        rope: rotate q and k (default True); rope_theta: rotary base used when no teacher tables are passed.
+        n_heads, n_kv_heads, head_dim, bias: attention geometry.
+    """
+
+    def __init__(self, d_model: int, *, feature_map: str = "hedgehog", feature_dim: int | None = None,
+                 min_tau: float = 8.0, max_tau: float = 512.0, chunk: int = 64, qk_norm: bool = False,
+                 rope: bool = True, rope_theta: float = 10000.0, n_heads: int | None = None,
+                 n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
+                 causal: bool = True, layer_idx: int | None = None) -> None:
+        super().__init__(d_model, qk_norm=qk_norm, rope=rope, rope_theta=rope_theta, n_heads=n_heads,
+                         n_kv_heads=n_kv_heads, head_dim=head_dim, bias=bias, causal=causal)
+        if not causal:
+            raise MixerValueError("rotary_gla is a causal recurrence; it has no bidirectional form")
+        if feature_map not in FEATURE_MAPS:
+            raise MixerValueError(f"rotary_gla feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
+        if not 1.0 < min_tau <= max_tau:
+            raise MixerValueError(f"rotary_gla needs 1 < min_tau <= max_tau, got {min_tau}, {max_tau}")
+        if chunk < 1 or (feature_dim is not None and feature_dim < 1):
+            raise MixerValueError(f"rotary_gla chunk and feature_dim must be >= 1, got {chunk}, {feature_dim}")
+        self.feature_map, self.chunk = feature_map, chunk
+        H, hd = self.n_heads, self.head_dim
+        f = feature_dim or hd
+        self.feature_proj = None  # the exact-exp diagnostic has no feature map
+        if feature_map == "hedgehog":
+            # P starts as the identity (extra columns random) scaled by d^(-1/4), split between q and k as
+            # the sqrt(d) of attention is.
+            P = torch.randn(H, hd, f) / math.sqrt(hd)
+            P[:, :, : min(f, hd)] = torch.eye(hd, min(f, hd))
+            self.feature_proj = nn.Parameter(P * hd ** -0.25)  # (H, hd, f)
+        self.decay_proj = nn.Linear(d_model, H, bias=True)
+        nn.init.zeros_(self.decay_proj.weight)
+        tau = torch.logspace(math.log10(min_tau), math.log10(max_tau), H)
+        with torch.no_grad():
+            self.decay_proj.bias.copy_(torch.log(tau - 1))  # logsigmoid(log(tau - 1)) = log(1 - 1/tau)
+        no_weight_decay(self.decay_proj.bias)
+
+    state_form = "per head a (2 feature_dim x head_dim) matrix and its normaliser; O(1) per token"
+
+    @property
+    def has_state(self) -> bool:
+        return self.feature_map == "hedgehog"
+
+    def features(self, u: Tensor) -> Tensor:
+        """Hedgehog phi over the feature axis: (B, H, T, hd) -> (B, H, T, 2 f), positive, each half sums to 1."""
+        z = torch.einsum("bhtd,hdf->bhtf", u, self.feature_proj.to(u.dtype))
+        return torch.cat([z.softmax(-1), (-z).softmax(-1)], dim=-1)
+
+    def log_decay(self, x: Tensor) -> Tensor:
+        """(B, T, D) -> (B, H, T) log a_t <= 0."""
+        return F.logsigmoid(self.decay_proj(x).float()).to(torch.promote_types(x.dtype, torch.float32)).transpose(1, 2)
+
+    def _inputs(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, padding_mask):
+        """Features, values with a ones column (its output is the normaliser) and log decays, in >= float32."""
+        ct = torch.promote_types(x.dtype, torch.float32)
+        fq, fk, v = self.features(q).to(ct), self.features(k).to(ct), v.to(ct)
+        if padding_mask is not None:
+            real = padding_mask[:, None, :, None]  # (B, 1, T, 1): pads add nothing to S or z
+            fk = torch.where(real, fk, torch.zeros((), dtype=ct, device=x.device))
+            v = torch.where(real, v, torch.zeros((), dtype=ct, device=x.device))
+        return fq, fk, torch.cat([v, torch.ones_like(v[..., :1])], dim=-1), self.log_decay(x)
+
+    def _read_out(self, o: Tensor, dtype) -> Tensor:
+        """o (B, H, T, hd + 1): weighted values and the normaliser -> (B, T, D)."""
+        B, H, T, _ = o.shape
+        y = o[..., :-1] / o[..., -1:].clamp_min(EPS)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim).to(dtype))
+
+    def _mix(self, x: Tensor, padding_mask, position_embeddings, naive: bool, with_state: bool = False):
+        q, k, v = self.qkv(x, position_embeddings, padding_mask)  # (B, H, T, hd), RoPE applied
+        if self.feature_map == "softmax":
+            return self._exact(x, q, k, v, padding_mask, naive)
+        fq, fk, v1, log_a = self._inputs(x, q, k, v, padding_mask)
+        if naive:
+            return self._read_out(decayed_linear_attention_naive(fq, fk, v1, log_a), x.dtype)
+        o, S = decayed_linear_attention(fq, fk, v1, log_a, self.chunk)
+        y = self._read_out(o, x.dtype)
+        return (y, {"S": S}) if with_state else y
+
+    def _exact(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, padding_mask, naive: bool) -> Tensor:
+        """Softmax over keys s <= t of q~.k~ * scale + log(prod_(s<r<=t) a_r): the decay with exp in place of phi."""
+        T = x.shape[1]
+        g = self.log_decay(x).cumsum(-1)  # (B, H, T)
+        keep = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None]
+        if padding_mask is not None:  # pad keys are never seen; a pad query keeps its diagonal
+            keep = (keep & padding_mask[:, None, None, :]) | torch.eye(T, dtype=torch.bool, device=x.device)
+        bias = (g[..., :, None] - g[..., None, :]).masked_fill(~keep, float("-inf"))  # (B, H, T, T)
+        ct = bias.dtype
+        q, k, v = q.to(ct), k.to(ct), v.to(ct)
+        if naive:
+            scores = torch.einsum("bhtd,bhsd->bhts", q, k) * self.scaling.to(ct) + bias
+            y = torch.einsum("bhts,bhsd->bhtd", scores.softmax(-1), v)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling.item())
+        B, H = y.shape[:2]
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim).to(x.dtype))
+
+    def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        return self._mix(x, padding_mask, position_embeddings, naive=False)
+
+    def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        return self._mix(x, padding_mask, position_embeddings, naive=True)
+
+    def _init_state(self, batch: int, device, dtype) -> State:
+        F2 = 2 * self.feature_proj.shape[-1]
+        return {"S": torch.zeros(batch, self.n_heads, F2, self.head_dim + 1, device=device, dtype=dtype)}
+
+    def _step(self, x_t: Tensor, state: State, padding_mask, position_embeddings) -> tuple[Tensor, State]:
+        q, k, v = self.step_qkv(x_t, state, position_embeddings)  # (B, H, 1, hd)
+        pad = None if padding_mask is None else padding_mask[:, None]
+        fq, fk, v1, log_a = self._inputs(x_t[:, None], q, k, v, pad)
+        o, S = decayed_linear_attention_step(fq[:, :, 0], fk[:, :, 0], v1[:, :, 0], log_a[:, :, 0], state["S"])
+        return self._read_out(o[:, :, None], x_t.dtype)[:, 0], {"S": S}
+
+    def _prefill(self, x: Tensor, padding_mask, position_embeddings) -> tuple[Tensor, State]:
+        return self._mix(x, padding_mask, position_embeddings, naive=False, with_state=True)
