@@ -141,6 +141,21 @@ def test_eval_scores_a_run_folder(finished_run, cli_root, tmp_path):
     assert (tmp_path / "samples.md").read_text().startswith("# Side-by-side")
 
 
+def test_eval_sets_mixer_attributes_for_ablations_and_refuses_unknown_ones(finished_run, cli_root, tmp_path):
+    # learned_gate has no branch switches; its `short_len` is a plain attribute, so setting it must
+    # change the scores, and an attribute it does not have is a one-line error.
+    run = finished_run[0]
+    metrics = json.loads((run / "metrics.json").read_text())
+    out = tmp_path / "ablation"
+    ok(wavedistill("eval", "--student", run, "--data", cli_root["corpus"], "--output-dir", out,
+                   "--mixer-attrs", '{"short_len": 1}'))
+    ablated = json.loads((out / "metrics.json").read_text())
+    assert ablated["mixer_attrs"] == {"short_len": 1} and ablated["kl"] != metrics["kl"]
+    proc = wavedistill("eval", "--student", run, "--data", cli_root["corpus"], "--output-dir", tmp_path / "bad",
+                       "--mixer-attrs", '{"use_band": false}')
+    assert_one_line_error(proc, "no setting 'use_band'")
+
+
 def test_generate_continues_the_prompt(finished_run):
     out, _ = finished_run
     proc = ok(wavedistill("generate", "--student", out, "--prompt", "once upon", "--max-new-tokens", 8))
@@ -255,6 +270,8 @@ BAD_INPUTS = {
     "unknown-config-key": (lambda c, run, b, o: distill_args(c, o, "--config", b["config"]), ["not_a_key"]),
     "layer-out-of-range": (lambda c, run, b, o: distill_args(c, o, "--layers", "0,5"), ["out of range"]),
     "unknown-mixer-kwarg": (lambda c, run, b, o: distill_args(c, o, "--mixer-kwargs", '{"nope": 1}'), ["nope"]),
+    "out-of-range-mixer-setting": (lambda c, run, b, o: distill_args(c, o, "--mixer-kwargs", '{"kernel_len": -5}'),
+                                   ["kernel_len", ">= 1", "-5"]),
     "resume-without-checkpoint": (lambda c, run, b, o: distill_args(c, o, "--resume"), ["checkpoint"]),
     "unknown-stage-kind": (lambda c, run, b, o: distill_args(c, o, "--stages", "transfer:2,distil:3"),
                            ["'distil'", "transfer", "progressive", "handoff"]),

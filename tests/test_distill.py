@@ -93,3 +93,38 @@ def test_a_recipe_resumed_after_a_crash_ends_exactly_where_an_uninterrupted_run_
     assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]
     for a, b in zip(rows, ref_rows):
         assert a.get("loss", 0.0) == pytest.approx(b.get("loss", 0.0), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_runs_train_with_finite_losses_and_float16_scales_them(tiny_teacher, tmp_path, dtype):
+    import json
+
+    from tests.conftest import tiny_run_config
+    from wavedistill.distill import run
+
+    out = tmp_path / "run"
+    run(tiny_run_config(tiny_teacher, out, stages=[{"kind": "kd", "steps": 3}], dtype=dtype, eval_every=3))
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 3 and all(v == v and abs(v) < 1e4 for v in losses), losses
+    scaled = [r for r in rows if "loss_scale" in r]
+    assert len(scaled) == (3 if dtype == "float16" else 0), "float16 trains through a gradient scaler, bf16 without"
+
+
+def test_reinit_draws_the_named_mixer_parts_afresh_and_keeps_the_rest_from_the_teacher():
+    import torch
+
+    from tests.conftest import tiny_model
+    from wavedistill.distill import build_student
+    from wavedistill.surgery import wave_attention_modules
+
+    teacher = tiny_model("qwen3")
+    student = build_student(teacher, DistillConfig(wave_type="rotary_gla", reinit=["q_proj", "k_proj"]))
+    for i, m in wave_attention_modules(student).items():
+        attn = teacher.get_decoder().layers[i].self_attn
+        assert not torch.equal(m.mixer.q_proj.weight, attn.q_proj.weight)
+        assert not torch.equal(m.mixer.k_proj.weight, attn.k_proj.weight)
+        assert torch.equal(m.mixer.v_proj.weight, attn.v_proj.weight) and torch.equal(m.mixer.o_proj.weight,
+                                                                                     attn.o_proj.weight)
+    with pytest.raises(WavedistillError, match="no_such_part"):
+        build_student(teacher, DistillConfig(wave_type="rotary_gla", reinit=["no_such_part"]))

@@ -17,7 +17,7 @@ DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from Dist
     ("--save-every",): "save_every", ("--eval-every",): "eval_every", ("--device",): "device", ("--dtype",): "dtype",
     ("--seed",): "seed", ("--mixer-kwargs",): "mixer_kwargs", ("--test-windows",): "test_windows",
     ("--keep-attention",): "keep_attention", ("--keep-attention-every",): "keep_attention_every",
-    ("--stages",): "stages", ("--lora-mlp",): "lora_mlp", ("--lora-alpha",): "lora_alpha",
+    ("--stages",): "stages", ("--lora-mlp",): "lora_mlp", ("--lora-alpha",): "lora_alpha", ("--reinit",): "reinit",
 }
 
 
@@ -28,14 +28,18 @@ def _layers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 0,3, got {text!r}") from None
 
 
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def _json_dict(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         example = '{"window": 32}'
-        raise argparse.ArgumentTypeError(f"--mixer-kwargs takes a JSON object, e.g. '{example}': {e}") from None
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{example}': {e}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--mixer-kwargs takes a JSON object")
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
 
 
@@ -52,7 +56,7 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     from .config import DistillConfig
 
     defaults = DistillConfig()
-    types = {"layers": _layers, "keep_attention": _layers, "mixer_kwargs": _json_dict, "epochs": float, "lr": float,
+    types = {"layers": _layers, "keep_attention": _layers, "reinit": _names, "mixer_kwargs": _json_dict, "epochs": float, "lr": float,
              "temperature": float, "alpha": float, "stages": _stages, "lora_alpha": float}
     for flags, name in DISTILL_FLAGS.items():
         default = getattr(defaults, name)
@@ -134,6 +138,8 @@ def cmd_eval(args) -> None:
     base = args.base or read_adapter_config(adapter)["base_model"]
     teacher, tokenizer = load_teacher(base, dtype=DTYPES[args.dtype], device=device)
     student = apply_adapter(copy.deepcopy(teacher), adapter).eval()
+    if args.mixer_attrs:
+        set_mixer_attrs(student, args.mixer_attrs)
     docs = read_documents(args.data)
     if args.split == "all":
         from .data import tokenize_documents
@@ -149,11 +155,23 @@ def cmd_eval(args) -> None:
     prompts = window_prompts(stream, args.seq_len, min(4, len(windows)))
     metrics, rows = evaluate_student(teacher, student, tokenizer, windows, prompts, device=device,
                                      batch_size=args.batch_size)
-    metrics.update({"split": args.split, "data": args.data, "seq_len": args.seq_len})
+    metrics.update({"split": args.split, "data": args.data, "seq_len": args.seq_len,
+                    "mixer_attrs": args.mixer_attrs or None})
     out = args.output_dir or args.student
     # Next to a finished run, eval_* files leave the run's own metrics.json / samples.md untouched.
     write_evaluation(out, metrics, rows, prefix="eval_" if out == args.student else "")
     print_metrics(metrics, title=f"{args.split} split of {args.data}: {metrics['positions']} positions")
+
+
+def set_mixer_attrs(model, attrs: dict) -> None:
+    """Set attributes on every converted layer's mixer (branch switches of a hybrid, for ablations)."""
+    from .surgery import wave_attention_modules
+
+    for i, m in wave_attention_modules(model).items():
+        for name, value in attrs.items():
+            if not hasattr(m.mixer, name) or callable(getattr(m.mixer, name)):
+                raise WavedistillError(f"--mixer-attrs: the {m.mixer.name} mixer of layer {i} has no setting {name!r}")
+            setattr(m.mixer, name, value)
 
 
 def cmd_generate(args) -> None:
@@ -217,6 +235,11 @@ def report_table(rows: list[tuple[str, dict]]) -> str:
 
 
 def cmd_bench(args) -> None:
+    if args.decode:
+        from .bench_decode import run_decode_bench
+
+        run_decode_bench(args)
+        return
     from .bench import run_bench
 
     run_bench(args)
@@ -265,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where metrics.json / samples.md go (default: eval_*.json in --student)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--mixer-attrs", type=_json_dict, default=None,
+                   help='set attributes of every mixer before scoring, e.g. \'{"use_linear": false}\' (ablations)')
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("generate", help="sample from a student")
@@ -295,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--memory-limit-gb", type=float, default=8.0, help="skip sizes whose estimate exceeds this")
     p.add_argument("--output-dir", default="runs/bench")
+    p.add_argument("--decode", action="store_true",
+                   help="time per generated token and decoding memory after prompts of --prompts tokens instead")
+    p.add_argument("--prompts", default="512,1024,2048,4096,8192,16384", help="(--decode) prompt lengths")
+    p.add_argument("--decode-tokens", type=int, default=32, help="(--decode) timed tokens per cell")
+    p.add_argument("--layers", type=int, default=4, help="(--decode) layers of the whole-model table")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("demo", help="offline end-to-end run: build a tiny teacher, distill, evaluate, generate")

@@ -18,6 +18,7 @@ class DistillConfig:
     keep_attention: list[int] | None = None  # hybrid: these layers stay softmax attention
     keep_attention_every: int = 0  # hybrid: keep layers 0, N, 2N, ... as attention
     mixer_kwargs: dict = field(default_factory=dict)
+    reinit: list[str] | None = None  # mixer submodules re-initialised at random after the teacher init (ablations)
     data: str = "HuggingFaceFW/fineweb-edu:sample-10BT"
     n_samples: int = 0  # documents to read; 0 = all (hub datasets: 20000)
     val_frac: float = 0.05

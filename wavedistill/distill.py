@@ -83,6 +83,13 @@ def build_student(teacher, cfg: DistillConfig):
 
     student = copy.deepcopy(teacher).float()
     convert(student, cfg.wave_type, layers=wave_layers(cfg, len(decoder_layers(teacher))), **cfg.mixer_kwargs)
+    for i, m in wave_attention_modules(student).items():
+        for name in cfg.reinit or []:
+            part = getattr(m.mixer, name, None)
+            if not isinstance(part, nn.Module) or not hasattr(part, "reset_parameters"):
+                raise WavedistillError(f"--reinit {name}: the {cfg.wave_type} mixer of layer {i} has no such "
+                                       "re-initialisable part (e.g. q_proj, k_proj)")
+            part.reset_parameters()  # PyTorch's default init, as if never copied from the teacher
     if cfg.unfreeze_mlps:
         for block in decoder_layers(student):
             block.mlp.requires_grad_(True)
@@ -227,11 +234,14 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
         raise WavedistillError(f"stage {run.stage.kind!r} has no trainable parameters")
     optimizer = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=lr, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, n_steps))
+    # float16 overflows / underflows gradients without loss scaling (bf16 has float32's range and needs none).
+    scaler = torch.amp.GradScaler(run.device.split(":")[0], enabled=cfg.dtype == "float16")
     start = 0
     state = run.resuming(part)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state.get("scaler", {}))
         start = state["part_step"]
         run.resume_state = None
     name = f"{run.stage_index}:{run.stage.kind}"
@@ -249,9 +259,11 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
                                 f"stage's lr (now {lr}) or use --dtype float32. The last checkpoint in "
                                 f"{cfg.output_dir} is untouched.")
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        scaler.scale(losses["loss"]).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         wall += time.perf_counter() - t0
         run.step += 1
@@ -259,6 +271,8 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
         tokens += ids.numel()
         row = {"step": run.step, "stage": name, "stage_step": s + 1, "tokens_seen": run.tokens_seen,
                "lr": scheduler.get_last_lr()[0], **{k: float(v.detach()) for k, v in losses.items()}}
+        if scaler.is_enabled():
+            row["loss_scale"] = scaler.get_scale()
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tokens / max(wall, 1e-9):.0f}")
         for k, v in row.items():
             if k not in ("step", "stage", "stage_step", "tokens_seen"):
@@ -270,7 +284,8 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
         run.log_row(row)
         if run.step % cfg.save_every == 0 or last:
             save_checkpoint(run, {"part": part, "part_step": s + 1, "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(), **(extra_state() if extra_state else {})})
+                                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                  **(extra_state() if extra_state else {})})
     bar.close()
     return {"steps": n_steps - start, "tokens": tokens, "train_wall_s": round(wall, 2),
             "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None, "val_kl": val_kl,

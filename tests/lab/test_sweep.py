@@ -70,6 +70,24 @@ def test_lab_compare_writes_one_table_and_a_plot(tmp_path):
     assert (tmp_path / "cmp" / "fnet" / "summary.json").exists()
 
 
+def test_lab_compare_picks_each_mixers_lr_on_a_held_out_seed(tmp_path):
+    import yaml
+
+    out = tmp_path / "cmp"
+    table = run_compare({**SMALL, "seeds": [0]}, ["attention", "fnet"], str(out), lrs=[1e-4, 3e-2], lr_seed=7)
+    search = (out / "lr_search.md").read_text()
+    assert search.count("✓") == 2 and "seed 7" in search
+    for m in ("attention", "fnet"):
+        trials = {lr: json.loads((out / "lr_search" / m / f"lr{lr:g}" / "seed_7" / "summary.json").read_text())
+                  for lr in (1e-4, 3e-2)}
+        best = max(trials, key=lambda lr: (trials[lr]["final_test_acc"], -trials[lr]["final_test_loss"]))
+        used = yaml.safe_load((out / m / "seed_0" / "config.yaml").read_text())["lr"]
+        assert used == best, f"{m}: trained the reported seed at lr {used}, the held-out seed preferred {best}"
+        assert f"| `{m}` |" in table and f"| {best:g} |" in table
+    with pytest.raises(WavedistillError, match="also a reported seed"):
+        run_compare({**SMALL, "seeds": [0]}, ["fnet"], str(tmp_path / "bad"), lrs=[1e-3], lr_seed=0)
+
+
 def lab(*args):
     return subprocess.run([sys.executable, "-m", "wavedistill", "lab", *map(str, args)], env=ENV, capture_output=True,
                           text=True, timeout=300)

@@ -26,11 +26,33 @@ VARIANTS = {
     "attention": [dict(qk_norm=True, n_heads=4, n_kv_heads=2, head_dim=6, rope=False)],
     "fnet": [dict(proj=False)],
     "frequency_band": [dict(window=5, qk_norm=True, n_heads=4, n_kv_heads=2, head_dim=6, n_bands=3, kernel_len=20)],
+    "gated_delta_net": [dict(qk_norm=True, n_heads=4, n_kv_heads=2, head_dim=6, chunk=8)],
     "learned_gate": [dict(kernel_len=10, gate=False)],
+    "phase_attention": [dict(window=5, qk_norm=True, n_heads=4, n_kv_heads=2, head_dim=6)],
     "phase_shift": [dict(n_sections=3)],
     "rotary_gla": [dict(qk_norm=True, n_heads=4, n_kv_heads=2, head_dim=6, feature_dim=9, chunk=8),
+                   dict(window=5, n_heads=4, n_kv_heads=2, head_dim=6, chunk=8),
                    dict(feature_map="softmax", n_heads=4, n_kv_heads=2, head_dim=6)],
+    "s4d": [dict(state_dim=8, dt_min=0.01, dt_max=0.5, n_heads=4, n_kv_heads=2, head_dim=6)],
     "wave_network": [dict(mode="modulation")],
+    "wda": [dict(n_masks=3, n_components=2, n_heads=4, n_kv_heads=2, head_dim=6), dict(n_masks=1, n_components=1)],
+}
+
+
+# Out-of-range settings, one or more per mixer; each must be refused with a one-line MixerValueError.
+BAD_SETTINGS = {
+    "attention": [dict(n_heads=3, n_kv_heads=2), dict(head_dim=-1)],
+    "fnet": [dict(n_heads=0)],
+    "frequency_band": [dict(window=0), dict(kernel_len=-5), dict(n_bands=0)],
+    "gated_delta_net": [dict(chunk=0), dict(min_tau=1.0), dict(min_tau=600.0), dict(causal=False)],
+    "learned_gate": [dict(kernel_len=-5), dict(short_len=0), dict(n_decays=0)],
+    "phase_attention": [dict(window=0), dict(head_dim=1), dict(causal=False)],
+    "phase_shift": [dict(n_sections=0)],
+    "rotary_gla": [dict(feature_map="relu"), dict(min_tau=1.0), dict(min_tau=600.0), dict(chunk=0), dict(window=-1),
+                   dict(window=4, feature_map="softmax")],
+    "s4d": [dict(state_dim=1), dict(state_dim=7), dict(dt_min=0.0), dict(dt_min=0.2, dt_max=0.1), dict(causal=False)],
+    "wave_network": [dict(eps=0.0), dict(mode="sum")],
+    "wda": [dict(n_masks=0), dict(n_components=0), dict(causal=False)],
 }
 
 
@@ -176,6 +198,17 @@ def test_runs_in_low_precision_and_returns_input_dtype(name, kw, dtype):
         for out in (m(x), m(x, padding_mask=pad)):
             assert out.dtype == dtype
             assert torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_out_of_range_settings_are_refused_in_one_line(name):
+    from wavedistill.errors import MixerValueError
+
+    assert BAD_SETTINGS.get(name), f"add the out-of-range settings of {name!r} to BAD_SETTINGS"
+    for kw in BAD_SETTINGS[name]:
+        with pytest.raises(MixerValueError) as err:
+            build_mixer(name, D, **kw)
+        assert "\n" not in str(err.value) and str(err.value), f"{kw}: {err.value!r}"
 
 
 def test_unknown_mixer_name_lists_known_names():

@@ -40,9 +40,9 @@ def jitter_mixers(model, scale: float = 0.1) -> None:
             p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
-def converted(family: str, mixer: str, *, dtype=torch.float64, attn_implementation: str = "sdpa"):
+def converted(family: str, mixer: str, *, dtype=torch.float64, attn_implementation: str = "sdpa", **kw):
     model = tiny_model(family, attn_implementation=attn_implementation)
-    convert(model, mixer, layers=WAVE_LAYERS, **MODEL_KW.get(mixer, {}))
+    convert(model, mixer, layers=WAVE_LAYERS, **{**MODEL_KW.get(mixer, {}), **kw})
     jitter_mixers(model)
     return model.to(dtype).eval()
 
@@ -105,8 +105,8 @@ def test_converted_model_is_causal(family, mixer, mode):
 
 
 @pytest.mark.parametrize("family,mixer", CASES)
-def test_greedy_generate_with_cache_equals_without(family, mixer):
-    model = converted(family, mixer)
+def test_greedy_generate_with_cache_equals_without(family, mixer, **kw):
+    model = converted(family, mixer, **kw)
     prompt = rand_ids(2, 9)
     cached = greedy(model, prompt, use_cache=True, return_dict_in_generate=True)
     # The cached run really went through the wave cache layers (not a silent full recompute).
@@ -117,9 +117,16 @@ def test_greedy_generate_with_cache_equals_without(family, mixer):
     assert torch.equal(cached.sequences, uncached)
 
 
+def test_hybrid_rotary_gla_generates_with_its_band_and_state_in_the_cache():
+    # The hybrid keeps its band's last keys beside the linear state; 9 prompt tokens + 10 new ones
+    # pass through a 4-token band many times.
+    test_greedy_generate_with_cache_equals_without("qwen3", "rotary_gla", window=4)
+    test_left_padded_batched_generate_equals_per_row("qwen3", "rotary_gla", window=4)
+
+
 @pytest.mark.parametrize("family,mixer", CASES)
-def test_left_padded_batched_generate_equals_per_row(family, mixer):
-    model = converted(family, mixer)
+def test_left_padded_batched_generate_equals_per_row(family, mixer, **kw):
+    model = converted(family, mixer, **kw)
     rows = [rand_ids(1, 9, seed=1)[0], rand_ids(1, 5, seed=2)[0]]
     width = max(len(r) for r in rows)
     ids = torch.full((2, width), PAD_ID)

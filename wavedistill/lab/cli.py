@@ -45,7 +45,8 @@ def cmd_lab(args) -> None:
         changes = lab_changes(args, args.compare_task)
         out = changes.pop("output_dir", None) or f"runs/lab/{args.compare_task}"
         changes.pop("mixer", None)
-        run_compare(changes, [m.strip() for m in args.mixers.split(",") if m.strip()], out)
+        lrs = [float(x) for x in args.lr_sweep.split(",") if x.strip()] if args.lr_sweep else None
+        run_compare(changes, [m.strip() for m in args.mixers.split(",") if m.strip()], out, lrs, args.lr_seed)
         return
     changes = lab_changes(args, args.task)
     changes.setdefault("output_dir", f"runs/lab/{args.task}_{changes.get('mixer', 'attention')}")
@@ -76,6 +77,9 @@ def add_lab_parsers(sub) -> None:
     p.add_argument("--task", dest="compare_task", choices=list(TASKS), help="(lab compare) the task to sweep")
     p.add_argument("--mixers", help="(lab compare) comma-separated mixers, e.g. attention,fnet,learned_gate")
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default 0)")
+    p.add_argument("--lr-sweep", help="(lab compare) learning rates to try per mixer, e.g. 1e-3,3e-3; each mixer "
+                   "then uses the best one on --lr-seed")
+    p.add_argument("--lr-seed", type=int, default=100, help="(lab compare) the held-out seed that picks the lr")
     p.add_argument("--output-dir")
     p.add_argument("--config", help="YAML file of lab config changes; flags win")
     p.add_argument("--mixer-kwargs", type=_json_dict)

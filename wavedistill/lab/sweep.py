@@ -129,13 +129,13 @@ def summary_line(s: dict) -> str:
 def compare_table(summaries: list[dict]) -> str:
     """One Markdown row per mixer: median [min, max] over seeds."""
     charlm = summaries[0]["task"] == "charlm"
-    head = ["mixer", "params", "seeds"]
+    head = ["mixer", "params", "lr", "seeds"]
     head += ["val bits/char"] if charlm else ["reached test acc ≥ thr.", "step reached (grok step)",
                                              "memorisation step", "final test acc"]
     head += ["final train acc", "steps/s"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for s in summaries:
-        cells = [f"`{s['mixer']}`", f"{s['params']:,}", str(s["n_seeds"])]
+        cells = [f"`{s['mixer']}`", f"{s['params']:,}", f"{s['config']['lr']:g}", str(s["n_seeds"])]
         if charlm:
             cells.append(fmt_spread(s["final_test_bpc"], "{:.3f}"))
         else:
@@ -146,12 +146,48 @@ def compare_table(summaries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_compare(changes: dict, mixers: list[str], output_dir: str) -> str:
+def choose_lrs(changes: dict, mixers: list[str], output_dir: str, lrs: list[float], lr_seed: int) -> dict[str, float]:
+    """Each mixer's learning rate among ``lrs``, chosen on a held-out seed (Zoology tunes lr per mixer).
+
+    Every (mixer, lr) trains once with seed ``lr_seed``, whose data and initialisation are drawn apart
+    from the reported seeds'; the lr with the best final test accuracy of *that* run (lowest bits per
+    character for char-LM; then lowest loss) is used for the reported seeds. ``lr_search.md`` lists all.
+    """
+    if lr_seed in changes.get("seeds", [0]):
+        raise WavedistillError(f"--lr-seed {lr_seed} is also a reported seed; choose a seed outside --seeds")
+    trials = {(m, lr): make_lab_config({**changes, "mixer": m, "lr": lr, "seeds": [lr_seed],
+                                         "output_dir": os.path.join(output_dir, "lr_search", m, f"lr{lr:g}")})
+              for m in mixers for lr in lrs}
+    for c in trials.values():
+        os.makedirs(c.output_dir, exist_ok=True)
+    run_jobs(list(trials.values()), next(iter(trials.values())).jobs)
+    results = {key: finished_seed(c, lr_seed) for key, c in trials.items()}
+
+    def badness(r: dict) -> tuple:
+        score = r.get("final_test_bpc") if r.get("final_test_bpc") is not None else -r["final_test_acc"]
+        return score, r.get("final_test_loss") or 0.0
+
+    chosen = {m: min(lrs, key=lambda lr: badness(results[m, lr])) for m in mixers}
+    lines = [f"lr chosen per mixer on seed {lr_seed} (final test metric of that seed's own held-out data)\n",
+             "| mixer | lr | final test acc | final test loss | chosen |", "|---|---:|---:|---:|---|"]
+    for (m, lr), r in results.items():
+        lines.append(f"| `{m}` | {lr:g} | {r['final_test_acc']:.3f} | {r.get('final_test_loss') or float('nan'):.3f} | "
+                     f"{'✓' if chosen[m] == lr else ''} |")
+    with open(os.path.join(output_dir, "lr_search.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return chosen
+
+
+def run_compare(changes: dict, mixers: list[str], output_dir: str, lrs: list[float] | None = None,
+                lr_seed: int = 100) -> str:
     from .analysis import analyze, plot_compare
 
     if not mixers:
         raise WavedistillError("--mixers is empty; name at least one, e.g. --mixers attention,learned_gate")
-    cfgs = [make_lab_config({**changes, "mixer": m, "output_dir": os.path.join(output_dir, m)}) for m in mixers]
+    chosen = choose_lrs(changes, mixers, output_dir, lrs, lr_seed) if lrs else {}
+    cfgs = [make_lab_config({**changes, "mixer": m, "output_dir": os.path.join(output_dir, m),
+                             **({"lr": chosen[m]} if chosen else {})}) for m in mixers]
     for c in cfgs:
         os.makedirs(c.output_dir, exist_ok=True)
     run_jobs(cfgs, cfgs[0].jobs)

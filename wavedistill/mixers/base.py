@@ -47,6 +47,9 @@ class WaveMixer(nn.Module):
         super().__init__()
         if d_model <= 0:
             raise MixerValueError(f"d_model must be positive, got {d_model}")
+        for arg, value in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim)):
+            if value is not None and value < 1:
+                raise MixerValueError(f"{arg} must be >= 1, got {value}")
         self.d_model = d_model
         self.head_dim = head_dim or default_head_dim(d_model)
         self.n_heads = n_heads or max(1, d_model // self.head_dim)

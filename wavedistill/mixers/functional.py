@@ -141,3 +141,28 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, padding_mask: 
     keep = (keep[None, None] & key_ok[:, :, None, :]) | (lag == 0)[None, None]  # (B, nb, S, 2S)
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=keep[:, None], scale=scale)
     return out.reshape(B, H, nb * S, hd)[:, :, :T]
+
+
+def window_exp_sums(q: Tensor, k: Tensor, v: Tensor, window: int, padding_mask: Tensor | None,
+                    scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Unnormalised softmax sums over each query's last ``window`` keys (itself included).
+
+    Returns ``num = sum_s exp(q.k_s * scale - c) v_s`` (B, H, T, dv), ``den = sum_s exp(q.k_s * scale - c)``
+    and the stabiliser ``c`` (B, H, T), the largest score in the band, so that a caller can add other
+    terms on the same scale (``exp(-c) * extra``) before normalising. Pad keys are never seen; a
+    padded query keeps its own key so no band is empty. Memory O(T * window).
+
+    Args:
+        q, k: (B, H, T, hd); v: (B, H, T, dv); padding_mask: (B, T) bool, True = real token.
+    """
+    B, H, T, _ = q.shape
+    ks = F.pad(k, (0, 0, window - 1, 0)).unfold(2, window, 1)  # (B, H, T, hd, W): keys t-W+1 .. t
+    vs = F.pad(v, (0, 0, window - 1, 0)).unfold(2, window, 1)  # (B, H, T, dv, W)
+    real = torch.ones(B, T, dtype=torch.bool, device=q.device) if padding_mask is None else padding_mask
+    ok = F.pad(real, (window - 1, 0), value=False).unfold(1, window, 1).clone()  # (B, T, W)
+    ok[..., -1] = True
+    scores = torch.einsum("bhtd,bhtdw->bhtw", q, ks) * scale
+    scores = scores.masked_fill(~ok[:, None], float("-inf"))
+    c = scores.amax(-1)  # (B, H, T), finite: the diagonal is always in
+    p = (scores - c[..., None]).exp()
+    return torch.einsum("bhtw,bhtdw->bhtd", p, vs), p.sum(-1), c

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import MixerValueError
 from .base import State, WaveMixer
 from .functional import apply_rope, rope_at, rope_tables
 
@@ -31,7 +32,7 @@ class HeadRMSNorm(nn.Module):
         self.eps_.fill_(value)
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
@@ -43,6 +44,8 @@ class QKVMixer(WaveMixer):
                  bias: bool = False, causal: bool = True) -> None:
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
+        if rope and self.head_dim % 2:
+            raise MixerValueError(f"rotary embeddings turn pairs of dimensions: head_dim must be even, got {self.head_dim}")
         self.rope, self.rope_theta = rope, rope_theta
         kv_dim = self.n_kv_heads * self.head_dim
         self.q_proj = nn.Linear(d_model, self.inner_dim, bias=bias)
@@ -121,21 +124,26 @@ class QKVMixer(WaveMixer):
             valid = nn.functional.pad(valid, (short, 0), value=False)[:, -window:]
         return {"k": k.to(dtype), "v": v.to(dtype), "valid": valid}
 
+    @staticmethod
+    def kv_push(state: State, k: Tensor, v: Tensor, padding_mask, window: int | None) -> State:
+        """The memory with one more key / value (B, H, 1, hd); a window drops its oldest entry."""
+        B = k.shape[0]
+        real = torch.ones(B, 1, dtype=torch.bool, device=k.device) if padding_mask is None else padding_mask[:, None]
+        keep = slice(1, None) if window is not None else slice(None)
+        return {"k": torch.cat([state["k"][:, :, keep], k.to(state["k"].dtype)], dim=2),  # (B, H, S, hd)
+                "v": torch.cat([state["v"][:, :, keep], v.to(state["v"].dtype)], dim=2),
+                "valid": torch.cat([state["valid"][:, keep], real], dim=1)}  # (B, S)
+
     def kv_attend(self, q: Tensor, k: Tensor, v: Tensor, state: State, padding_mask, window: int | None):
         """Append one key / value (B, H, 1, hd) to the memory and attend q over it: ((B, H, hd), next memory).
 
         The new token always sees itself (as a padded query does in the parallel form), so no row
         of the softmax is empty; pads are never attended to by later tokens.
         """
-        B = q.shape[0]
-        real = torch.ones(B, 1, dtype=torch.bool, device=q.device) if padding_mask is None else padding_mask[:, None]
-        keep = slice(1, None) if window is not None else slice(None)
-        ks = torch.cat([state["k"][:, :, keep], k.to(state["k"].dtype)], dim=2)  # (B, H, S, hd)
-        vs = torch.cat([state["v"][:, :, keep], v.to(state["v"].dtype)], dim=2)
-        valid = torch.cat([state["valid"][:, keep], real], dim=1)  # (B, S)
-        see = valid.clone()
+        memory = self.kv_push(state, k, v, padding_mask, window)
+        see = memory["valid"].clone()
         see[:, -1] = True
+        ks = memory["k"]
         scores = torch.einsum("bhd,bhsd->bhs", q[:, :, 0].to(ks.dtype), ks) * self.scaling.to(ks.dtype)
         scores = scores.masked_fill(~see[:, None], float("-inf"))
-        y = torch.einsum("bhs,bhsd->bhd", scores.softmax(-1), vs)
-        return y, {"k": ks, "v": vs, "valid": valid}
+        return torch.einsum("bhs,bhsd->bhd", scores.softmax(-1), memory["v"]), memory

@@ -17,6 +17,13 @@ with an O(1) state (S, z) per head. phi is Hedgehog's ``[softmax(u P), softmax(-
 phi, as in LoLCATs; the decay starts at time constants log-spaced over ``[min_tau, max_tau]``
 tokens across heads, with W = 0.
 
+``window = W > 0`` makes it a hybrid (LoLCATs' sliding window + linear attention): the last W keys
+get the teacher's exact ``exp(q~.k~ / sqrt(d))`` weights (no decay), the keys before them the
+decayed feature-map weights above, and one normaliser covers both. Switching the linear branch off
+(``use_linear = False``) leaves exactly the teacher's W-token window; switching the band off
+(``use_band = False``) leaves the softmax-free mixer over every key. Decoding keeps the last W keys
+and values beside the state.
+
 Training runs the chunked form (:mod:`.scan`), decoding the recurrence. ``feature_map="softmax"``
 is a diagnostic, not a softmax-free mixer: the same decay with the exact ``exp(q~.k~ / sqrt(d))``
 in place of phi, i.e. softmax attention over all keys with the log-decay added to the scores.
@@ -33,6 +40,7 @@ from torch import Tensor, nn
 
 from ..errors import MixerValueError
 from .base import State, no_weight_decay
+from .functional import window_exp_sums
 from .qkv import QKVMixer
 from .registry import register_mixer
 from .scan import decayed_linear_attention, decayed_linear_attention_naive, decayed_linear_attention_step
@@ -47,6 +55,7 @@ class RotaryGLA(QKVMixer):
         d_model: model width D.
         feature_map: "hedgehog" (softmax-free, recurrent) or "softmax" (the exact-exp diagnostic).
         feature_dim: columns of each head's feature projection P (default head_dim); phi has twice as many.
+        window: 0 (default) = softmax-free; W > 0 = exact softmax weights on the last W keys (a hybrid).
         min_tau, max_tau: initial decay time constants in tokens, log-spaced across heads (default 8, 512).
         chunk: chunk length of the parallel form (default 64).
         qk_norm: RMS-normalise q and k per head (Qwen3 / Gemma3 style).
@@ -54,9 +63,11 @@ class RotaryGLA(QKVMixer):
         n_heads, n_kv_heads, head_dim, bias: attention geometry.
     """
 
+    state_form = "per head a (2 feature_dim x head_dim) matrix and its normaliser (+ the last `window` keys); O(1)"
+
     def __init__(self, d_model: int, *, feature_map: str = "hedgehog", feature_dim: int | None = None,
-                 min_tau: float = 8.0, max_tau: float = 512.0, chunk: int = 64, qk_norm: bool = False,
-                 rope: bool = True, rope_theta: float = 10000.0, n_heads: int | None = None,
+                 window: int = 0, min_tau: float = 8.0, max_tau: float = 512.0, chunk: int = 64,
+                 qk_norm: bool = False, rope: bool = True, rope_theta: float = 10000.0, n_heads: int | None = None,
                  n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
                  causal: bool = True, layer_idx: int | None = None) -> None:
         super().__init__(d_model, qk_norm=qk_norm, rope=rope, rope_theta=rope_theta, n_heads=n_heads,
@@ -69,7 +80,10 @@ class RotaryGLA(QKVMixer):
             raise MixerValueError(f"rotary_gla needs 1 < min_tau <= max_tau, got {min_tau}, {max_tau}")
         if chunk < 1 or (feature_dim is not None and feature_dim < 1):
             raise MixerValueError(f"rotary_gla chunk and feature_dim must be >= 1, got {chunk}, {feature_dim}")
-        self.feature_map, self.chunk = feature_map, chunk
+        if window < 0 or (window and feature_map != "hedgehog"):
+            raise MixerValueError(f"rotary_gla window must be >= 0 (and only with the hedgehog map), got {window}")
+        self.feature_map, self.chunk, self.window = feature_map, chunk, window
+        self.use_band = self.use_linear = True  # branch switches for ablations of a hybrid (window > 0)
         H, hd = self.n_heads, self.head_dim
         f = feature_dim or hd
         self.feature_proj = None  # the exact-exp diagnostic has no feature map
@@ -86,11 +100,15 @@ class RotaryGLA(QKVMixer):
             self.decay_proj.bias.copy_(torch.log(tau - 1))  # logsigmoid(log(tau - 1)) = log(1 - 1/tau)
         no_weight_decay(self.decay_proj.bias)
 
-    state_form = "per head a (2 feature_dim x head_dim) matrix and its normaliser; O(1) per token"
-
     @property
     def has_state(self) -> bool:
         return self.feature_map == "hedgehog"
+
+    def branches(self) -> tuple[int, bool]:
+        """(band width in use, whether the linear branch is on)."""
+        if not (self.use_band or self.use_linear):
+            raise MixerValueError("rotary_gla: switching off both the band and the linear branch leaves no mixer")
+        return (self.window if self.use_band else 0), (self.use_linear or not self.window)
 
     def features(self, u: Tensor) -> Tensor:
         """Hedgehog phi over the feature axis: (B, H, T, hd) -> (B, H, T, 2 f), positive, each half sums to 1."""
@@ -99,12 +117,12 @@ class RotaryGLA(QKVMixer):
 
     def log_decay(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, H, T) log a_t <= 0."""
-        return F.logsigmoid(self.decay_proj(x).float()).to(torch.promote_types(x.dtype, torch.float32)).transpose(1, 2)
+        return F.logsigmoid(self.decay_proj(x).to(torch.promote_types(x.dtype, torch.float32))).transpose(1, 2)
 
     def _inputs(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, padding_mask):
         """Features, values with a ones column (its output is the normaliser) and log decays, in >= float32."""
         ct = torch.promote_types(x.dtype, torch.float32)
-        fq, fk, v = self.features(q).to(ct), self.features(k).to(ct), v.to(ct)
+        fq, fk, v = self.features(q.to(ct)), self.features(k.to(ct)), v.to(ct)
         if padding_mask is not None:
             real = padding_mask[:, None, :, None]  # (B, 1, T, 1): pads add nothing to S or z
             fk = torch.where(real, fk, torch.zeros((), dtype=ct, device=x.device))
@@ -117,16 +135,67 @@ class RotaryGLA(QKVMixer):
         y = o[..., :-1] / o[..., -1:].clamp_min(EPS)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.head_dim).to(dtype))
 
+    def _lagged(self, fq: Tensor, fk: Tensor, v1: Tensor, log_a: Tensor, W: int) -> tuple[Tensor, Tensor]:
+        """The linear branch over keys s <= t - W: (B, H, T, hd + 1) and its state after the last token.
+
+        Query t against keys up to t - W is the plain recurrence run with queries shifted by W, times
+        the decay over the W steps in between, ``prod_(t-W<r<=t) a_r``.
+        """
+        B, H, T, F2 = fq.shape
+        S = fq.new_zeros(B, H, F2, v1.shape[-1])
+        if T <= W:
+            return fq.new_zeros(v1.shape), S
+        o, S = decayed_linear_attention(fq[:, :, W:], fk[:, :, : T - W], v1[:, :, : T - W], log_a[:, :, : T - W],
+                                        self.chunk)
+        g = log_a.cumsum(-1)  # (B, H, T)
+        o = o * (g[..., W:] - g[..., : T - W]).exp()[..., None]
+        return F.pad(o, (0, 0, W, 0)), S * (g[..., -1] - g[..., T - W - 1]).exp()[..., None, None]
+
     def _mix(self, x: Tensor, padding_mask, position_embeddings, naive: bool, with_state: bool = False):
         q, k, v = self.qkv(x, position_embeddings, padding_mask)  # (B, H, T, hd), RoPE applied
         if self.feature_map == "softmax":
             return self._exact(x, q, k, v, padding_mask, naive)
         fq, fk, v1, log_a = self._inputs(x, q, k, v, padding_mask)
+        W, linear = self.branches()
         if naive:
-            return self._read_out(decayed_linear_attention_naive(fq, fk, v1, log_a), x.dtype)
-        o, S = decayed_linear_attention(fq, fk, v1, log_a, self.chunk)
+            return self._read_out(self._naive(q, k, v1, fq, fk, log_a, padding_mask, W, linear), x.dtype)
+        if W == 0:
+            o, S = decayed_linear_attention(fq, fk, v1, log_a, self.chunk)
+        else:
+            num, den, c = window_exp_sums(q.to(fq.dtype), k.to(fq.dtype), v1[..., :-1], W, padding_mask,
+                                          self.scaling.item())
+            o = torch.cat([num, den[..., None]], dim=-1)
+            if linear:
+                o = o + (-c).exp()[..., None] * self._lagged(fq, fk, v1, log_a, W)[0]  # on the band's scale
         y = self._read_out(o, x.dtype)
-        return (y, {"S": S}) if with_state else y
+        if not with_state:
+            return y
+        if not self.window:
+            return y, {"S": S}
+        # A hybrid's state has the same layout whichever branches are on: the last `window` keys and the
+        # linear state of everything before them.
+        g = log_a.cumsum(-1)
+        state = {"S": self._lagged(fq, fk, v1, log_a, self.window)[1], **self.kv_final(k, v, padding_mask,
+                                                                                        self.window, fq.dtype),
+                 "g": F.pad(g[..., -1:] - g, (self.window, 0))[..., -self.window:]}  # decay since each band token
+        return y, state
+
+    def _naive(self, q, k, v1, fq, fk, log_a, padding_mask, W: int, linear: bool) -> Tensor:
+        """Dense reference: band weights exp(score - c) for t - W < s <= t, exp(-c) * decayed phi.phi before."""
+        T = q.shape[2]
+        g = log_a.cumsum(-1)
+        lag = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # t - s
+        lin_w = (g[..., :, None] - g[..., None, :]).masked_fill(lag < W, float("-inf")).exp()
+        lin_w = lin_w * torch.einsum("bhtf,bhsf->bhts", fq, fk)
+        if W == 0:
+            return torch.einsum("bhts,bhsd->bhtd", lin_w, v1)
+        real = torch.ones(q.shape[0], T, dtype=torch.bool) if padding_mask is None else padding_mask
+        band = ((lag >= 0) & (lag < W))[None] & real[:, None, :] | torch.eye(T, dtype=torch.bool)  # (B, T, T)
+        scores = torch.einsum("bhtd,bhsd->bhts", q.to(fq.dtype), k.to(fq.dtype)) * self.scaling.item()
+        scores = scores.masked_fill(~band[:, None], float("-inf"))
+        c = scores.amax(-1, keepdim=True)
+        weights = (scores - c).exp() + ((-c).exp() * lin_w if linear else 0)
+        return torch.einsum("bhts,bhsd->bhtd", weights, v1)
 
     def _exact(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, padding_mask, naive: bool) -> Tensor:
         """Softmax over keys s <= t of q~.k~ * scale + log(prod_(s<r<=t) a_r): the decay with exp in place of phi."""
@@ -154,14 +223,40 @@ class RotaryGLA(QKVMixer):
 
     def _init_state(self, batch: int, device, dtype) -> State:
         F2 = 2 * self.feature_proj.shape[-1]
-        return {"S": torch.zeros(batch, self.n_heads, F2, self.head_dim + 1, device=device, dtype=dtype)}
+        state = {"S": torch.zeros(batch, self.n_heads, F2, self.head_dim + 1, device=device, dtype=dtype)}
+        if self.window:
+            state.update(self.kv_state(batch, device, dtype, slots=self.window))
+            state["g"] = torch.zeros(batch, self.n_heads, self.window, device=device, dtype=dtype)
+        return state
 
     def _step(self, x_t: Tensor, state: State, padding_mask, position_embeddings) -> tuple[Tensor, State]:
         q, k, v = self.step_qkv(x_t, state, position_embeddings)  # (B, H, 1, hd)
         pad = None if padding_mask is None else padding_mask[:, None]
-        fq, fk, v1, log_a = self._inputs(x_t[:, None], q, k, v, pad)
-        o, S = decayed_linear_attention_step(fq[:, :, 0], fk[:, :, 0], v1[:, :, 0], log_a[:, :, 0], state["S"])
-        return self._read_out(o[:, :, None], x_t.dtype)[:, 0], {"S": S}
+        fq, fk, v1, log_a = (t[:, :, 0] for t in self._inputs(x_t[:, None], q, k, v, pad))
+        if not self.window:
+            o, S = decayed_linear_attention_step(fq, fk, v1, log_a, state["S"])
+            return self._read_out(o[:, :, None], x_t.dtype)[:, 0], {"S": S}
+        # The oldest band token leaves the band for the linear state, decayed over the W steps it spent there.
+        g = state["g"] + log_a[..., None]  # (B, H, W)
+        old_v1 = torch.cat([state["v"][:, :, 0], torch.ones_like(v1[..., :1])], dim=-1)
+        old_fk = self.features(state["k"][:, :, :1])[:, :, 0] * (state["valid"][:, None, :1] * g[..., :1].exp())
+        S = log_a.exp()[..., None, None] * state["S"] + old_fk[..., :, None] * old_v1[..., None, :]
+        memory = self.kv_push(state, k, v, padding_mask, self.window)
+        g = torch.cat([g[..., 1:], torch.zeros_like(g[..., :1])], dim=-1)
+        band_v1 = torch.cat([memory["v"], torch.ones_like(memory["v"][..., :1])], dim=-1)  # (B, H, W, hd + 1)
+        W, linear = self.branches()
+        o = torch.einsum("bhf,bhfd->bhd", fq, S) if linear else 0
+        if W:
+            see = memory["valid"].clone()
+            see[:, -1] = True  # a token always sees itself, as in the parallel form
+            scores = torch.einsum("bhd,bhwd->bhw", q[:, :, 0].to(fq.dtype), memory["k"]) * self.scaling.item()
+            scores = scores.masked_fill(~see[:, None], float("-inf"))
+            c = scores.amax(-1, keepdim=True)
+            o = torch.einsum("bhw,bhwd->bhd", (scores - c).exp(), band_v1) + (-c).exp() * o
+        else:  # band off: the band's tokens join the linear branch with their decays
+            fk_band = self.features(memory["k"]) * (memory["valid"][:, None, :, None] * g.exp()[..., None])
+            o = o + torch.einsum("bhf,bhwf,bhwd->bhd", fq, fk_band, band_v1)
+        return self._read_out(o[:, :, None], x_t.dtype)[:, 0], {"S": S, **memory, "g": g}
 
     def _prefill(self, x: Tensor, padding_mask, position_embeddings) -> tuple[Tensor, State]:
         return self._mix(x, padding_mask, position_embeddings, naive=False, with_state=True)

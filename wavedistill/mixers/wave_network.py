@@ -41,6 +41,8 @@ class WaveNetwork(WaveMixer):
                          bias=bias)
         if mode not in MODES:
             raise MixerValueError(f"wave_network mode must be one of {MODES}, got {mode!r}")
+        if eps <= 0:
+            raise MixerValueError(f"wave_network eps must be > 0 (it keeps the phase defined), got {eps}")
         self.mode = mode
         self.eps = eps
         self.add_value_projections()  # v_proj gives wave 1
