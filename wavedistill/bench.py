@@ -1,4 +1,7 @@
-"""``wavedistill bench``: forward and forward+backward time and peak memory per mixer vs SDPA attention.
+"""``wavedistill bench``: forward and forward+backward time and peak memory per mixer vs softmax attention.
+
+The baseline is the registered ``attention`` mixer: q/k/v/o projections, rotary embeddings and PyTorch's
+``scaled_dot_product_attention(is_causal=True)``, i.e. what a teacher's attention layer computes.
 
 Each (module, length) cell runs in its own subprocess, so an out-of-memory kill loses one cell,
 not the table, and CPU peak memory can be read from the process high-water mark (``ru_maxrss``)
@@ -16,33 +19,7 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-
 from .errors import WavedistillError
-
-
-class CausalSDPA(nn.Module):
-    """The baseline: multi-head causal softmax attention (PyTorch SDPA), same width, head_dim 64."""
-
-    def __init__(self, d_model: int) -> None:
-        super().__init__()
-        self.head_dim = 64 if d_model % 64 == 0 else 8
-        self.n_heads = d_model // self.head_dim
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.o_proj = nn.Linear(d_model, d_model, bias=False)
-
-    def forward(self, x):
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, D))
-
-
-def build(name: str, d_model: int) -> nn.Module:
-    from .mixers import build_mixer
-
-    return CausalSDPA(d_model) if name == "sdpa_attention" else build_mixer(name, d_model)
 
 
 def _rss_kb() -> int:
@@ -54,8 +31,10 @@ def measure(name: str, d_model: int, T: int, batch: int, device: str, repeats: i
     """One cell, in the current process: {fwd_ms, fwdbwd_ms, peak_mb}."""
     import resource
 
+    from .mixers import build_mixer
+
     torch.manual_seed(0)
-    m = build(name, d_model).to(device)
+    m = build_mixer(name, d_model).to(device)
     x = torch.randn(batch, T, d_model, device=device, requires_grad=True)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
@@ -100,11 +79,11 @@ def estimate_gb(name: str, d_model: int, T: int, batch: int) -> float:
 def run_bench(args) -> list[dict]:
     from .mixers import list_mixers
 
-    names = list_mixers() if args.mixers == "all" else args.mixers.split(",")
-    names = ["sdpa_attention"] + [n for n in names if n != "sdpa_attention"]
-    for n in names[1:]:
-        from .mixers import get_mixer_class
+    from .mixers import get_mixer_class
 
+    names = list_mixers() if args.mixers == "all" else args.mixers.split(",")
+    names = ["attention"] + [n for n in names if n != "attention"]
+    for n in names[1:]:
         get_mixer_class(n)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise WavedistillError(f"--device {args.device} asked for, but CUDA is not available; pass --device cpu")
@@ -141,10 +120,14 @@ def run_bench(args) -> list[dict]:
 def markdown_table(rows: list[dict], meta: dict) -> str:
     lines = [f"device: {meta['device']} ({meta['gpu'] or meta['cpu']}), torch {meta['torch']}, "
              f"{meta['threads']} threads; d_model {rows[0]['d_model']}, batch {rows[0]['batch']}\n",
-             "| mixer | T | fwd ms | fwd+bwd ms | peak MB (fwd+bwd) | status |", "|---|---:|---:|---:|---:|---|"]
+             "| mixer | T | fwd ms | fwd+bwd ms | × attention (fwd+bwd) | peak MB (fwd+bwd) | status |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    base = {r["seq_len"]: r["fwdbwd_ms"] for r in rows if r["mixer"] == "attention" and r["status"] == "ok"}
     for r in rows:
         ok = r["status"] == "ok"
-        cells = [f"{r[k]:.1f}" if ok else "—" for k in ("fwd_ms", "fwdbwd_ms", "peak_mb")]
+        cells = [f"{r[k]:.1f}" if ok else "—" for k in ("fwd_ms", "fwdbwd_ms")]
+        cells.append(f"{base[r['seq_len']] / r['fwdbwd_ms']:.1f}" if ok and r["seq_len"] in base else "—")
+        cells.append(f"{r['peak_mb']:.1f}" if ok else "—")
         lines.append(f"| {r['mixer']} | {r['seq_len']} | {' | '.join(cells)} | {r['status']} |")
     return "\n".join(lines) + "\n"
 
@@ -161,7 +144,7 @@ def plot(rows: list[dict], path: str, meta: dict) -> None:
         for name in dict.fromkeys(r["mixer"] for r in rows):
             pts = [(r["seq_len"], r[key]) for r in rows if r["mixer"] == name and r["status"] == "ok"]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=name, linestyle="--" if name == "sdpa_attention" else "-")
+                ax.plot(*zip(*pts), marker="o", label=name, linestyle="--" if name == "attention" else "-")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length T")

@@ -194,8 +194,10 @@ def cmd_mixers(args) -> None:
     from .mixers import get_mixer_class, list_mixers
 
     for name in list_mixers():
-        doc = (sys.modules[get_mixer_class(name).__module__].__doc__ or "").strip().splitlines()[0]
-        print(f"{name:16s} {doc}")
+        cls = get_mixer_class(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        decoding = cls.state_form or "no recurrent form: decoding re-runs the mixer over the input history"
+        print(f"{name:16s} {doc}\n{'':16s} decoding state: {decoding}")
 
 
 def cmd_report(args) -> None:

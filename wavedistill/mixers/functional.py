@@ -29,10 +29,11 @@ def causal_conv(u: Tensor, k: Tensor) -> Tensor:
     ct = fft_dtype(u)
     k = k[:, :T].to(ct)
     n = 1 << (2 * T - 1).bit_length()  # power of two >= 2T - 1
-    U = torch.fft.rfft(u.to(ct), n=n, dim=1)  # (B, n/2+1, C)
-    K = torch.fft.rfft(k, n=n, dim=-1).transpose(0, 1)  # (n/2+1, C)
-    y = torch.fft.irfft(U * K, n=n, dim=1)[:, :T]  # (B, T, C)
-    return y.to(u.dtype)
+    # Time-contiguous (B, C, T): an FFT along a strided axis costs ~1.6x in forward + backward at 8K tokens.
+    U = torch.fft.rfft(u.to(ct).transpose(1, 2).contiguous(), n=n, dim=-1)  # (B, C, n/2+1)
+    K = torch.fft.rfft(k, n=n, dim=-1)  # (C, n/2+1)
+    y = torch.fft.irfft(U * K, n=n, dim=-1)[..., :T]  # (B, C, T)
+    return y.transpose(1, 2).to(u.dtype)
 
 
 def ema_basis(decays: Tensor, length: int, dtype: torch.dtype) -> Tensor:

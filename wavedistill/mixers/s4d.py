@@ -1,5 +1,7 @@
-"""S4D: a diagonal complex state-space model without selectivity (Gu, Gupta, Goel & Ré, "On the
-Parameterization and Initialization of Diagonal State Space Models", NeurIPS 2022).
+"""S4D: a diagonal complex state-space model without selectivity, i.e. a learned long convolution.
+
+Gu, Gupta, Goel & Ré, "On the Parameterization and Initialization of Diagonal State Space Models"
+(NeurIPS 2022).
 
 "The student without selectivity": every value channel c runs a fixed (input-independent) linear
 recurrence over N/2 complex modes n,
