@@ -8,8 +8,9 @@ Stage fields left at ``None`` take the run-wide value (``lr``, ``temperature``, 
   least-squares Toeplitz fit of the teacher's attention maps, the mean of each diagonal.
 * ``transfer``: every converted layer learns to reproduce its teacher attention *output* from
   the teacher's own layer inputs (LoLCATs / MOHAWK stage 2); no LM head, one teacher forward.
-* ``kd``: end-to-end logit distillation, ``kl_weight * T^2 * KL + ce_weight * CE
-  + hidden_weight * hidden-state MSE``.
+* ``kd``: end-to-end logit distillation, ``kl_weight * T^2 * divergence + ce_weight * CE
+  + hidden_weight * hidden-state MSE``; the divergence (forward KL by default, reverse KL or JSD) and
+  CE run a chunk of positions at a time (:mod:`wavedistill.kd_chunked`).
 * ``progressive``: swap layers in one group at a time in ``order``, fine-tuning with the kd loss
   for ``steps_per_swap`` after each swap; stop (and undo the last swap) once val KL exceeds
   ``kl_budget``.
@@ -23,6 +24,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import WavedistillError
+from .kd_chunked import DIVERGENCES
 
 TRANSFER_LOSSES = ("mse", "cosine")
 TEMPERATURE_SCHEDULES = ("constant", "linear", "cosine", "dynamic")
@@ -57,6 +59,8 @@ class KDLoss:
     temperature_schedule: str = "constant"  # constant | linear | cosine (to temperature_end) | dynamic
     temperature_end: float = 1.0
     temperature_max: float = 4.0  # dynamic: a fully confident teacher position gets this temperature
+    divergence: str = "forward_kl"  # forward_kl = KL(teacher || student) | reverse_kl | jsd
+    loss_chunk: int = 1024  # positions per chunk of the KD loss (wavedistill.kd_chunked); 0 = the dense loss
 
 
 @dataclass
@@ -124,6 +128,10 @@ def validate_stage(stage: Stage) -> None:
             (stage.temperature_end > 0 and stage.temperature_max >= 1, "temperature_end > 0, temperature_max >= 1"),
             (all(w is None or w >= 0 for w in (stage.kl_weight, stage.ce_weight, stage.hidden_weight)),
              "loss weights must be >= 0"),
+            (stage.divergence in DIVERGENCES, f"divergence must be one of {DIVERGENCES}"),
+            (stage.loss_chunk >= 0, "loss_chunk must be >= 0 (0 = the dense loss)"),
+            (stage.loss_chunk > 0 or stage.divergence == "forward_kl",
+             "reverse_kl and jsd run in the chunked loss: set loss_chunk > 0"),
         ]
     if isinstance(stage, ProgressiveStage):
         checks += [(stage.order in ORDERS, f"order must be one of {ORDERS}"),

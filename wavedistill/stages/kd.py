@@ -1,16 +1,19 @@
 """The ``kd`` stage: end-to-end logit distillation of the whole student against the frozen teacher.
 
-Loss per batch: ``kl_weight * mean(T^2 KL_T(teacher || student)) + ce_weight * CE(next token)
+Loss per batch: ``kl_weight * mean(T^2 D_T(teacher, student)) + ce_weight * CE(next token)
 + hidden_weight * hidden_mse``, where ``hidden_mse`` averages the squared error between student
 and teacher decoder-layer outputs (HF ``hidden_states[1:]``; the last one is after the final norm).
 The temperature is constant, follows a linear / cosine schedule to ``temperature_end`` over the
 stage, or is ``dynamic``: per position, from the teacher's entropy (confident positions are softened).
+D is the stage's ``divergence`` (forward KL by default); the loss runs ``loss_chunk`` positions at a
+time and never holds the whole (B, T, V) in float32 (``loss_chunk: 0`` = the dense reference loss).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..kd_chunked import kd_loss_chunked
 from ..losses import entropy_temperature, hidden_mse, kd_loss
 from ..schedules import scheduled_temperature
 
@@ -33,8 +36,12 @@ def kd_objective(run, stage, n_steps: int):
         else:
             temperature = scheduled_temperature(start, stage.temperature_end, stage.temperature_schedule,
                                                 step / max(1, n_steps - 1))
-        losses = kd_loss(s_out.logits, t_out.logits, ids, temperature=temperature, kl_weight=kl_weight,
-                         ce_weight=ce_weight)
+        if stage.loss_chunk:
+            losses = kd_loss_chunked(s_out.logits, t_out.logits, ids, temperature=temperature, kl_weight=kl_weight,
+                                     ce_weight=ce_weight, divergence_kind=stage.divergence, chunk=stage.loss_chunk)
+        else:
+            losses = kd_loss(s_out.logits, t_out.logits, ids, temperature=temperature, kl_weight=kl_weight,
+                             ce_weight=ce_weight)
         if hidden:
             losses["hidden_mse"] = hidden_mse(s_out.hidden_states[1:], t_out.hidden_states[1:])
             losses["loss"] = losses["loss"] + stage.hidden_weight * losses["hidden_mse"]

@@ -1,0 +1,75 @@
+"""The chunked KD loss equals the dense one (loss and gradient), for every divergence, mask and temperature."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wavedistill.errors import WavedistillError
+from wavedistill.kd_chunked import DIVERGENCES, divergence, kd_loss_chunked
+from wavedistill.losses import kd_loss
+
+
+def _case(seed: int = 0, B: int = 2, T: int = 9, V: int = 37):
+    g = torch.Generator().manual_seed(seed)
+    s = (3 * torch.randn(B, T, V, generator=g)).requires_grad_(True)
+    t = 3 * torch.randn(B, T, V, generator=g)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, :3] = False
+    return s, t, ids, mask
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5, "per-position"])
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+def test_chunked_forward_kl_equals_the_dense_loss_and_gradient(temperature, chunk):
+    s, t, ids, mask = _case()
+    if temperature == "per-position":
+        temperature = 1 + torch.rand(2, 9, generator=torch.Generator().manual_seed(1))
+    dense = kd_loss(s, t, ids, temperature=temperature, kl_weight=0.7, ce_weight=0.3, mask=mask)
+    chunked = kd_loss_chunked(s, t, ids, temperature=temperature, kl_weight=0.7, ce_weight=0.3, mask=mask, chunk=chunk)
+    for key in ("loss", "kl", "ce"):
+        torch.testing.assert_close(chunked[key], dense[key], rtol=1e-5, atol=1e-6, msg=key)
+    (g_dense,) = torch.autograd.grad(dense["loss"], s)
+    (g_chunk,) = torch.autograd.grad(chunked["loss"], s)
+    torch.testing.assert_close(g_chunk, g_dense, rtol=1e-4, atol=1e-7)
+    assert g_chunk[1, :3].abs().max() == 0, "padded positions get no gradient"
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_every_divergence_matches_its_definition_on_probabilities(kind):
+    p, q = torch.tensor([0.5, 0.25, 0.25]), torch.tensor([0.6, 0.3, 0.1])
+    kl = lambda a, b: sum(x * math.log(x / y) for x, y in zip(a.tolist(), b.tolist()))  # noqa: E731
+    m = (p + q) / 2
+    expected = {"forward_kl": kl(p, q), "reverse_kl": kl(q, p), "jsd": 0.5 * kl(p, m) + 0.5 * kl(q, m)}[kind]
+    assert divergence(p.log(), q.log(), kind).item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["reverse_kl", "jsd"])
+def test_other_divergences_have_the_gradient_of_their_dense_form(kind):
+    s, t, ids, mask = _case(seed=3)
+    out = kd_loss_chunked(s, t, ids, temperature=2.0, kl_weight=1.0, ce_weight=0.0, mask=mask, divergence_kind=kind,
+                          chunk=5)
+    dense_div = divergence(F.log_softmax(t / 2.0, -1), F.log_softmax(s / 2.0, -1), kind)  # (B, T)
+    dense = 4.0 * (dense_div * mask).sum() / mask.sum()
+    torch.testing.assert_close(out["loss"], dense, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(out["loss"], s)[0], torch.autograd.grad(dense, s)[0], rtol=1e-4,
+                               atol=1e-7)
+
+
+def test_bf16_logits_get_a_bf16_gradient_close_to_the_float32_one():
+    s, t, ids, mask = _case(seed=5)
+    ref = torch.autograd.grad(kd_loss_chunked(s, t, ids, mask=mask)["loss"], s)[0]
+    s16 = s.detach().bfloat16().requires_grad_(True)
+    g16 = torch.autograd.grad(kd_loss_chunked(s16, t.bfloat16(), ids, mask=mask, chunk=4)["loss"], s16)[0]
+    assert g16.dtype == torch.bfloat16
+    torch.testing.assert_close(g16.float(), ref, rtol=0.05, atol=2e-4)
+
+
+def test_unknown_divergence_is_refused():
+    s, t, ids, _ = _case()
+    with pytest.raises(WavedistillError, match="unknown divergence 'kl2'"):
+        kd_loss_chunked(s, t, ids, divergence_kind="kl2")
