@@ -113,12 +113,10 @@ def cmd_compare(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    import copy
-
     from .data import eval_windows, read_documents, split_documents
     from .distill import DTYPES, resolve_device
     from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
-    from .io import adapter_dir, apply_adapter, load_teacher, read_adapter_config
+    from .io import adapter_dir, load_teacher, read_adapter_config, student_and_teacher
 
     device = resolve_device(args.device)
     adapter = adapter_dir(args.student)
@@ -136,8 +134,9 @@ def cmd_eval(args) -> None:
     args.test_frac = 0.10 if args.test_frac is None else args.test_frac
     args.seq_len = 256 if args.seq_len is None else args.seq_len
     base = args.base or read_adapter_config(adapter)["base_model"]
-    teacher, tokenizer = load_teacher(base, dtype=DTYPES[args.dtype], device=device)
-    student = apply_adapter(copy.deepcopy(teacher), adapter).eval()
+    model, tokenizer = load_teacher(base, dtype=DTYPES[args.dtype], device=device)
+    student, teacher = student_and_teacher(model, adapter)
+    student.eval()
     if args.mixer_attrs:
         set_mixer_attrs(student, args.mixer_attrs)
     docs = read_documents(args.data)

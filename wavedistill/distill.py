@@ -16,7 +16,6 @@ Output folder:
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -25,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import DistillConfig, recipe_stages, to_yaml
@@ -33,8 +32,9 @@ from .data import check_lengths, eval_windows, read_documents, split_documents, 
 from .errors import TrainingError, WavedistillError
 from .evaluate import compare, evaluate_student, print_metrics, window_prompts, write_evaluation
 from .checkpoint import restore_checkpoint, save_checkpoint, trainable_state  # noqa: F401  (stages use these)
-from .io import apply_adapter, load_teacher, save_adapter
-from .surgery import WaveAttention, convert, decoder_layers, mixer_parameters, set_handoff, wave_attention_modules
+from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher, save_adapter
+from .surgery import (TeacherView, WaveAttention, convert, decoder_layers, keep_frozen_mlps, mixer_parameters,
+                      set_handoff, unconvert, wave_attention_modules)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -73,29 +73,45 @@ def wave_layers(cfg: DistillConfig, n_layers: int) -> list[int]:
     return chosen
 
 
-def build_student(teacher, cfg: DistillConfig):
-    """A float32 copy of the teacher with mixers swapped in (and LoRA / unfrozen MLPs for recovery).
+def build_student(base, cfg: DistillConfig):
+    """Convert ``base`` in place into the student: mixers swapped in (and LoRA / unfrozen MLPs for recovery).
 
-    Low-precision runs use autocast over these float32 master weights: AdamW on bf16 weights loses
-    small updates of O(1) wave parameters.
+    The student shares every frozen weight with its base, so one copy of the base serves as teacher
+    too (:class:`~wavedistill.surgery.TeacherView`); only what trains is float32. Low-precision runs
+    use autocast over those float32 master weights: AdamW on bf16 weights loses small updates of O(1)
+    wave parameters.
     """
-    from .lora import add_mlp_lora
+    from .lora import add_mlp_lora, lora_parameters
 
-    student = copy.deepcopy(teacher).float()
-    convert(student, cfg.wave_type, layers=wave_layers(cfg, len(decoder_layers(teacher))), **cfg.mixer_kwargs)
+    student = base
+    convert(student, cfg.wave_type, layers=wave_layers(cfg, len(decoder_layers(student))), **cfg.mixer_kwargs)
     for i, m in wave_attention_modules(student).items():
+        m.mixer.float()
         for name in cfg.reinit or []:
             part = getattr(m.mixer, name, None)
             if not isinstance(part, nn.Module) or not hasattr(part, "reset_parameters"):
+                unconvert(student)
                 raise WavedistillError(f"--reinit {name}: the {cfg.wave_type} mixer of layer {i} has no such "
                                        "re-initialisable part (e.g. q_proj, k_proj)")
             part.reset_parameters()  # PyTorch's default init, as if never copied from the teacher
     if cfg.unfreeze_mlps:
+        keep_frozen_mlps(student)  # the teacher view runs these originals
         for block in decoder_layers(student):
-            block.mlp.requires_grad_(True)
+            train_in_float32(block.mlp)
     if cfg.lora_mlp:
         add_mlp_lora(student, cfg.lora_mlp, cfg.lora_alpha or 2.0 * cfg.lora_mlp)
+        for p in lora_parameters(student).values():
+            p.data = p.data.float()
     return student.train()
+
+
+def train_in_float32(module: nn.Module) -> None:
+    """Make a frozen-dtype module trainable in float32 master weights, casting its input and output around it."""
+    dtype = next(module.parameters()).dtype
+    module.float().requires_grad_(True)
+    if dtype != torch.float32:
+        module.register_forward_pre_hook(lambda mod, args: tuple(a.float() for a in args))
+        module.register_forward_hook(lambda mod, args, out: out.to(dtype))
 
 
 def trainable_counts(model: nn.Module, params=None) -> dict[str, int]:
@@ -302,13 +318,14 @@ def run(cfg: DistillConfig) -> dict:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
-    teacher, tokenizer = load_teacher(cfg.teacher, dtype=DTYPES[cfg.dtype], device=device)
+    base, tokenizer = load_teacher(cfg.teacher, dtype=DTYPES[cfg.dtype], device=device)
     docs = read_documents(cfg.data, cfg.n_samples or (0 if os.path.exists(cfg.data) else 20000))
     splits = split_documents(docs, tokenizer, cfg.val_frac, cfg.test_frac)
     check_lengths(splits, cfg.seq_len)
     tokens_per_step = cfg.batch_size * cfg.seq_len
     stages = recipe_stages(cfg, default_steps=max(1, math.ceil(cfg.epochs * len(splits.train) / tokens_per_step)))
-    r = Run(cfg, stages, teacher, build_student(teacher, cfg).to(device), tokenizer, splits,
+    student = build_student(base, cfg).to(device)
+    r = Run(cfg, stages, TeacherView(student), student, tokenizer, splits,
             eval_windows(splits.val, cfg.seq_len, cfg.val_windows), eval_windows(splits.test, cfg.seq_len,
                                                                                  cfg.test_windows), device)
 
@@ -363,17 +380,22 @@ def run(cfg: DistillConfig) -> dict:
 
 
 def finish(r: Run, counts: dict) -> dict:
-    """Reload the selected adapter (best val KL) onto a fresh copy and score it on the test split."""
+    """Load the selected adapter (best val KL) from disk into the student and score it on the test split.
+
+    With ``lora_merge`` the LoRA update is folded into the MLP weights after scoring (the base's MLPs
+    are the teacher's too, and the teacher is not needed any more), and the adapter is rewritten.
+    """
     cfg = r.cfg
     adapter = os.path.join(cfg.output_dir, "adapter")
-    student = apply_adapter(copy.deepcopy(r.teacher), adapter).eval()
+    load_adapter_weights(r.student, load_file(os.path.join(adapter, ADAPTER_WEIGHTS)), adapter)
+    student = r.student.eval()
+    prompts = window_prompts(r.splits.test, cfg.seq_len, cfg.n_generations)
+    metrics, rows = evaluate_student(r.teacher, student, r.tokenizer, r.test_windows, prompts, device=r.device)
     if cfg.lora_merge:
         from .lora import merge_mlp_lora
 
         merge_mlp_lora(student)
         save_adapter(student, adapter, cfg.teacher)
-    prompts = window_prompts(r.splits.test, cfg.seq_len, cfg.n_generations)
-    metrics, rows = evaluate_student(r.teacher, student, r.tokenizer, r.test_windows, prompts, device=r.device)
     converted = student.wavedistill_config["layers"]
     metrics.update({"split": "test", "mixer": cfg.wave_type, "layers": converted,
                     "kept_attention_layers": [i for i in range(len(decoder_layers(student))) if i not in converted],

@@ -187,6 +187,26 @@ def apply_adapter(model: nn.Module, directory: str) -> nn.Module:
     return model
 
 
+def student_and_teacher(base: nn.Module, directory: str):
+    """(student, teacher) sharing one copy of ``base``: the adapter applied in place, and its teacher view.
+
+    Weights an adapter replaces in the base itself (unfrozen or LoRA-merged MLPs) keep a frozen
+    original for the teacher view; any other replaced base weight is refused, since the teacher
+    could not be recovered from a shared copy.
+    """
+    from .surgery import TeacherView, keep_frozen_mlps
+
+    config = read_adapter_config(directory)
+    others = sorted(set(config.get("unfrozen") or []) - {"mlp"})
+    if others:
+        raise AdapterError(f"adapter {directory!r} replaces base weights {others}; only MLPs can be replaced while "
+                           "the base doubles as the teacher")
+    if config.get("unfrozen"):
+        keep_frozen_mlps(base)
+    student = apply_adapter(base, directory)
+    return student, TeacherView(student)
+
+
 def load_adapter_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
     """Copy adapter tensors into a converted model; every mixer (and LoRA) tensor must be present, nothing unknown."""
     targets = dict(model.get_decoder().state_dict(keep_vars=True))

@@ -3,8 +3,9 @@ from .convert import (WaveAttention, add_handoff_gates, attach_wave, convert, co
                       handoff_gate_parameters, mixer_parameters, mixer_state_dict, padding_mask_from_attention_mask,
                       remove_handoff_gates, set_handoff, unconvert, wave_attention_modules)
 from .families import FAMILIES, UnsupportedModelError, attention_geometry, decoder_layers, family_of
+from .teacher import TeacherView, as_teacher, keep_frozen_mlps
 
-__all__ = ["FAMILIES", "UnsupportedModelError", "WaveAttention", "WaveCacheLayer", "add_handoff_gates", "attach_wave",
+__all__ = ["FAMILIES", "TeacherView", "UnsupportedModelError", "WaveAttention", "as_teacher", "keep_frozen_mlps", "WaveCacheLayer", "add_handoff_gates", "attach_wave",
            "attention_geometry", "convert", "converted_layers", "decoder_layers", "detach_wave", "family_of",
            "handoff_gate_parameters", "mixer_parameters", "mixer_state_dict", "padding_mask_from_attention_mask",
            "remove_handoff_gates", "set_handoff", "unconvert", "wave_attention_modules"]

@@ -61,6 +61,11 @@ class WaveAttention(nn.Module):
                 raise
             return getattr(self.base_attn, name)
 
+    @property
+    def mixer_dtype(self) -> torch.dtype:
+        ref = next(self.mixer.parameters(), None)
+        return ref.dtype if ref is not None else next(self.base_attn.parameters()).dtype
+
     def handoff_share(self) -> Tensor | float:
         """The mixer's share w of the output while a hand-off is on."""
         a = self.handoff
@@ -78,16 +83,19 @@ class WaveAttention(nn.Module):
         q_len = hidden_states.shape[1]
         parallel = self.handoff is not None
         if parallel:
-            attn_out, _ = self.base_attn(hidden_states=hidden_states, position_embeddings=position_embeddings,
-                                         attention_mask=attention_mask, **cache_kw, **kwargs)
+            attn_out, attn_weights = self.base_attn(hidden_states=hidden_states, position_embeddings=position_embeddings,
+                                                    attention_mask=attention_mask, **cache_kw, **kwargs)
             if self.handoff == 0:
-                return attn_out, None  # exactly the teacher; the mixer is not even run
+                return attn_out, attn_weights  # exactly the teacher; the mixer is not even run
         pad = padding_mask_from_attention_mask(attention_mask, q_len)
+        # A float32 mixer inside a bf16 model (master weights beside a shared frozen base) mixes in its own dtype.
+        x = hidden_states.to(self.mixer_dtype)
         if cache is None:
-            mixed = self.mixer(hidden_states, padding_mask=pad, position_embeddings=position_embeddings)
+            mixed = self.mixer(x, padding_mask=pad, position_embeddings=position_embeddings)
         else:
             layer = wave_cache_layer(cache, self.wave_layer_idx)
-            mixed = layer.mix(self.mixer, hidden_states, pad, position_embeddings, write_kv=not parallel)
+            mixed = layer.mix(self.mixer, x, pad, position_embeddings, write_kv=not parallel)
+        mixed = mixed.to(hidden_states.dtype)
         if not parallel:
             return mixed, None
         w = self.handoff_share()
