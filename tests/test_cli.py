@@ -165,16 +165,16 @@ def test_generate_continues_the_prompt(finished_run):
 
 # The run to be killed is slowed down (0.3 s per step) so that the kill lands mid-run whatever the
 # machine's load, and well before the next checkpoint (3 steps of slack after the one it waits
-# for); the patched function is the one distill.run calls for every training batch.
+# for); the patched function is the one the training loop calls for every training batch.
 SLOW_WAVEDISTILL = """
 import runpy, sys, time
-import wavedistill.distill as d
-assert hasattr(d, "train_batch"), "distill.run no longer calls distill.train_batch; update this test"
-fast = d.train_batch
+import wavedistill.loop as loop
+assert hasattr(loop, "train_batch"), "the loop no longer calls loop.train_batch; update this test"
+fast = loop.train_batch
 def slow(*args, **kwargs):
     time.sleep(0.3)
     return fast(*args, **kwargs)
-d.train_batch = slow
+loop.train_batch = slow
 sys.argv = ["wavedistill", *sys.argv[1:]]
 runpy.run_module("wavedistill", run_name="__main__")
 """

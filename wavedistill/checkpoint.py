@@ -18,7 +18,16 @@ from .surgery import converted_layers, detach_wave, unconvert
 
 
 def save_checkpoint(run, extra: dict) -> None:
-    """checkpoint/ = an adapter of the *current* state (loadable with load_student) + everything to resume."""
+    """checkpoint/ = an adapter of the *current* state (loadable with load_student) + everything to resume.
+
+    Written by the main process; every process waits until it is complete.
+    """
+    if run.main:
+        _write_checkpoint(run, extra)
+    run.acc.wait_for_everyone()
+
+
+def _write_checkpoint(run, extra: dict) -> None:
     ckpt = os.path.join(run.cfg.output_dir, "checkpoint")
     tmp = ckpt + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -18,6 +18,7 @@ DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from Dist
     ("--seed",): "seed", ("--mixer-kwargs",): "mixer_kwargs", ("--test-windows",): "test_windows",
     ("--keep-attention",): "keep_attention", ("--keep-attention-every",): "keep_attention_every",
     ("--stages",): "stages", ("--lora-mlp",): "lora_mlp", ("--lora-alpha",): "lora_alpha", ("--reinit",): "reinit",
+    ("--grad-accum",): "grad_accum",
 }
 
 
@@ -68,6 +69,8 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unfreeze-mlps", action="store_true", default=None, help="also train the MLPs")
     p.add_argument("--lora-merge", action="store_true", default=None,
                    help="merge the --lora-mlp update into the MLP weights of the final adapter")
+    p.add_argument("--grad-checkpointing", action="store_true", default=None,
+                   help="recompute decoder-layer activations in backward instead of storing them")
     p.add_argument("--no-train", dest="train", action="store_false", default=None,
                    help="score the teacher-initialised student without training (a baseline)")
 
@@ -77,7 +80,7 @@ def distill_changes(args: argparse.Namespace) -> dict:
     from .config import load_yaml
 
     changes = load_yaml(args.config) if args.config else {}
-    for name in list(DISTILL_FLAGS.values()) + ["resume", "unfreeze_mlps", "lora_merge", "train"]:
+    for name in list(DISTILL_FLAGS.values()) + ["resume", "unfreeze_mlps", "lora_merge", "train", "grad_checkpointing"]:
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
@@ -114,9 +117,10 @@ def cmd_compare(args) -> None:
 
 def cmd_eval(args) -> None:
     from .data import eval_windows, read_documents, split_documents
-    from .distill import DTYPES, resolve_device
+    from .distill import resolve_device
     from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
     from .io import adapter_dir, load_teacher, read_adapter_config, student_and_teacher
+    from .loop import DTYPES
 
     device = resolve_device(args.device)
     adapter = adapter_dir(args.student)
@@ -176,8 +180,9 @@ def set_mixer_attrs(model, attrs: dict) -> None:
 def cmd_generate(args) -> None:
     import torch
 
-    from .distill import DTYPES, resolve_device
+    from .distill import resolve_device
     from .io import load_student
+    from .loop import DTYPES
 
     device = resolve_device(args.device)
     model, tok = load_student(args.student, base=args.base, dtype=DTYPES[args.dtype], device=device)

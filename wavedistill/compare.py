@@ -56,7 +56,8 @@ def check_same_config(cfg) -> None:
     with open(os.path.join(cfg.output_dir, "config.yaml")) as f:
         saved = yaml.safe_load(f)
     wanted = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg)))  # the same normalisation as config.yaml
-    differ = sorted(k for k in set(saved) | set(wanted) if k != "resume" and saved.get(k) != wanted.get(k))
+    differ = sorted(k for k in set(saved) | set(wanted) if k not in ("resume", "num_processes")
+                    and saved.get(k) != wanted.get(k))
     if differ:
         raise WavedistillError(f"{cfg.output_dir!r} holds a run with other settings ({', '.join(differ)}); "
                                "choose another --output-dir for compare")

@@ -32,6 +32,8 @@ class DistillConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    grad_accum: int = 1  # micro-batches per optimizer step (the global batch is batch_size)
+    grad_checkpointing: bool = False  # recompute the decoder layers' activations in backward (less memory)
     temperature: float = 1.0
     alpha: float = 0.9  # weight of the KL term; 1 - alpha weights next-token CE
     stages: list[dict] | None = None  # the recipe (see wavedistill.recipes); None = one kd stage of max_steps / epochs
@@ -50,6 +52,7 @@ class DistillConfig:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
+    num_processes: int = 1  # recorded by the run: the processes it trained with (launchers set it, not this key)
 
 
 def field_names(cls=DistillConfig) -> list[str]:
@@ -91,6 +94,7 @@ def validate(cfg: DistillConfig) -> None:
     checks = [
         (cfg.seq_len >= 2, "seq_len must be >= 2"),
         (cfg.batch_size >= 1, "batch_size must be >= 1"),
+        (cfg.grad_accum >= 1, "grad_accum must be >= 1 (micro-batches per optimizer step)"),
         (cfg.lr > 0, "lr must be > 0"),
         (cfg.temperature > 0, "temperature must be > 0"),
         (0.0 <= cfg.alpha <= 1.0, "alpha must be in [0, 1]"),

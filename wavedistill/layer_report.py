@@ -39,9 +39,10 @@ def layer_attention_zeroed(model, layer: int):
 def run_layer_report(cfg, output_dir: str) -> list[dict]:
     from .config import make_config, to_yaml
     from .data import eval_windows, read_documents, split_documents
-    from .distill import DTYPES, run
+    from .distill import run
     from .evaluate import compare
     from .io import apply_adapter, load_teacher
+    from .loop import DTYPES
     from .stages.transfer import held_out_layer_losses
     from .surgery import attach_wave, detach_wave, wave_attention_modules
 

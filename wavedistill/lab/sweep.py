@@ -68,7 +68,10 @@ def run_jobs(cfgs: list[LabConfig], jobs: int) -> None:
     for changes, seed in todo:
         folder = seed_dir(make_lab_config(changes), seed)
         print(f"lab: {changes['task']} / {changes['mixer']} / seed {seed} -> {folder}")
-    if jobs <= 1 or len(todo) <= 1:
+    from accelerate import PartialState
+
+    # Under a multi-process launcher the processes train each seed together (DDP), one seed at a time.
+    if jobs <= 1 or len(todo) <= 1 or PartialState().num_processes > 1:
         for job in todo:
             _train(job)
         return

@@ -47,13 +47,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def scored(model: WaveTransformer, task, x, y, pad) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-target cross-entropy, per-target correct) over the positions / sequences the task scores."""
+def scored(model: WaveTransformer, task, x, y, pad, forward=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-target cross-entropy, per-target correct) over the positions / sequences the task scores.
+
+    ``forward``: what runs the blocks (the DDP wrapper of ``model`` when several processes train it).
+    """
+    forward = forward or model
     if task.kind == "classify":
-        logits, target = model.classify(model(x, pad), pad), y
+        logits, target = model.classify(forward(x, pad), pad), y
     else:
         keep = y != IGNORE  # (B, T): only scored positions go through the last MLP and the read-out
-        logits, target = model.logits(model(x, pad, keep=keep)), y[keep]
+        logits, target = model.logits(forward(x, pad, keep=keep)), y[keep]
     ce = F.cross_entropy(logits.float(), target, reduction="none")
     return ce, logits.argmax(-1) == target
 
@@ -84,63 +88,75 @@ def step_marks(rows: list[dict], threshold: float) -> tuple[int | None, int | No
     return memorized, grok
 
 
-def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict:
+def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
+    """Train one seed; under a multi-process launcher every process trains its share of each batch's rows
+    (DDP through accelerate) and the main process writes. Returns the summary (None on other processes)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from torch.utils.tensorboard import SummaryWriter
 
     r = resolve(cfg)
-    device = cfg.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise WavedistillError(f"--device {device} asked for, but CUDA is not available; pass --device cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise WavedistillError(f"--device {cfg.device} asked for, but CUDA is not available; pass --device cpu")
+    AcceleratorState._reset_state()  # seeds of a sweep run one after another in one process
+    acc = Accelerator(cpu=cfg.device == "cpu")
+    device, main = acc.device, acc.is_main_process
     torch.manual_seed(seed)
     task = build_task(cfg.task, seed, **cfg.task_kwargs)
-    model = build_model(cfg, task).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    mixer_params = sum(p.numel() for b in model.blocks for p in b.mixer.parameters())
-    optimizer = torch.optim.AdamW(param_groups(model, r["weight_decay"]), lr=r["lr"], betas=(r["beta1"], r["beta2"]))
+    net = build_model(cfg, task).to(device)
+    n_params = sum(p.numel() for p in net.parameters())
+    mixer_params = sum(p.numel() for b in net.blocks for p in b.mixer.parameters())
+    optimizer = torch.optim.AdamW(param_groups(net, r["weight_decay"]), lr=r["lr"], betas=(r["beta1"], r["beta2"]))
     warmup = max(1, r["warmup_steps"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    wrapped, optimizer = acc.prepare(net, optimizer)
     sets = task.eval_sets()
 
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump({**r, "seed": seed, "wavedistill_version": __version__, "task_info": task.describe()}, f,
-                       sort_keys=False)
-    writer = SummaryWriter(out_dir)
-    log = open(os.path.join(out_dir, "train_log.jsonl"), "w")
+    if main:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump({**r, "seed": seed, "wavedistill_version": __version__, "task_info": task.describe(),
+                            "num_processes": acc.num_processes}, f, sort_keys=False)
+        writer = SummaryWriter(out_dir)
+        log = open(os.path.join(out_dir, "train_log.jsonl"), "w")
     threshold, rows = r["grok_threshold"], []
     train_s, step = 0.0, 0
     for step in range(1, r["steps"] + 1):
         x, y, pad = task.train_batch(step, r["batch_size"])
+        share = len(x) // acc.num_processes  # every process draws the whole batch and trains its own rows
+        if share * acc.num_processes != len(x):
+            raise WavedistillError(f"a batch of {len(x)} rows does not split over {acc.num_processes} processes")
+        part = slice(acc.process_index * share, (acc.process_index + 1) * share)
         t0 = time.perf_counter()
-        ce, correct = scored(model, task, x.to(device), y.to(device), None if pad is None else pad.to(device))
+        ce, correct = scored(net, task, x[part].to(device), y[part].to(device),
+                             None if pad is None else pad[part].to(device), forward=wrapped)
         loss = ce.mean()
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at step {step} (seed {seed}); lower --lr (now {r['lr']})")
+        batch = acc.reduce(torch.stack([loss.detach(), correct.float().mean()]), reduction="mean").tolist()
+        if not math.isfinite(batch[0]):
+            raise TrainingError(f"loss became {batch[0]} at step {step} (seed {seed}); lower --lr (now {r['lr']})")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        acc.backward(loss)
         if r["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), r["grad_clip"])
+            acc.clip_grad_norm_(net.parameters(), r["grad_clip"])
         optimizer.step()
         scheduler.step()
         train_s += time.perf_counter() - t0
-        writer.add_scalar("train/batch_loss", loss.item(), step)
-        writer.add_scalar("train/batch_acc", correct.float().mean().item(), step)
+        if main:
+            writer.add_scalar("train/batch_loss", batch[0], step)
+            writer.add_scalar("train/batch_acc", batch[1], step)
         if step % r["eval_every"] and step not in (1, r["steps"]):
             continue
-        rows.append({"step": step, "train_batch_loss": loss.item(), **evaluate(model, task, sets, device),
+        rows.append({"step": step, "train_batch_loss": batch[0], **evaluate(net, task, sets, device),
                      "steps_per_s": step / train_s})
-        log.write(json.dumps(rows[-1]) + "\n")
-        log.flush()
-        for k, v in rows[-1].items():
-            if k != "step" and not k.endswith("_targets"):
-                writer.add_scalar(k.replace("_", "/", 1), v, step)
+        if main:
+            log.write(json.dumps(rows[-1]) + "\n")
+            log.flush()
+            for k, v in rows[-1].items():
+                if k != "step" and not k.endswith("_targets"):
+                    writer.add_scalar(k.replace("_", "/", 1), v, step)
         grok = step_marks(rows, threshold)[1]
         if cfg.stop_after_grok and grok is not None and step - grok >= cfg.stop_after_grok:
             break
-    writer.close()
-    log.close()
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              os.path.join(out_dir, "model.safetensors"))
     memorized, grok = step_marks(rows, threshold)
     last = rows[-1]
     summary = {"seed": seed, "grok_step": grok, "memorization_step": memorized, "steps_run": step,
@@ -149,6 +165,12 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict:
                "steps_per_s": round(step / train_s, 2), "params": n_params, "mixer_params": mixer_params}
     if "test_bpc" in last:
         summary["final_test_bpc"] = last["test_bpc"]
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if main:
+        writer.close()
+        log.close()
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                  os.path.join(out_dir, "model.safetensors"))
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    acc.wait_for_everyone()  # the other processes read these files next (the sweep's summary)
     return summary

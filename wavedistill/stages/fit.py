@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import WavedistillError
+from ..loop import log_candidate
 from ..surgery import wave_attention_modules
 
 
@@ -50,7 +51,6 @@ def attention_kernels(teacher: nn.Module, layers: list[int], batches: list[Tenso
 
 def run_fit(run, stage) -> dict:
     from ..data import train_batch
-    from ..distill import log_candidate
 
     modules = wave_attention_modules(run.student)
     unable = sorted(m.mixer.name for m in modules.values() if not hasattr(m.mixer, "fit_toeplitz"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..loop import train_steps
 from ..schedules import handoff_weights, layer_order
 from ..surgery import (add_handoff_gates, handoff_gate_parameters, remove_handoff_gates, set_handoff,
                        wave_attention_modules)
@@ -22,7 +23,6 @@ from .kd import kd_objective
 
 
 def run_handoff(run, stage) -> dict:
-    from ..distill import train_steps
 
     layers = layer_order(sorted(wave_attention_modules(run.student)), stage.order)
     gates = add_handoff_gates(run.student) if stage.learned_gate else []

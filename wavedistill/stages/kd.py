@@ -15,6 +15,7 @@ import torch
 
 from ..kd_chunked import kd_loss_chunked
 from ..losses import entropy_temperature, hidden_mse, kd_loss
+from ..loop import train_steps
 from ..schedules import scheduled_temperature
 
 
@@ -53,7 +54,6 @@ def kd_objective(run, stage, n_steps: int):
 
 
 def run_kd(run, stage) -> dict:
-    from ..distill import train_steps
 
     params = [p for p in run.student.parameters() if p.requires_grad]
     return train_steps(run, 0, params, stage.steps, stage.lr or run.cfg.lr, kd_objective(run, stage, stage.steps))

@@ -11,7 +11,9 @@ a hybrid.
 
 from __future__ import annotations
 
+from ..checkpoint import trainable_state
 from ..io import load_adapter_weights
+from ..loop import evaluate, log_candidate, train_steps
 from ..schedules import layer_groups, layer_order
 from ..surgery import attach_wave, detach_wave, wave_attention_modules
 from .kd import kd_objective
@@ -19,7 +21,6 @@ from .transfer import held_out_layer_losses
 
 
 def run_progressive(run, stage) -> dict:
-    from ..distill import evaluate, log_candidate, train_steps, trainable_state
 
     resumed = run.resuming()
     if resumed is None:

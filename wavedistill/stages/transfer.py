@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import WavedistillError
+from ..loop import train_steps
 from ..recipes import TRANSFER_LOSSES
 from ..surgery import decoder_layers, padding_mask_from_attention_mask, wave_attention_modules
 
@@ -66,12 +67,14 @@ def layer_losses(teacher: nn.Module, mixers: dict[int, nn.Module], input_ids: Te
     with torch.no_grad(), record_attention(teacher, sorted(mixers)) as records:
         teacher.get_decoder()(input_ids=input_ids, use_cache=False)  # no LM head: only layer outputs are needed
     out = {}
-    for i, mixer in mixers.items():
-        r = records[i]
-        pad = padding_mask_from_attention_mask(r.attention_mask, r.hidden_states.shape[1])
-        with autocast:
-            pred = mixer(r.hidden_states, padding_mask=pad, position_embeddings=r.position_embeddings)
-        out[i] = transfer_loss(pred, r.output, kind, None if pad is None else pad.float())
+    with autocast:
+        for i, mixer in mixers.items():
+            r = records[i]
+            pad = padding_mask_from_attention_mask(r.attention_mask, r.hidden_states.shape[1])
+            # float32 mixers on a low-precision teacher's activations: mix in the mixer's dtype
+            x = r.hidden_states.to(next(mixer.parameters()).dtype)
+            pred = mixer(x, padding_mask=pad, position_embeddings=r.position_embeddings)
+            out[i] = transfer_loss(pred, r.output, kind, None if pad is None else pad.float())
     return out
 
 
@@ -102,7 +105,6 @@ def held_out_layer_losses(teacher: nn.Module, mixers: dict[int, nn.Module], wind
 
 def run_transfer(run, stage) -> dict:
     """The ``transfer`` stage: train every converted mixer on its layer's attention output, all at once."""
-    from ..distill import train_steps
 
     modules = wave_attention_modules(run.student)
     params = [p for m in modules.values() for p in m.mixer.parameters()]

@@ -1,0 +1,290 @@
+"""The training loop every stage shares: the run's state, ``train_steps``, val scoring and candidate selection.
+
+Stages (:mod:`wavedistill.stages`) import this module, never the run that calls them
+(:mod:`wavedistill.distill`). Training goes through Hugging Face accelerate: one process, or DDP /
+FSDP across processes started by ``accelerate launch`` or ``torchrun`` (on CPU a gloo group); mixed
+precision is accelerate's autocast over float32 master weights (fp16 with its gradient scaler);
+gradients accumulate over ``grad_accum`` micro-batches. Every process draws the same global batch
+``k`` (``train_batch(..., seed, k)``) and trains on its own contiguous share of the rows, so N
+processes and one process see the same tokens and take the same steps. Only the main process writes
+logs, checkpoints and adapters; every process scores val (a few windows), so decisions taken on val
+(selection, progressive's budget) agree everywhere without communication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import DistillConfig
+from .data import train_batch
+from .errors import TrainingError, WavedistillError
+from .evaluate import compare
+from .io import save_adapter
+from .surgery import WaveAttention, mixer_parameters, set_handoff, wave_attention_modules
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def make_accelerator(cfg: DistillConfig):
+    """The run's Accelerator: the launcher's process group (if any), the config's mixed precision."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Accelerator state is per process; several runs in one process (tests, `compare`) may differ in dtype.
+    AcceleratorState._reset_state()
+    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=MIXED_PRECISION[cfg.dtype],
+                      # a stage may leave some trainable parameters out of a step (hand-off at a = 0)
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if cfg.dtype == "float16" and acc.scaler is None:
+        raise WavedistillError(f"--dtype float16 needs a gradient scaler, which accelerate provides on CUDA only "
+                               f"(device here: {acc.device}); use --dtype bfloat16 or float32")
+    per_step = acc.num_processes * cfg.grad_accum
+    if cfg.batch_size % per_step:
+        raise WavedistillError(f"--batch-size {cfg.batch_size} is the global batch; it must divide into "
+                               f"{acc.num_processes} processes x {cfg.grad_accum} accumulation steps")
+    return acc
+
+
+class _Step(nn.Module):
+    """What accelerate wraps (DDP / FSDP): the student, and a forward that computes a stage's loss.
+
+    Stages compute their losses through the student's own modules; calling them inside this module's
+    forward is what lets DDP prepare its gradient all-reduce for the backward that follows.
+    """
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, loss_fn, input_ids, step: int) -> dict:
+        return loss_fn(input_ids, step)
+
+
+def trainable_counts(model: nn.Module, params=None) -> dict[str, int]:
+    """Trainable parameters per group (mixers, lora, mlp, handoff_gates, other), among ``params`` (default: all)."""
+    from .lora import lora_parameters
+    from .surgery import handoff_gate_parameters
+
+    chosen = {id(p) for p in (params if params is not None else model.parameters()) if p.requires_grad}
+    groups = {"mixers": {id(p) for p in mixer_parameters(model)},
+              "lora": {id(p) for p in lora_parameters(model).values()},
+              "handoff_gates": {id(p) for p in handoff_gate_parameters(model).values()}}
+    counts = dict.fromkeys(("mixers", "lora", "mlp", "handoff_gates", "other"), 0)
+    for name, p in model.named_parameters():
+        if id(p) not in chosen:
+            continue
+        group = next((g for g, ids in groups.items() if id(p) in ids), "mlp" if ".mlp." in name else "other")
+        counts[group] += p.numel()
+    return counts
+
+
+def param_groups(params, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in params:
+        if p.requires_grad:
+            (no_decay if getattr(p, "_no_weight_decay", False) or p.dim() < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_schedule(optimizer, cfg: DistillConfig, n_steps: int):
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` of the lr (transformers')."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, min(cfg.warmup_steps, n_steps), n_steps,
+                                                       min_lr_rate=cfg.min_lr_ratio)
+
+
+@dataclass
+class Run:
+    """What every stage reads and advances. Counters run over the whole recipe."""
+
+    cfg: DistillConfig
+    stages: list
+    teacher: nn.Module
+    student: nn.Module
+    tokenizer: object
+    splits: object
+    val_windows: torch.Tensor
+    test_windows: torch.Tensor
+    acc: object  # accelerate.Accelerator
+    writer: object = None
+    log: object = None
+    stage_index: int = 0
+    step: int = 0  # optimizer steps so far
+    batches: int = 0  # training batches drawn so far: batch k is train_batch(..., seed, k)
+    tokens_seen: int = 0
+    best: tuple[float, int] = (float("inf"), -1)  # (val KL, step) of adapter/
+    pending: dict[int, WaveAttention] = field(default_factory=dict)  # converted, not swapped in (progressive)
+    records: list[dict] = field(default_factory=list)  # one summary per finished stage
+    log_rows: int = 0  # rows written to train_log.jsonl
+    resume_state: dict | None = None
+
+    @property
+    def device(self) -> str:
+        return str(self.acc.device)
+
+    @property
+    def main(self) -> bool:
+        return self.acc.is_main_process
+
+    @property
+    def stage(self):
+        return self.stages[self.stage_index] if self.stage_index < len(self.stages) else None
+
+    @property
+    def final_stage(self) -> bool:
+        return self.stage_index >= len(self.stages) - 1
+
+    @property
+    def autocast(self):
+        return self.acc.autocast()
+
+    def resuming(self, part=None) -> dict | None:
+        """The checkpoint state if this run resumes inside the current stage (and ``part``, when given)."""
+        s = self.resume_state
+        if s is None or s["stage_index"] != self.stage_index or s["part"] is None:
+            return None
+        return s if part is None or s["part"] == part else None
+
+    def log_row(self, row: dict) -> None:
+        self.log_rows += 1  # counted on every process: checkpoints carry it
+        if self.main:
+            self.log.write(json.dumps(row) + "\n")
+            self.log.flush()
+
+    def scalar(self, name: str, value: float) -> None:
+        if self.main:
+            self.writer.add_scalar(name, value, self.step)
+
+    def reset_selection(self) -> None:
+        """The converted layers changed: earlier candidates are another architecture and no longer count."""
+        if self.final_stage:
+            self.best = (float("inf"), -1)
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict:
+    """Val KL and top-5 overlap of the teacher-free student (any hand-off switched off for the measurement);
+    in the last stage, a new lowest KL replaces adapter/."""
+    modules = wave_attention_modules(run.student)
+    handoff = {i: m.handoff for i, m in modules.items()}
+    set_handoff(run.student, None)
+    run.student.eval()
+    m = compare(run.teacher, run.student, run.val_windows, device=run.device, with_baseline=False)
+    run.student.train()
+    for i, a in handoff.items():
+        modules[i].handoff = a
+    run.scalar("val/kl", m["kl"])
+    run.scalar("val/top5_overlap", m["top5_overlap"])
+    if run.final_stage and m["kl"] < run.best[0]:
+        run.best = (m["kl"], run.step)
+        if run.main:
+            save_adapter(run.student, os.path.join(run.cfg.output_dir, "adapter"), run.cfg.teacher)
+    return {"val_kl": m["kl"], "val_top5": m["top5_overlap"]}
+
+
+def log_candidate(run: Run) -> dict:
+    """Score the student as it stands (no step taken) and log it as a row of its own."""
+    name = f"{run.stage_index}:{run.stage.kind}" if run.stage else "untrained"
+    row = {"step": run.step, "stage": name, "tokens_seen": run.tokens_seen,
+           **evaluate(run)}
+    run.log_row(row)
+    return row
+
+
+def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, before_step=None,
+                extra_state=None) -> dict:
+    """Train ``params`` for ``n_steps`` on ``loss_fn(input_ids, stage_step) -> {"loss": ..., ...}``.
+
+    ``part`` names this call inside the stage (progressive: the group index), so a resumed run
+    continues the right one. One optimizer (AdamW) and cosine schedule with warm-up per call.
+    Returns steps, tokens, training wall time (evaluation excluded) and tokens per second.
+    """
+    from tqdm import tqdm
+
+    from .checkpoint import save_checkpoint
+
+    cfg, acc = run.cfg, run.acc
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise WavedistillError(f"stage {run.stage.kind!r} has no trainable parameters")
+    optimizer = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=lr, betas=(0.9, 0.95))
+    scheduler = lr_schedule(optimizer, cfg, n_steps)
+    # The scheduler stays unprepared: accelerate would step it once per process.
+    model, optimizer = acc.prepare(_Step(run.student), optimizer)
+    start = 0
+    state = run.resuming(part)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if acc.scaler is not None:
+            acc.scaler.load_state_dict(state["scaler"])
+        start = state["part_step"]
+        run.resume_state = None
+    name = f"{run.stage_index}:{run.stage.kind}"
+    share = cfg.batch_size // acc.num_processes  # rows of the global batch this process trains on
+    rows = slice(acc.process_index * share, (acc.process_index + 1) * share)
+    tokens, wall, val_kl = 0, 0.0, None
+    bar = tqdm(range(start, n_steps), initial=start, total=n_steps, desc=name, dynamic_ncols=True,
+               disable=not run.main)
+    for s in bar:
+        t0 = time.perf_counter()
+        if before_step is not None:
+            before_step(s)
+        ids = train_batch(run.splits.train, cfg.batch_size, cfg.seq_len, cfg.seed, run.batches)
+        run.batches += 1
+        micro = ids[rows].to(acc.device).chunk(cfg.grad_accum)
+        totals: dict[str, torch.Tensor] = {}
+        for j, mb in enumerate(micro):
+            # Gradients are all-reduced once, on the last micro-batch.
+            sync = contextlib.nullcontext() if j == len(micro) - 1 else acc.no_sync(model)
+            with sync:
+                losses = model(loss_fn, mb, s)
+                acc.backward(losses["loss"] / len(micro))
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + v.detach().float() / len(micro)
+        means = dict(zip(totals, acc.reduce(torch.stack(list(totals.values())), reduction="mean").tolist()))
+        if not all(map(lambda v: v == v and abs(v) != float("inf"), [means["loss"]])):
+            raise TrainingError(f"loss became {means['loss']} at step {run.step + 1} (stage {name}); lower the "
+                                f"stage's lr (now {lr}) or use --dtype float32. The last checkpoint in "
+                                f"{cfg.output_dir} is untouched.")
+        acc.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        wall += time.perf_counter() - t0
+        run.step += 1
+        run.tokens_seen += ids.numel()
+        tokens += ids.numel()
+        row = {"step": run.step, "stage": name, "stage_step": s + 1, "tokens_seen": run.tokens_seen,
+               "lr": scheduler.get_last_lr()[0], **means}
+        if acc.scaler is not None:
+            row["loss_scale"] = acc.scaler.get_scale()
+        bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tokens / max(wall, 1e-9):.0f}")
+        for k, v in row.items():
+            if k not in ("step", "stage", "stage_step", "tokens_seen"):
+                run.scalar(f"train/{k}", v)
+        last = s + 1 == n_steps
+        if run.step % cfg.eval_every == 0 or last:
+            row.update(evaluate(run))
+            val_kl = row["val_kl"]
+        run.log_row(row)
+        if run.step % cfg.save_every == 0 or last:
+            save_checkpoint(run, {"part": part, "part_step": s + 1, "optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(),
+                                  "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                                  **(extra_state() if extra_state else {})})
+    bar.close()
+    acc.free_memory()  # drop the prepared wrappers; the next stage prepares its own
+    return {"steps": n_steps - start, "tokens": tokens, "train_wall_s": round(wall, 2),
+            "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None, "val_kl": val_kl,
+            "trainable_params": trainable_counts(run.student, params)}
