@@ -6,7 +6,12 @@ checkpoint (``../shared/teachers/stories260K``) is optional: tests that need it 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Nothing in the suite may touch the network; set before transformers / huggingface_hub read it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch

@@ -40,6 +40,22 @@ def wavedistill(*args, cwd=None, timeout: int = 300) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
+def wavedistill_here(*args) -> subprocess.CompletedProcess:
+    """The CLI's ``main`` in this process: for runs that stop early (bad input), without a fresh interpreter."""
+    import contextlib
+    import io
+
+    from wavedistill.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse errors
+            code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
     return proc
@@ -151,8 +167,8 @@ def test_eval_sets_mixer_attributes_for_ablations_and_refuses_unknown_ones(finis
                    "--mixer-attrs", '{"short_len": 1}'))
     ablated = json.loads((out / "metrics.json").read_text())
     assert ablated["mixer_attrs"] == {"short_len": 1} and ablated["kl"] != metrics["kl"]
-    proc = wavedistill("eval", "--student", run, "--data", cli_root["corpus"], "--output-dir", tmp_path / "bad",
-                       "--mixer-attrs", '{"use_band": false}')
+    proc = wavedistill_here("eval", "--student", run, "--data", cli_root["corpus"], "--output-dir", tmp_path / "bad",
+                            "--mixer-attrs", '{"use_band": false}')
     assert_one_line_error(proc, "no setting 'use_band'")
 
 
@@ -291,7 +307,7 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_one_line_error(case, cli_root, finished_run, bad_inputs, tmp_path):
     make_argv, needles = BAD_INPUTS[case]
-    proc = wavedistill(*make_argv(cli_root, finished_run[0], bad_inputs, tmp_path / "out"))
+    proc = wavedistill_here(*make_argv(cli_root, finished_run[0], bad_inputs, tmp_path / "out"))
     assert_one_line_error(proc, *needles)
 
 

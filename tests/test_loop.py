@@ -116,10 +116,10 @@ def _rows(out) -> list[dict]:
 @pytest.mark.parametrize("flags,needle", [(["--grad-accum", "0"], "grad_accum must be >= 1"),
                                           (["--grad-accum", "3"], "divide into 1 processes x 3")])
 def test_bad_accumulation_is_a_one_line_error_and_writes_nothing(cli_root, tmp_path, flags, needle):
-    from tests.test_cli import wavedistill
+    from tests.test_cli import wavedistill_here
 
     out = tmp_path / "out"
-    proc = wavedistill("distill", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"], "--output-dir", out,
+    proc = wavedistill_here("distill", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"], "--output-dir", out,
                        *SHORT, "--max-steps", 2, *flags)
     assert_one_line_error(proc, needle)
     assert not out.exists()
