@@ -57,7 +57,8 @@ def wavedistill_here(*args) -> subprocess.CompletedProcess:
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\n"
+                                  f"stderr:\n{proc.stderr[-4000:]}")
     return proc
 
 
@@ -356,7 +357,7 @@ def test_layers_report_ranks_every_layer_with_a_table_and_a_plot(cli_root, tmp_p
     proc = ok(wavedistill("layers", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"], "--seq-len", 32,
                           "--batch-size", 4, "--transfer-steps", 4, "--eval-every", 2, "--output-dir", out))
     report = json.loads((out / "layers.json").read_text())
-    assert [r["layer"] for r in report["rows"]] == [0, 1] and report["split"] == "test"
+    assert [r["layer"] for r in report["rows"]] == [0, 1] and report["split"] == "val"
     for r in report["rows"]:
         assert r["transfer_loss"] > 0 and r["kl_only_this_layer"] > 0 and r["kl_attention_zeroed"] > 0
     table = (out / "layers.md").read_text()

@@ -20,17 +20,17 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.test_cli import ENV, assert_one_line_error, cli_root, read_log  # noqa: F401 (fixture)
+from tests.test_cli import ENV, assert_one_line_error, read_log
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 SHORT = ["--seq-len", "32", "--batch-size", "4", "--eval-every", "2", "--save-every", "2"]
 
 
-def distill(cli_root, out, *extra, processes: int = 1, script: str | None = None, wait: bool = True):
+def distill(tiny_teacher, out, *extra, processes: int = 1, script: str | None = None, wait: bool = True):
     head = ([str(TORCHRUN), "--nproc_per_node", str(processes), "--master_port", str(29500 + os.getpid() % 1000)]
             if processes > 1 else [sys.executable])
     body = [script] if script else ["-m", "wavedistill"]
-    args = [*head, *body, "distill", "--teacher", str(cli_root["teacher"]), "--data", str(cli_root["corpus"]),
+    args = [*head, *body, "distill", "--teacher", str(tiny_teacher["teacher"]), "--data", str(tiny_teacher["corpus"]),
             "--output-dir", str(out), *SHORT, *map(str, extra)]
     proc = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -46,15 +46,15 @@ def losses(out) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(cli_root, tmp_path_factory):
+def two_process_run(tiny_teacher, tmp_path_factory):
     out = tmp_path_factory.mktemp("launch") / "two"
-    distill(cli_root, out, "--max-steps", 6, processes=2)
+    distill(tiny_teacher, out, "--max-steps", 6, processes=2)
     return out
 
 
-def test_two_processes_and_accumulation_train_what_one_process_trains(cli_root, two_process_run, tmp_path):
-    distill(cli_root, tmp_path / "one", "--max-steps", 6)
-    distill(cli_root, tmp_path / "accum", "--max-steps", 6, "--grad-accum", 2)
+def test_two_processes_and_accumulation_train_what_one_process_trains(tiny_teacher, two_process_run, tmp_path):
+    distill(tiny_teacher, tmp_path / "one", "--max-steps", 6)
+    distill(tiny_teacher, tmp_path / "accum", "--max-steps", 6, "--grad-accum", 2)
     one = losses(tmp_path / "one")
     assert len(one) == 6
     for other in (losses(two_process_run), losses(tmp_path / "accum")):
@@ -77,12 +77,12 @@ runpy.run_module("wavedistill", run_name="__main__")
 """
 
 
-def test_a_two_process_run_killed_and_resumed_ends_where_an_uninterrupted_one_ends(cli_root, two_process_run,
+def test_a_two_process_run_killed_and_resumed_ends_where_an_uninterrupted_one_ends(tiny_teacher, two_process_run,
                                                                                   tmp_path):
     script = tmp_path / "slow.py"
     script.write_text(SLOW)
     out = tmp_path / "killed"
-    proc = distill(cli_root, out, "--max-steps", 6, processes=2, script=str(script), wait=False)
+    proc = distill(tiny_teacher, out, "--max-steps", 6, processes=2, script=str(script), wait=False)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (out / "checkpoint").is_dir() and any(r.get("step", 0) >= 3 for r in _rows(out)):
@@ -91,7 +91,7 @@ def test_a_two_process_run_killed_and_resumed_ends_where_an_uninterrupted_one_en
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, no chance to clean up
     proc.wait()
-    distill(cli_root, out, "--max-steps", 6, "--resume", processes=2)
+    distill(tiny_teacher, out, "--max-steps", 6, "--resume", processes=2)
     for folder in ("checkpoint", "adapter"):
         mine, ref = (load_file(d / folder / "adapter_model.safetensors") for d in (out, two_process_run))
         assert mine.keys() == ref.keys()
@@ -115,12 +115,12 @@ def _rows(out) -> list[dict]:
 
 @pytest.mark.parametrize("flags,needle", [(["--grad-accum", "0"], "grad_accum must be >= 1"),
                                           (["--grad-accum", "3"], "divide into 1 processes x 3")])
-def test_bad_accumulation_is_a_one_line_error_and_writes_nothing(cli_root, tmp_path, flags, needle):
+def test_bad_accumulation_is_a_one_line_error_and_writes_nothing(tiny_teacher, tmp_path, flags, needle):
     from tests.test_cli import wavedistill_here
 
     out = tmp_path / "out"
-    proc = wavedistill_here("distill", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"], "--output-dir", out,
-                       *SHORT, "--max-steps", 2, *flags)
+    proc = wavedistill_here("distill", "--teacher", tiny_teacher["teacher"], "--data", tiny_teacher["corpus"],
+                            "--output-dir", out, *SHORT, "--max-steps", 2, *flags)
     assert_one_line_error(proc, needle)
     assert not out.exists()
 

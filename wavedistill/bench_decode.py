@@ -70,7 +70,8 @@ def measure_model(name: str, d_model: int, n_layers: int, prompt: int, n_tokens:
     model = decode_model(d_model, n_layers)
     if name != "attention_teacher":
         convert(model, name)
-    ids = torch.randint(0, model.config.vocab_size, (1, prompt + n_tokens + 1), generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt + n_tokens + 1), generator=g)
     cache = DynamicCache(config=model.config)
     t0 = time.perf_counter()
     model(ids[:, :prompt], past_key_values=cache, use_cache=True)
@@ -147,11 +148,13 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    panels = (("layer", "ms_per_token", "one layer: ms per token"), ("model", "ms_per_token", "whole model: ms per token"),
+    panels = (("layer", "ms_per_token", "one layer: ms per token"),
+              ("model", "ms_per_token", "whole model: ms per token"),
               ("model", "state_mb", "whole model: decoding state (MB)"))
     for ax, (table, key, title) in zip(axes, panels):
         for name in dict.fromkeys(r["mixer"] for r in rows if r["table"] == table):
-            pts = [(r["prompt"], r[key]) for r in rows if r["table"] == table and r["mixer"] == name and r["status"] == "ok"]
+            pts = [(r["prompt"], r[key]) for r in rows
+                   if r["table"] == table and r["mixer"] == name and r["status"] == "ok"]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=name, linestyle="--" if name.startswith("attention") else "-")
         ax.set_xscale("log", base=2)

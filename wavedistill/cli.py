@@ -57,7 +57,8 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     from .config import DistillConfig
 
     defaults = DistillConfig()
-    types = {"layers": _layers, "keep_attention": _layers, "reinit": _names, "mixer_kwargs": _json_dict, "epochs": float, "lr": float,
+    types = {"layers": _layers, "keep_attention": _layers, "reinit": _names, "mixer_kwargs": _json_dict,
+             "epochs": float, "lr": float,
              "temperature": float, "alpha": float, "stages": _stages, "lora_alpha": float}
     for flags, name in DISTILL_FLAGS.items():
         default = getattr(defaults, name)
@@ -116,7 +117,7 @@ def cmd_compare(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .data import eval_windows, read_documents, split_documents
+    from .data import eval_windows, read_documents, run_splits
     from .distill import resolve_device
     from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
     from .io import adapter_dir, load_teacher, read_adapter_config, student_and_teacher
@@ -134,6 +135,8 @@ def cmd_eval(args) -> None:
         for key in ("val_frac", "test_frac", "seq_len"):
             if getattr(args, key) is None:
                 setattr(args, key, trained[key])
+        if args.n_samples is None and args.data == trained["data"]:
+            args.n_samples = trained["n_samples"]  # the run's documents, so the split is the run's split
     args.val_frac = 0.05 if args.val_frac is None else args.val_frac
     args.test_frac = 0.10 if args.test_frac is None else args.test_frac
     args.seq_len = 256 if args.seq_len is None else args.seq_len
@@ -143,13 +146,13 @@ def cmd_eval(args) -> None:
     student.eval()
     if args.mixer_attrs:
         set_mixer_attrs(student, args.mixer_attrs)
-    docs = read_documents(args.data)
     if args.split == "all":
         from .data import tokenize_documents
 
-        stream = tokenize_documents(docs, tokenizer)
+        stream = tokenize_documents(read_documents(args.data, args.n_samples or 0), tokenizer)
     else:
-        splits = split_documents(docs, tokenizer, args.val_frac, args.test_frac)
+        splits = run_splits(args.data, tokenizer, n_samples=args.n_samples or 0, val_frac=args.val_frac,
+                            test_frac=args.test_frac)
         stream = getattr(splits, args.split)
     windows = eval_windows(stream, args.seq_len, args.max_windows)
     if len(windows) == 0:
@@ -288,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-frac", type=float, help="default: the run's config.yaml, else 0.05")
     p.add_argument("--test-frac", type=float, help="default: the run's config.yaml, else 0.10")
     p.add_argument("--seq-len", type=int, help="default: the run's config.yaml, else 256")
+    p.add_argument("--n-samples", type=int, help="documents to read (0 = all; hub: 20000); default: the run's when "
+                   "--data is the run's data")
     p.add_argument("--max-windows", type=int, default=0, help="0 = every window")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--base", help="base model (default: the one named in the adapter)")

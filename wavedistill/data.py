@@ -111,6 +111,14 @@ def split_documents(docs: list[str], tokenizer, val_frac: float, test_frac: floa
                   tokenize_documents(test, tokenizer), (len(train), len(val), len(test)))
 
 
+def run_splits(data: str, tokenizer, *, n_samples: int = 0, val_frac: float = 0.05, test_frac: float = 0.10) -> Splits:
+    """The train / val / test split of a run's data, the same for every command that reads a run
+    (distill, eval, layers, demo): a hub source reads its first ``n_samples`` documents (20,000 if 0)."""
+    local = os.path.exists(data) or os.path.splitext(data)[1].lower() in LOCAL_FORMATS
+    docs = read_documents(data, n_samples or (0 if local else 20000))
+    return split_documents(docs, tokenizer, val_frac, test_frac)
+
+
 def check_lengths(splits: Splits, seq_len: int) -> None:
     for name in ("train", "val", "test"):
         n = len(getattr(splits, name))

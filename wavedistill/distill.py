@@ -27,7 +27,7 @@ from torch import nn
 
 from .checkpoint import restore_checkpoint, save_checkpoint
 from .config import DistillConfig, recipe_stages, to_yaml
-from .data import check_lengths, eval_windows, read_documents, split_documents
+from .data import check_lengths, eval_windows, run_splits
 from .errors import WavedistillError
 from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
 from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher, save_adapter
@@ -126,8 +126,7 @@ def run(cfg: DistillConfig) -> dict | None:
     random.seed(cfg.seed)
 
     base, tokenizer = load_teacher(cfg.teacher, dtype=DTYPES[cfg.dtype], device=acc.device)
-    docs = read_documents(cfg.data, cfg.n_samples or (0 if os.path.exists(cfg.data) else 20000))
-    splits = split_documents(docs, tokenizer, cfg.val_frac, cfg.test_frac)
+    splits = run_splits(cfg.data, tokenizer, n_samples=cfg.n_samples, val_frac=cfg.val_frac, test_frac=cfg.test_frac)
     check_lengths(splits, cfg.seq_len)
     tokens_per_step = cfg.batch_size * cfg.seq_len
     stages = recipe_stages(cfg, default_steps=max(1, math.ceil(cfg.epochs * len(splits.train) / tokens_per_step)))

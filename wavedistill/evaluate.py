@@ -26,12 +26,15 @@ from .surgery import decoder_layers
 
 
 @contextlib.contextmanager
-def attention_zeroed(model: nn.Module):
-    """Temporarily replace every self-attention output with zeros (the no-mixing baseline)."""
+def attention_zeroed(model: nn.Module, layers=None):
+    """Temporarily replace the self-attention output of ``layers`` (default: every layer) with zeros;
+    all layers zeroed is the no-mixing baseline."""
     def zero(module, args, kwargs, output):
         return (torch.zeros_like(output[0]), *output[1:])
 
-    handles = [b.self_attn.register_forward_hook(zero, with_kwargs=True) for b in decoder_layers(model)]
+    blocks = decoder_layers(model)
+    handles = [blocks[i].self_attn.register_forward_hook(zero, with_kwargs=True)
+               for i in (range(len(blocks)) if layers is None else layers)]
     try:
         yield model
     finally:

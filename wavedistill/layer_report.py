@@ -2,7 +2,8 @@
 
 1. A ``transfer`` run trains a mixer in every layer at once on its layer's attention output
    (an ordinary distill run in ``OUT/transfer``, so it is logged, checkpointed and resumable).
-2. On the held-out **test** windows, for each layer i:
+2. On every held-out **val** window (never test: the report is what layers to keep as attention are
+   chosen from), for each layer i:
    * ``transfer_loss``: the trained mixer's attention-output loss on the teacher's own inputs;
    * ``kl_only_this_layer``: KL(teacher || student) where *only* layer i is replaced by its mixer;
    * ``kl_attention_zeroed``: the same with layer i's attention output zeroed instead, for scale
@@ -12,35 +13,19 @@ Writes ``layers.json``, ``layers.md`` (a table) and ``layers.png`` (bars per lay
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 
-import torch
 
 from .errors import WavedistillError
 
 
-@contextlib.contextmanager
-def layer_attention_zeroed(model, layer: int):
-    from .surgery import decoder_layers
-
-    def zero(module, args, kwargs, output):
-        return (torch.zeros_like(output[0]), *output[1:])
-
-    handle = decoder_layers(model)[layer].self_attn.register_forward_hook(zero, with_kwargs=True)
-    try:
-        yield model
-    finally:
-        handle.remove()
-
-
 def run_layer_report(cfg, output_dir: str) -> list[dict]:
     from .config import make_config, to_yaml
-    from .data import eval_windows, read_documents, split_documents
+    from .data import eval_windows, run_splits
     from .distill import run
-    from .evaluate import compare
+    from .evaluate import attention_zeroed, compare
     from .io import apply_adapter, load_teacher
     from .loop import DTYPES
     from .stages.transfer import held_out_layer_losses
@@ -54,9 +39,10 @@ def run_layer_report(cfg, output_dir: str) -> list[dict]:
                                                                                              "checkpoint"))}))
     run_cfg = make_config({**cfg, "output_dir": transfer_dir})
     teacher, tokenizer = load_teacher(run_cfg.teacher, dtype=DTYPES[run_cfg.dtype], device=run_cfg.device)
-    splits = split_documents(read_documents(run_cfg.data, run_cfg.n_samples), tokenizer, run_cfg.val_frac,
-                             run_cfg.test_frac)
-    windows = eval_windows(splits.test, run_cfg.seq_len, run_cfg.test_windows)
+    splits = run_splits(run_cfg.data, tokenizer, n_samples=run_cfg.n_samples, val_frac=run_cfg.val_frac,
+                        test_frac=run_cfg.test_frac)
+    # val, never test: this report is what a user picks the layers to keep as attention from
+    windows = eval_windows(splits.val, run_cfg.seq_len)
     student = apply_adapter(copy.deepcopy(teacher), os.path.join(transfer_dir, "adapter")).eval()
     modules = wave_attention_modules(student)
     transfer = held_out_layer_losses(teacher, {i: m.mixer for i, m in modules.items()}, windows, device=run_cfg.device)
@@ -66,7 +52,7 @@ def run_layer_report(cfg, output_dir: str) -> list[dict]:
         attach_wave(student, {i: detached[i]})
         only = compare(teacher, student, windows, device=run_cfg.device, with_baseline=False)
         detach_wave(student, [i])
-        with layer_attention_zeroed(student, i):
+        with attention_zeroed(student, [i]):
             zeroed = compare(teacher, student, windows, device=run_cfg.device, with_baseline=False)
         rows.append({"layer": i, "transfer_loss": transfer[i], "kl_only_this_layer": only["kl"],
                      "top5_only_this_layer": only["top5_overlap"], "kl_attention_zeroed": zeroed["kl"],
@@ -75,7 +61,7 @@ def run_layer_report(cfg, output_dir: str) -> list[dict]:
               f"KL with its attention zeroed {zeroed['kl']:.4f}")
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "layers.json"), "w") as f:
-        json.dump({"mixer": run_cfg.wave_type, "split": "test", "rows": rows}, f, indent=2)
+        json.dump({"mixer": run_cfg.wave_type, "split": "val", "rows": rows}, f, indent=2)
     with open(os.path.join(output_dir, "layers.md"), "w") as f:
         f.write(layer_table(rows))
     with open(os.path.join(output_dir, "config.yaml"), "w") as f:
@@ -94,7 +80,7 @@ def layer_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['layer']} | {r['transfer_loss']:.5f} | {r['kl_only_this_layer']:.4f} | "
                      f"{r['top5_only_this_layer']:.3f} | {r['kl_attention_zeroed']:.4f} | {rank[r['layer']]} |")
-    return "\n".join(lines) + f"\n\nScored on {rows[0]['positions']:,} held-out test positions per cell.\n"
+    return "\n".join(lines) + f"\n\nScored on {rows[0]['positions']:,} held-out val positions per cell.\n"
 
 
 def plot_layers(rows: list[dict], mixer: str, path: str) -> None:

@@ -69,7 +69,8 @@ def test_prefill_then_steps_equals_one_forward(name, kw):
         mid_pe = None if pe is None else tuple(p[:, split:] for p in pe)
         mid, _ = m.prefill(x[:, split:], pad[:, split:], mid_pe, state=state)
     real = pad[..., None].expand_as(full)
-    for what, got in (("prefill + steps", torch.cat([head, tail], 1)), ("prefill + prefill", torch.cat([head, mid], 1))):
+    for what, got in (("prefill + steps", torch.cat([head, tail], 1)),
+                      ("prefill + prefill", torch.cat([head, mid], 1))):
         gap = (got - full)[real].abs().max().item()
         assert gap <= 1e-10, f"{what} differs from one forward by {gap:.2e}"
 

@@ -65,7 +65,8 @@ def test_handoff_trains_the_mixer_only_through_its_share():
     assert all(p.grad is None for n, p in student.named_parameters() if ".base_attn." in n)  # frozen
 
 
-@pytest.mark.parametrize("a,layers", [(1.5, None), (-0.1, None), (0.5, [1])], ids=["above-1", "below-0", "not-converted"])
+@pytest.mark.parametrize("a,layers", [(1.5, None), (-0.1, None), (0.5, [1])],
+                         ids=["above-1", "below-0", "not-converted"])
 def test_bad_handoff_requests_are_refused(a, layers):
     _, student = teacher_and_student()
     with pytest.raises(SurgeryError):

@@ -45,7 +45,8 @@ class QKVMixer(WaveMixer):
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
         if rope and self.head_dim % 2:
-            raise MixerValueError(f"rotary embeddings turn pairs of dimensions: head_dim must be even, got {self.head_dim}")
+            raise MixerValueError(f"rotary embeddings turn pairs of dimensions: head_dim must be even, "
+                                  f"got {self.head_dim}")
         self.rope, self.rope_theta = rope, rope_theta
         kv_dim = self.n_kv_heads * self.head_dim
         self.q_proj = nn.Linear(d_model, self.inner_dim, bias=bias)
@@ -110,8 +111,8 @@ class QKVMixer(WaveMixer):
     def kv_state(self, batch: int, device, dtype, slots: int) -> State:
         """Key / value memory: ``slots`` entries for a sliding window (oldest first), 0 for a growing cache."""
         shape = (batch, self.n_heads, slots, self.head_dim)
-        return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype),
-                "valid": torch.zeros(batch, slots, dtype=torch.bool, device=device)}
+        zeros = torch.zeros(shape, device=device, dtype=dtype)
+        return {"k": zeros, "v": zeros.clone(), "valid": torch.zeros(batch, slots, dtype=torch.bool, device=device)}
 
     @staticmethod
     def kv_final(k: Tensor, v: Tensor, padding_mask: Tensor | None, window: int | None, dtype) -> State:

@@ -43,7 +43,7 @@ from .base import State, no_weight_decay
 from .functional import window_exp_sums
 from .qkv import QKVMixer
 from .registry import register_mixer
-from .scan import decayed_linear_attention, decayed_linear_attention_naive, decayed_linear_attention_step
+from .scan import decayed_linear_attention, decayed_linear_attention_step
 
 FEATURE_MAPS = ("hedgehog", "softmax")
 EPS = 1e-6  # floor of the normaliser; only a padded query's (all-zero) row ever reaches it

@@ -83,7 +83,8 @@ class WaveAttention(nn.Module):
         q_len = hidden_states.shape[1]
         parallel = self.handoff is not None
         if parallel:
-            attn_out, attn_weights = self.base_attn(hidden_states=hidden_states, position_embeddings=position_embeddings,
+            attn_out, attn_weights = self.base_attn(hidden_states=hidden_states,
+                                                    position_embeddings=position_embeddings,
                                                     attention_mask=attention_mask, **cache_kw, **kwargs)
             if self.handoff == 0:
                 return attn_out, attn_weights  # exactly the teacher; the mixer is not even run
