@@ -90,8 +90,9 @@ def run_bench(args) -> list[dict]:
     seq_lens = [int(t) for t in args.seq_lens.split(",")]
     os.makedirs(args.output_dir, exist_ok=True)
     rows = []
-    for name in names:
-        for T in seq_lens:
+    # Length outermost: the cells a ratio compares run back to back, under the same machine load.
+    for T in seq_lens:
+        for name in names:
             row = {"mixer": name, "seq_len": T, "d_model": args.d_model, "batch": args.batch_size}
             if estimate_gb(name, args.d_model, T, args.batch_size) > args.memory_limit_gb:
                 row["status"] = f"skipped: estimated > {args.memory_limit_gb} GB"
@@ -118,12 +119,13 @@ def run_bench(args) -> list[dict]:
 
 
 def markdown_table(rows: list[dict], meta: dict) -> str:
+    names = list(dict.fromkeys(r["mixer"] for r in rows))
     lines = [f"device: {meta['device']} ({meta['gpu'] or meta['cpu']}), torch {meta['torch']}, "
              f"{meta['threads']} threads; d_model {rows[0]['d_model']}, batch {rows[0]['batch']}\n",
              "| mixer | T | fwd ms | fwd+bwd ms | × attention (fwd+bwd) | peak MB (fwd+bwd) | status |",
              "|---|---:|---:|---:|---:|---:|---|"]
     base = {r["seq_len"]: r["fwdbwd_ms"] for r in rows if r["mixer"] == "attention" and r["status"] == "ok"}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (names.index(r["mixer"]), r["seq_len"])):
         ok = r["status"] == "ok"
         cells = [f"{r[k]:.1f}" if ok else "—" for k in ("fwd_ms", "fwdbwd_ms")]
         cells.append(f"{base[r['seq_len']] / r['fwdbwd_ms']:.1f}" if ok and r["seq_len"] in base else "—")

@@ -99,9 +99,10 @@ def run_decode_bench(args) -> list[dict]:
     prompts = [int(p) for p in args.prompts.split(",")]
     os.makedirs(args.output_dir, exist_ok=True)
     rows = []
+    # Prompt length outside the mixer loop: the cells a ratio compares run back to back.
     for table, cells in (("layer", names), ("model", ["attention_teacher"] + names[1:])):
-        for name in cells:
-            for P in prompts:
+        for P in prompts:
+            for name in cells:
                 row = {"table": table, "mixer": name, "prompt": P, "d_model": args.d_model}
                 cmd = [sys.executable, "-m", "wavedistill.bench_decode", table, name, str(args.d_model), str(P),
                        str(args.decode_tokens), str(args.layers)]
@@ -133,7 +134,8 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
                 and r["status"] == "ok"}
         out += [f"\n{table}: ms per generated token (× = attention's time / this one's) and decoding state (MB)\n",
                 "| mixer | prompt | ms / token | × vs attention | state MB | status |", "|---|---:|---:|---:|---:|---|"]
-        for r in (r for r in rows if r["table"] == table):
+        order = list(dict.fromkeys(r["mixer"] for r in rows if r["table"] == table))
+        for r in sorted((r for r in rows if r["table"] == table), key=lambda r: (order.index(r["mixer"]), r["prompt"])):
             ok = r["status"] == "ok"
             speed = f"{base[r['prompt']] / r['ms_per_token']:.1f}" if ok and r["prompt"] in base else "—"
             cells = [f"{r['ms_per_token']:.2f}", speed, f"{r['state_mb']:.2f}"] if ok else ["—"] * 3
