@@ -20,7 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.test_cli import ENV, assert_one_line_error, read_log
+from tests.test_cli import ENV, SLOW_WAVEDISTILL, assert_one_line_error, read_log
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 SHORT = ["--seq-len", "32", "--batch-size", "4", "--eval-every", "2", "--save-every", "2"]
@@ -63,24 +63,10 @@ def test_two_processes_and_accumulation_train_what_one_process_trains(tiny_teach
     assert yaml.safe_load((tmp_path / "one" / "config.yaml").read_text())["num_processes"] == 1
 
 
-# Each training batch takes 0.3 s longer, so that the kill lands between two checkpoints.
-SLOW = """
-import runpy, sys, time
-import wavedistill.loop as loop
-fast = loop.train_batch
-def slow(*args, **kwargs):
-    time.sleep(0.3)
-    return fast(*args, **kwargs)
-loop.train_batch = slow
-sys.argv = ["wavedistill", *sys.argv[1:]]
-runpy.run_module("wavedistill", run_name="__main__")
-"""
-
-
 def test_a_two_process_run_killed_and_resumed_ends_where_an_uninterrupted_one_ends(tiny_teacher, two_process_run,
                                                                                   tmp_path):
     script = tmp_path / "slow.py"
-    script.write_text(SLOW)
+    script.write_text(SLOW_WAVEDISTILL)  # 0.3 s per batch, so the kill lands between two checkpoints
     out = tmp_path / "killed"
     proc = distill(tiny_teacher, out, "--max-steps", 6, processes=2, script=str(script), wait=False)
     deadline = time.time() + 300

@@ -70,6 +70,15 @@ def measure(name: str, d_model: int, T: int, batch: int, device: str, repeats: i
     return out
 
 
+def run_cell(module: str, *args) -> dict:
+    """``python -m module *args`` in a fresh process (one cell's memory never inflates the next): its last
+    printed line (a JSON object) with ``status: ok``, or ``status: failed ...`` and the last error line."""
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, timeout=1800)
+    if proc.returncode == 0:
+        return {**json.loads(proc.stdout.strip().splitlines()[-1]), "status": "ok"}
+    return {"status": f"failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"}
+
+
 def estimate_gb(name: str, d_model: int, T: int, batch: int) -> float:
     """Rough activation memory, to skip cells that clearly cannot fit. SDPA's fused (flash) kernels keep
     memory linear in T; a cell that still runs out is killed in its own subprocess and reported as failed."""
@@ -97,13 +106,8 @@ def run_bench(args) -> list[dict]:
             if estimate_gb(name, args.d_model, T, args.batch_size) > args.memory_limit_gb:
                 row["status"] = f"skipped: estimated > {args.memory_limit_gb} GB"
             else:
-                cmd = [sys.executable, "-m", "wavedistill.bench", name, str(args.d_model), str(T),
-                       str(args.batch_size), args.device, str(args.repeats)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-                if proc.returncode == 0:
-                    row.update(json.loads(proc.stdout.strip().splitlines()[-1]), status="ok")
-                else:
-                    row["status"] = f"failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
+                row.update(run_cell("wavedistill.bench", name, args.d_model, T, args.batch_size, args.device,
+                                    args.repeats))
             rows.append(row)
             print(json.dumps(row), flush=True)
     meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
 import torch
 
+from .bench import run_cell
 from .errors import WavedistillError
 
 
@@ -104,13 +104,8 @@ def run_decode_bench(args) -> list[dict]:
         for P in prompts:
             for name in cells:
                 row = {"table": table, "mixer": name, "prompt": P, "d_model": args.d_model}
-                cmd = [sys.executable, "-m", "wavedistill.bench_decode", table, name, str(args.d_model), str(P),
-                       str(args.decode_tokens), str(args.layers)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-                if proc.returncode == 0:
-                    row.update(json.loads(proc.stdout.strip().splitlines()[-1]), status="ok")
-                else:
-                    row["status"] = f"failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
+                row.update(run_cell("wavedistill.bench_decode", table, name, args.d_model, P, args.decode_tokens,
+                                    args.layers))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "layers": args.layers,

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from .argtypes import json_dict, layer_list, name_list, stages_list
 from .errors import WavedistillError
 
 DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from DistillConfig
@@ -22,44 +23,13 @@ DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from Dist
 }
 
 
-def _layers(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 0,3, got {text!r}") from None
-
-
-def _names(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _json_dict(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        example = '{"window": 32}'
-        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{example}': {e}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
-def _stages(text: str) -> list[dict]:
-    from .recipes import parse_stages_flag
-
-    try:
-        return parse_stages_flag(text)
-    except WavedistillError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def add_distill_args(p: argparse.ArgumentParser) -> None:
     from .config import DistillConfig
 
     defaults = DistillConfig()
-    types = {"layers": _layers, "keep_attention": _layers, "reinit": _names, "mixer_kwargs": _json_dict,
+    types = {"layers": layer_list, "keep_attention": layer_list, "reinit": name_list, "mixer_kwargs": json_dict,
              "epochs": float, "lr": float,
-             "temperature": float, "alpha": float, "stages": _stages, "lora_alpha": float}
+             "temperature": float, "alpha": float, "stages": stages_list, "lora_alpha": float}
     for flags, name in DISTILL_FLAGS.items():
         default = getattr(defaults, name)
         kind = types.get(name, type(default) if default is not None else str)
@@ -215,32 +185,13 @@ def cmd_report(args) -> None:
             raise WavedistillError(f"{run_dir!r} has no metrics.json; finish the run or pass another folder")
         with open(path) as f:
             rows.append((run_dir, json.load(f)))
+    from .evaluate import report_table
+
     table = report_table(rows)
     if args.output:
         with open(args.output, "w") as f:
             f.write(table)
     print(table)
-
-
-def report_table(rows: list[tuple[str, dict]]) -> str:
-    """One Markdown row per run, from each run's metrics.json."""
-    head = ("| run | mixer | recipe | attention kept | T | steps | tokens seen | train wall s | positions | top-1 | "
-            "top-5 overlap | T-top1 in S-top5 | KL | ppl teacher | ppl student | ppl no-mixing | gap closed |")
-    lines = [head, "|" + "---|" * 4 + "---:|" * 13]
-    for run_dir, m in rows:
-        recipe = " → ".join(m.get("recipe") or []) or ("kd" if m.get("steps") else "untrained")
-        if m.get("lora"):
-            recipe += f" + LoRA r{m['lora']['r']}{' (merged)' if m['lora']['merged'] else ''}"
-        elif (m.get("trainable_params") or {}).get("mlp"):
-            recipe += " + MLPs"
-        kept = ",".join(str(i) for i in m.get("kept_attention_layers") or []) or "—"
-        cells = [os.path.basename(os.path.normpath(run_dir)), m.get("mixer", "?"), recipe, kept, m.get("seq_len", "?"),
-                 m.get("steps", "?"), f"{m.get('tokens_seen', 0):,}", m.get("train_wall_s", "?"), m["positions"],
-                 f"{m['top1_agreement']:.3f}", f"{m['top5_overlap']:.3f}", f"{m['teacher_top1_in_student_top5']:.3f}",
-                 f"{m['kl']:.3f}", f"{m['ppl_teacher']:.2f}", f"{m['ppl_student']:.2f}",
-                 f"{m.get('ppl_no_mixing', float('nan')):.2f}", f"{m.get('gap_closed', float('nan')):.3f}"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def cmd_bench(args) -> None:
@@ -299,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where metrics.json / samples.md go (default: eval_*.json in --student)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--mixer-attrs", type=_json_dict, default=None,
+    p.add_argument("--mixer-attrs", type=json_dict, default=None,
                    help='set attributes of every mixer before scoring, e.g. \'{"use_linear": false}\' (ablations)')
     p.set_defaults(fn=cmd_eval)
 

@@ -15,7 +15,7 @@ from .errors import WavedistillError
 
 
 def run_compare(changes: dict, mixers: list[str], output_dir: str) -> str:
-    from .cli import report_table
+    from .evaluate import report_table
     from .config import make_config
     from .distill import run
     from .mixers import get_mixer_class

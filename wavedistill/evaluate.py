@@ -160,3 +160,24 @@ def print_metrics(metrics: dict, title: str = "held-out metrics") -> None:
         if key in metrics:
             table.add_row(key, fmt.format(metrics[key]))
     Console().print(table)
+
+
+def report_table(rows: list[tuple[str, dict]]) -> str:
+    """One Markdown row per run, from each run's metrics.json."""
+    head = ("| run | mixer | recipe | attention kept | T | steps | tokens seen | train wall s | positions | top-1 | "
+            "top-5 overlap | T-top1 in S-top5 | KL | ppl teacher | ppl student | ppl no-mixing | gap closed |")
+    lines = [head, "|" + "---|" * 4 + "---:|" * 13]
+    for run_dir, m in rows:
+        recipe = " → ".join(m.get("recipe") or []) or ("kd" if m.get("steps") else "untrained")
+        if m.get("lora"):
+            recipe += f" + LoRA r{m['lora']['r']}{' (merged)' if m['lora']['merged'] else ''}"
+        elif (m.get("trainable_params") or {}).get("mlp"):
+            recipe += " + MLPs"
+        kept = ",".join(str(i) for i in m.get("kept_attention_layers") or []) or "—"
+        cells = [os.path.basename(os.path.normpath(run_dir)), m.get("mixer", "?"), recipe, kept, m.get("seq_len", "?"),
+                 m.get("steps", "?"), f"{m.get('tokens_seen', 0):,}", m.get("train_wall_s", "?"), m["positions"],
+                 f"{m['top1_agreement']:.3f}", f"{m['top5_overlap']:.3f}", f"{m['teacher_top1_in_student_top5']:.3f}",
+                 f"{m['kl']:.3f}", f"{m['ppl_teacher']:.2f}", f"{m['ppl_student']:.2f}",
+                 f"{m.get('ppl_no_mixing', float('nan')):.2f}", f"{m.get('gap_closed', float('nan')):.3f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -88,6 +88,8 @@ def trainable_counts(model: nn.Module, params=None) -> dict[str, int]:
 
 
 def param_groups(params, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and embeddings; none on norms, biases and tagged wave parameters (filter
+    taps, phases, decays, which decay would pull towards a wrong prior)."""
     decay, no_decay = [], []
     for p in params:
         if p.requires_grad:

@@ -68,7 +68,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def add_lab_parsers(sub) -> None:
-    from ..cli import _json_dict
+    from ..argtypes import json_dict
     from .tasks import TASKS
 
     p = sub.add_parser("lab", help="train wave transformers from scratch on a task, several seeds; "
@@ -82,7 +82,7 @@ def add_lab_parsers(sub) -> None:
     p.add_argument("--lr-seed", type=int, default=100, help="(lab compare) the held-out seed that picks the lr")
     p.add_argument("--output-dir")
     p.add_argument("--config", help="YAML file of lab config changes; flags win")
-    p.add_argument("--mixer-kwargs", type=_json_dict)
+    p.add_argument("--mixer-kwargs", type=json_dict)
     p.add_argument("--phase-embedding", action="store_true", help="modular: tokens of Z_p as fixed waves")
     for name, kind in {**LAB_FLAGS, **LAB_TASK_FLAGS}.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from .. import __version__
 from ..errors import TrainingError, WavedistillError
+from ..loop import param_groups
 from .config import LabConfig, resolve
 from .model import WaveTransformer
 from .tasks import IGNORE, build_task
@@ -37,14 +38,6 @@ def build_model(cfg: LabConfig, task) -> WaveTransformer:
                            d_model=r["d_model"], n_layers=r["n_layers"], n_heads=r["n_heads"], d_mlp=r["d_mlp"],
                            activation=r["activation"], norm=r["norm"],
                            phase_embedding=task.p if cfg.phase_embedding else 0, n_classes=task.n_classes)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and embeddings; none on norms, biases and tagged wave parameters."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if getattr(p, "_no_weight_decay", False) or p.dim() < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def scored(model: WaveTransformer, task, x, y, pad, forward=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +99,8 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
     net = build_model(cfg, task).to(device)
     n_params = sum(p.numel() for p in net.parameters())
     mixer_params = sum(p.numel() for b in net.blocks for p in b.mixer.parameters())
-    optimizer = torch.optim.AdamW(param_groups(net, r["weight_decay"]), lr=r["lr"], betas=(r["beta1"], r["beta2"]))
+    optimizer = torch.optim.AdamW(param_groups(net.parameters(), r["weight_decay"]), lr=r["lr"],
+                                  betas=(r["beta1"], r["beta2"]))
     warmup = max(1, r["warmup_steps"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     wrapped, optimizer = acc.prepare(net, optimizer)

@@ -23,7 +23,6 @@ recurrence, with O(head_dim^2) state per head and per token. Pads get beta = 0 a
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import MixerValueError
 from .base import State, no_weight_decay
-from .qkv import QKVMixer
+from .qkv import QKVMixer, decay_gate
 from .registry import register_mixer
 
 EPS = 1e-6  # inside the L2 norm; keeps a pad's all-zero q or k finite (and differentiable)
@@ -113,8 +112,6 @@ class GatedDeltaNet(QKVMixer):
                          n_kv_heads=n_kv_heads, head_dim=head_dim, bias=bias, causal=causal)
         if not causal:
             raise MixerValueError("gated_delta_net is a causal recurrence; it has no bidirectional form")
-        if not 1.0 < min_tau <= max_tau:
-            raise MixerValueError(f"gated_delta_net needs 1 < min_tau <= max_tau, got {min_tau}, {max_tau}")
         if chunk < 1:
             raise MixerValueError(f"gated_delta_net chunk must be >= 1, got {chunk}")
         self.chunk = chunk
@@ -122,12 +119,7 @@ class GatedDeltaNet(QKVMixer):
         self.beta_proj = nn.Linear(d_model, H, bias=True)  # W_b = 0, b_b = 0: beta = 1/2
         nn.init.zeros_(self.beta_proj.weight)
         nn.init.zeros_(self.beta_proj.bias)
-        self.decay_proj = nn.Linear(d_model, H, bias=True)
-        nn.init.zeros_(self.decay_proj.weight)
-        tau = torch.logspace(math.log10(min_tau), math.log10(max_tau), H)
-        with torch.no_grad():
-            self.decay_proj.bias.copy_(torch.log(tau - 1))  # logsigmoid(log(tau - 1)) = log(1 - 1/tau)
-        no_weight_decay(self.decay_proj.bias)
+        self.decay_proj = decay_gate(d_model, H, min_tau, max_tau, "gated_delta_net")
         self.out_gain = no_weight_decay(nn.Parameter(torch.ones(H)))  # (H,) g_h
 
     def _inputs(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, padding_mask):

@@ -11,8 +11,24 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MixerValueError
-from .base import State, WaveMixer
+from .base import State, WaveMixer, no_weight_decay
 from .functional import apply_rope, rope_at, rope_tables
+
+
+def decay_gate(d_model: int, n_heads: int, min_tau: float, max_tau: float, mixer: str) -> nn.Linear:
+    """A per-head data-dependent decay ``log a_t = logsigmoid(W x_t + b)``: W = 0 and b such that the heads'
+    time constants ``1 / (1 - a)`` start log-spaced over ``[min_tau, max_tau]`` tokens."""
+    import math
+
+    if not 1.0 < min_tau <= max_tau:
+        raise MixerValueError(f"{mixer} needs 1 < min_tau <= max_tau, got {min_tau}, {max_tau}")
+    gate = nn.Linear(d_model, n_heads, bias=True)
+    nn.init.zeros_(gate.weight)
+    tau = torch.logspace(math.log10(min_tau), math.log10(max_tau), n_heads)
+    with torch.no_grad():
+        gate.bias.copy_(torch.log(tau - 1))  # logsigmoid(log(tau - 1)) = log(1 - 1/tau)
+    no_weight_decay(gate.bias)
+    return gate
 
 
 class HeadRMSNorm(nn.Module):

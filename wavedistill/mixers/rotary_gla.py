@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import MixerValueError
-from .base import State, no_weight_decay
+from .base import State
 from .functional import window_exp_sums
-from .qkv import QKVMixer
+from .qkv import QKVMixer, decay_gate
 from .registry import register_mixer
 from .scan import decayed_linear_attention, decayed_linear_attention_step
 
@@ -76,8 +76,6 @@ class RotaryGLA(QKVMixer):
             raise MixerValueError("rotary_gla is a causal recurrence; it has no bidirectional form")
         if feature_map not in FEATURE_MAPS:
             raise MixerValueError(f"rotary_gla feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
-        if not 1.0 < min_tau <= max_tau:
-            raise MixerValueError(f"rotary_gla needs 1 < min_tau <= max_tau, got {min_tau}, {max_tau}")
         if chunk < 1 or (feature_dim is not None and feature_dim < 1):
             raise MixerValueError(f"rotary_gla chunk and feature_dim must be >= 1, got {chunk}, {feature_dim}")
         if window < 0 or (window and feature_map != "hedgehog"):
@@ -93,12 +91,7 @@ class RotaryGLA(QKVMixer):
             P = torch.randn(H, hd, f) / math.sqrt(hd)
             P[:, :, : min(f, hd)] = torch.eye(hd, min(f, hd))
             self.feature_proj = nn.Parameter(P * hd ** -0.25)  # (H, hd, f)
-        self.decay_proj = nn.Linear(d_model, H, bias=True)
-        nn.init.zeros_(self.decay_proj.weight)
-        tau = torch.logspace(math.log10(min_tau), math.log10(max_tau), H)
-        with torch.no_grad():
-            self.decay_proj.bias.copy_(torch.log(tau - 1))  # logsigmoid(log(tau - 1)) = log(1 - 1/tau)
-        no_weight_decay(self.decay_proj.bias)
+        self.decay_proj = decay_gate(d_model, H, min_tau, max_tau, "rotary_gla")
 
     @property
     def has_state(self) -> bool:

@@ -1,0 +1,39 @@
+"""argparse types shared by the command lines (``wavedistill``, ``wavedistill lab``): each raises argparse's error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .errors import WavedistillError
+
+
+def layer_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 0,3, got {text!r}") from None
+
+
+def name_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        example = '{"window": 32}'
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{example}': {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def stages_list(text: str) -> list[dict]:
+    from .recipes import parse_stages_flag
+
+    try:
+        return parse_stages_flag(text)
+    except WavedistillError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
