@@ -195,6 +195,13 @@ def run(cfg: DistillConfig) -> dict | None:
     return finish(r, counts)
 
 
+def peak_rss_mb() -> float:
+    """This process's resident-memory high-water mark so far (Linux reports KB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def finish(r: Run, counts: dict) -> dict:
     """Load the selected adapter (best val KL) from disk into the student and score it on the test split.
 
@@ -220,7 +227,8 @@ def finish(r: Run, counts: dict) -> dict:
                                                                             for x in r.records), 1),
                     "trainable_params": counts, "lora": {"r": cfg.lora_mlp, "merged": cfg.lora_merge}
                     if cfg.lora_mlp else None, "seq_len": cfg.seq_len, "selected_step": r.best[1],
-                    "selected_val_kl": r.best[0]})
+                    "selected_val_kl": r.best[0], "peak_rss_mb": round(peak_rss_mb(), 1),
+                    "num_processes": r.acc.num_processes})
     write_evaluation(cfg.output_dir, metrics, rows)
     print_metrics(metrics, title=f"{cfg.wave_type}: test split, {metrics['positions']} positions")
     return metrics
