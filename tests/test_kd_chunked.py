@@ -73,3 +73,16 @@ def test_unknown_divergence_is_refused():
     s, t, ids, _ = _case()
     with pytest.raises(WavedistillError, match="unknown divergence 'kl2'"):
         kd_loss_chunked(s, t, ids, divergence_kind="kl2")
+
+
+def test_the_loss_bench_measures_both_losses_and_skips_a_dense_loss_that_cannot_fit(tmp_path):
+    from types import SimpleNamespace
+
+    from wavedistill.bench_loss import measure, run_loss_bench
+
+    small = measure("chunked", 64, 1000)
+    assert small["peak_mb"] >= small["peak_without_grad_mb"] and small["grad_mb"] == 64 * 1000 * 2 / 2**20
+    rows = run_loss_bench(SimpleNamespace(loss_positions=64, loss_vocab=1000, memory_limit_gb=1e-9,
+                                          output_dir=str(tmp_path)))
+    assert rows[0]["status"].startswith("skipped: estimated") and rows[1]["status"] == "ok"
+    assert "chunked" in (tmp_path / "loss.md").read_text()

@@ -195,6 +195,11 @@ def cmd_report(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    if args.loss:
+        from .bench_loss import run_loss_bench
+
+        run_loss_bench(args)
+        return
     if args.decode:
         from .bench_decode import run_decode_bench
 
@@ -287,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default="512,1024,2048,4096,8192,16384", help="(--decode) prompt lengths")
     p.add_argument("--decode-tokens", type=int, default=32, help="(--decode) timed tokens per cell")
     p.add_argument("--layers", type=int, default=4, help="(--decode) layers of the whole-model table")
+    p.add_argument("--loss", action="store_true", help="peak memory of the KD loss alone, dense vs chunked, instead")
+    p.add_argument("--loss-positions", type=int, default=16384, help="(--loss) positions")
+    p.add_argument("--loss-vocab", type=int, default=151936, help="(--loss) vocabulary size (Qwen3's by default)")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("demo", help="offline end-to-end run: build a tiny teacher, distill, evaluate, generate")

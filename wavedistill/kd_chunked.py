@@ -25,6 +25,7 @@ from torch import Tensor
 from .errors import WavedistillError
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+CHUNK_ELEMENTS = 1 << 25  # float32 values per chunk buffer (128 MB): 220 positions at a 151,936-token vocabulary
 
 
 def divergence(t_logp: Tensor, s_logp: Tensor, kind: str) -> Tensor:
@@ -77,16 +78,18 @@ class _ChunkedKD(torch.autograd.Function):
 def kd_loss_chunked(student_logits: Tensor, teacher_logits: Tensor, input_ids: Tensor, *,
                     temperature: float | Tensor = 1.0, kl_weight: float = 0.9, ce_weight: float = 0.1,
                     mask: Tensor | None = None, divergence_kind: str = "forward_kl",
-                    chunk: int = 1024) -> dict[str, Tensor]:
+                    chunk: int | None = None) -> dict[str, Tensor]:
     """:func:`wavedistill.losses.kd_loss` (same arguments, same returned ``loss``, ``kl``, ``ce``), chunked.
 
-    ``kl`` is the unweighted mean divergence of ``divergence_kind`` at the temperature used.
+    ``kl`` is the unweighted mean divergence of ``divergence_kind`` at the temperature used. ``chunk``:
+    positions per chunk; None sizes it to ``CHUNK_ELEMENTS`` float32 values (~128 MB) per buffer.
     """
     if divergence_kind not in DIVERGENCES:
         raise WavedistillError(f"unknown divergence {divergence_kind!r}; known: {', '.join(DIVERGENCES)}")
+    B, T, V = student_logits.shape
+    chunk = max(1, CHUNK_ELEMENTS // V) if chunk is None else chunk
     if chunk < 1:
         raise WavedistillError(f"the KD loss chunk must be >= 1 position, got {chunk}")
-    B, T, V = student_logits.shape
     if mask is None:
         mask = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
     tau = (temperature if isinstance(temperature, Tensor) else torch.full((B, T), float(temperature),

@@ -60,7 +60,7 @@ class KDLoss:
     temperature_end: float = 1.0
     temperature_max: float = 4.0  # dynamic: a fully confident teacher position gets this temperature
     divergence: str = "forward_kl"  # forward_kl = KL(teacher || student) | reverse_kl | jsd
-    loss_chunk: int = 1024  # positions per chunk of the KD loss (wavedistill.kd_chunked); 0 = the dense loss
+    loss_chunk: int | None = None  # positions per chunk of the KD loss; None = ~128 MB of float32 per chunk; 0 = dense
 
 
 @dataclass
@@ -129,9 +129,9 @@ def validate_stage(stage: Stage) -> None:
             (all(w is None or w >= 0 for w in (stage.kl_weight, stage.ce_weight, stage.hidden_weight)),
              "loss weights must be >= 0"),
             (stage.divergence in DIVERGENCES, f"divergence must be one of {DIVERGENCES}"),
-            (stage.loss_chunk >= 0, "loss_chunk must be >= 0 (0 = the dense loss)"),
-            (stage.loss_chunk > 0 or stage.divergence == "forward_kl",
-             "reverse_kl and jsd run in the chunked loss: set loss_chunk > 0"),
+            (stage.loss_chunk is None or stage.loss_chunk >= 0, "loss_chunk must be >= 0 (0 = the dense loss)"),
+            (stage.loss_chunk != 0 or stage.divergence == "forward_kl",
+             "reverse_kl and jsd run in the chunked loss: leave loss_chunk unset or > 0"),
         ]
     if isinstance(stage, ProgressiveStage):
         checks += [(stage.order in ORDERS, f"order must be one of {ORDERS}"),

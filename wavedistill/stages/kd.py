@@ -37,7 +37,7 @@ def kd_objective(run, stage, n_steps: int):
         else:
             temperature = scheduled_temperature(start, stage.temperature_end, stage.temperature_schedule,
                                                 step / max(1, n_steps - 1))
-        if stage.loss_chunk:
+        if stage.loss_chunk != 0:
             losses = kd_loss_chunked(s_out.logits, t_out.logits, ids, temperature=temperature, kl_weight=kl_weight,
                                      ce_weight=ce_weight, divergence_kind=stage.divergence, chunk=stage.loss_chunk)
         else:
