@@ -1,4 +1,5 @@
-"""``wavedistill`` command line: distill, layers, compare, lab, analyze, eval, generate, report, bench, demo, mixers."""
+"""``wavedistill`` command line: distill, cache-teacher, layers, compare, lab, analyze, eval, generate, report, bench,
+demo, mixers."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from Dist
     ("--seed",): "seed", ("--mixer-kwargs",): "mixer_kwargs", ("--test-windows",): "test_windows",
     ("--keep-attention",): "keep_attention", ("--keep-attention-every",): "keep_attention_every",
     ("--stages",): "stages", ("--lora-mlp",): "lora_mlp", ("--lora-alpha",): "lora_alpha", ("--reinit",): "reinit",
-    ("--grad-accum",): "grad_accum",
+    ("--grad-accum",): "grad_accum", ("--teacher-cache",): "teacher_cache", ("--train-windows",): "train_windows",
 }
 
 
@@ -68,6 +69,18 @@ def cmd_distill(args) -> None:
     from .distill import run
 
     run(distill_config(args))
+
+
+def cmd_cache_teacher(args) -> None:
+    from .distill import resolve_device
+    from .teacher_cache import write_cache
+
+    meta = write_cache(args.teacher, args.data, args.output_dir, top_k=args.top_k, seq_len=args.seq_len,
+                       batch_size=args.batch_size, n_samples=args.n_samples, val_frac=args.val_frac,
+                       test_frac=args.test_frac, dtype=args.dtype, device=resolve_device(args.device))
+    print(f"teacher cache {args.output_dir}: {meta['n_windows']} windows x {meta['seq_len']} = {meta['n_tokens']:,} "
+          f"tokens, top-{meta['top_k']} | {meta['bytes_per_token']} bytes per token "
+          f"({meta['bytes'] / 2**20:.1f} MiB) | teacher {meta['teacher_tokens_per_s']:,} tokens/s | {meta['wall_s']} s")
 
 
 def cmd_layers(args) -> None:
@@ -223,6 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="replace attention with a wave mixer and distill from the teacher")
     add_distill_args(p)
     p.set_defaults(fn=cmd_distill)
+
+    p = sub.add_parser("cache-teacher", help="write the teacher's top-k next-token targets for the training split, "
+                       "for distill --teacher-cache")
+    p.add_argument("--teacher", required=True, help="model folder or hub id")
+    p.add_argument("--data", required=True, help="local .txt/.jsonl/.parquet file or hub dataset (the run's --data)")
+    p.add_argument("--output-dir", required=True, help="a new folder for the cache")
+    p.add_argument("--top-k", type=int, default=32, help="tokens kept per position (default: 32, 198 bytes per token)")
+    p.add_argument("--seq-len", type=int, default=256, help="window length: the run's --seq-len (default: 256)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per teacher forward (default: 16)")
+    p.add_argument("--n-samples", type=int, default=0, help="documents to read, as the run's --n-samples (default: 0)")
+    p.add_argument("--val-frac", type=float, default=0.05, help="the run's val_frac (default: 0.05)")
+    p.add_argument("--test-frac", type=float, default=0.10, help="the run's test_frac (default: 0.10)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(fn=cmd_cache_teacher)
 
     p = sub.add_parser("layers", help="per-layer report: transfer loss and held-out KL with only that layer replaced")
     add_distill_args(p)

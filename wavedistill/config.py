@@ -25,6 +25,8 @@ class DistillConfig:
     test_frac: float = 0.10
     seq_len: int = 256
     batch_size: int = 16
+    train_windows: str = "random"  # random: windows at random offsets; fixed: rows of the consecutive windows
+    teacher_cache: str | None = None  # folder of `wavedistill cache-teacher`: train on its targets, no teacher forward
     epochs: float = 1.0
     max_steps: int = 0  # > 0 overrides epochs
     lr: float = 3e-3
@@ -104,6 +106,8 @@ def validate(cfg: DistillConfig) -> None:
         (not (cfg.lora_mlp and cfg.unfreeze_mlps), "choose one recovery: lora_mlp or unfreeze_mlps, not both"),
         (not cfg.lora_merge or cfg.lora_mlp > 0, "lora_merge needs lora_mlp > 0"),
         (cfg.stages is None or isinstance(cfg.stages, list), "stages must be a list of stage mappings"),
+        (cfg.train_windows in ("random", "fixed"), "train_windows must be random or fixed"),
+        (cfg.teacher_cache is None or isinstance(cfg.teacher_cache, str), "teacher_cache must be a folder path"),
     ]
     for ok, message in checks:
         if not ok:

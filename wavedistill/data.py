@@ -3,7 +3,8 @@
 Documents are kept in file order and the *last* ``val_frac + test_frac`` of them are held out
 (val for checkpoint selection, test for the reported metrics), so paragraphs of one story
 rarely straddle the boundary. Training batches are windows cut at random offsets of the
-concatenated training tokens (seeded by step, so a resumed run sees the same batches); held-out
+concatenated training tokens (seeded by step, so a resumed run sees the same batches), or with
+``train_windows: fixed`` rows drawn from its consecutive windows (those a teacher cache holds); held-out
 text is cut into consecutive non-overlapping windows, so every held-out token is scored once.
 """
 
@@ -134,6 +135,16 @@ def eval_windows(stream: Tensor, seq_len: int, max_windows: int = 0) -> Tensor:
     if max_windows > 0:
         n = min(n, max_windows)
     return stream[: n * seq_len].view(n, seq_len)
+
+
+def window_draw(n_windows: int, batch_size: int, seed: int, step: int) -> Tensor:
+    """(batch_size,) indices into ``n_windows`` fixed training windows; a pure function of (seed, step).
+
+    Batch ``step`` of a run with ``train_windows: fixed`` and of a run from a teacher cache: both draw
+    these rows of ``eval_windows(train, seq_len)``, so they train on the same tokens step for step.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(0, n_windows, (batch_size,), generator=g)
 
 
 def train_batch(stream: Tensor, batch_size: int, seq_len: int, seed: int, step: int) -> Tensor:

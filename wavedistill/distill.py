@@ -130,13 +130,19 @@ def run(cfg: DistillConfig) -> dict | None:
     check_lengths(splits, cfg.seq_len)
     tokens_per_step = cfg.batch_size * cfg.seq_len
     stages = recipe_stages(cfg, default_steps=max(1, math.ceil(cfg.epochs * len(splits.train) / tokens_per_step)))
+    cache = None
+    if cfg.teacher_cache:  # checked against this teacher, tokenizer, split and recipe before anything is written
+        from .teacher_cache import open_for_run
+
+        cache = open_for_run(cfg, stages, base, tokenizer, splits)
     student = build_student(base, cfg).to(acc.device)
     if cfg.grad_checkpointing:
         # Non-reentrant: the embeddings are frozen, so the checkpointed inputs need no grad of their own.
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     r = Run(cfg, stages, TeacherView(student), student, tokenizer, splits,
             eval_windows(splits.val, cfg.seq_len, cfg.val_windows), eval_windows(splits.test, cfg.seq_len,
-                                                                                 cfg.test_windows), acc)
+                                                                                 cfg.test_windows), acc,
+            teacher_cache=cache)
 
     if r.main:
         os.makedirs(cfg.output_dir, exist_ok=True)
@@ -153,7 +159,9 @@ def run(cfg: DistillConfig) -> dict | None:
                        "seq_len": cfg.seq_len}, f, indent=2)
     counts = trainable_counts(r.student)
     if r.main:
-        print(f"teacher {cfg.teacher} | mixer {cfg.wave_type} on layers {r.student.wavedistill_config['layers']} | "
+        source = f" (training targets: top-{cache.meta['top_k']} cache {cfg.teacher_cache})" if cache else ""
+        print(f"teacher {cfg.teacher}{source} | mixer {cfg.wave_type} on layers "
+              f"{r.student.wavedistill_config['layers']} | "
               f"recipe {' -> '.join(s.kind for s in stages) or 'none (untrained)'} | trainable params "
               f"{', '.join(f'{k} {v:,}' for k, v in counts.items() if v)} | train tokens {len(splits.train):,} | "
               f"{tokens_per_step} tokens per step | {acc.num_processes} process(es), {acc.distributed_type.value}, "

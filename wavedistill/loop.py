@@ -5,7 +5,8 @@ Stages (:mod:`wavedistill.stages`) import this module, never the run that calls 
 FSDP across processes started by ``accelerate launch`` or ``torchrun`` (on CPU a gloo group); mixed
 precision is accelerate's autocast over float32 master weights (fp16 with its gradient scaler);
 gradients accumulate over ``grad_accum`` micro-batches. Every process draws the same global batch
-``k`` (``train_batch(..., seed, k)``) and trains on its own contiguous share of the rows, so N
+``k`` (:meth:`Run.batch`: a dict of (B, ...) tensors, ``input_ids`` and, from a teacher cache, the
+teacher's targets) and trains on its own contiguous share of the rows of every tensor, so N
 processes and one process see the same tokens and take the same steps. Only the main process writes
 logs, checkpoints and adapters; every process scores val (a few windows), so decisions taken on val
 (selection, progressive's budget) agree everywhere without communication.
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from .config import DistillConfig
-from .data import train_batch
+from .data import eval_windows, train_batch, window_draw
 from .errors import TrainingError, WavedistillError
 from .evaluate import compare
 from .io import save_adapter
@@ -65,8 +66,8 @@ class _Step(nn.Module):
         super().__init__()
         self.student = student
 
-    def forward(self, loss_fn, input_ids, step: int) -> dict:
-        return loss_fn(input_ids, step)
+    def forward(self, loss_fn, batch: dict, step: int) -> dict:
+        return loss_fn(batch, step)
 
 
 def trainable_counts(model: nn.Module, params=None) -> dict[str, int]:
@@ -122,13 +123,14 @@ class Run:
     log: object = None
     stage_index: int = 0
     step: int = 0  # optimizer steps so far
-    batches: int = 0  # training batches drawn so far: batch k is train_batch(..., seed, k)
+    batches: int = 0  # training batches drawn so far: batch k is self.batch(k)
     tokens_seen: int = 0
     best: tuple[float, int] = (float("inf"), -1)  # (val KL, step) of adapter/
     pending: dict[int, WaveAttention] = field(default_factory=dict)  # converted, not swapped in (progressive)
     records: list[dict] = field(default_factory=list)  # one summary per finished stage
     log_rows: int = 0  # rows written to train_log.jsonl
     resume_state: dict | None = None
+    teacher_cache: object = None  # wavedistill.teacher_cache.TeacherCache: training targets without a teacher forward
 
     @property
     def device(self) -> str:
@@ -149,6 +151,17 @@ class Run:
     @property
     def autocast(self):
         return self.acc.autocast()
+
+    def batch(self, k: int) -> dict[str, torch.Tensor]:
+        """Global training batch ``k``, a pure function of (seed, k): ``{"input_ids": (B, T)}``, and from a teacher
+        cache also the teacher's targets ``topk_ids`` (B, T, k), ``topk_logp`` (B, T, k), ``rest_logp`` (B, T)."""
+        cfg = self.cfg
+        if self.teacher_cache is not None:
+            return self.teacher_cache.batch(cfg.batch_size, cfg.seed, k)
+        if cfg.train_windows == "fixed":  # the windows a teacher cache holds, drawn as a cached run draws them
+            windows = eval_windows(self.splits.train, cfg.seq_len)
+            return {"input_ids": windows[window_draw(len(windows), cfg.batch_size, cfg.seed, k)]}
+        return {"input_ids": train_batch(self.splits.train, cfg.batch_size, cfg.seq_len, cfg.seed, k)}
 
     def resuming(self, part=None) -> dict | None:
         """The checkpoint state if this run resumes inside the current stage (and ``part``, when given)."""
@@ -205,7 +218,9 @@ def log_candidate(run: Run) -> dict:
 
 def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, before_step=None,
                 extra_state=None) -> dict:
-    """Train ``params`` for ``n_steps`` on ``loss_fn(input_ids, stage_step) -> {"loss": ..., ...}``.
+    """Train ``params`` for ``n_steps`` on ``loss_fn(batch, stage_step) -> {"loss": ..., ...}``.
+
+    ``batch`` is this process's micro-batch of :meth:`Run.batch`: every tensor's share of the rows.
 
     ``part`` names this call inside the stage (progressive: the group index), so a resumed run
     continues the right one. One optimizer (AdamW) and cosine schedule with warm-up per call.
@@ -242,9 +257,11 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
         t0 = time.perf_counter()
         if before_step is not None:
             before_step(s)
-        ids = train_batch(run.splits.train, cfg.batch_size, cfg.seq_len, cfg.seed, run.batches)
+        batch = run.batch(run.batches)
         run.batches += 1
-        micro = ids[rows].to(acc.device).chunk(cfg.grad_accum)
+        n_tokens = batch["input_ids"].numel()
+        parts = {k: v[rows].to(acc.device).chunk(cfg.grad_accum) for k, v in batch.items()}
+        micro = [dict(zip(parts, p)) for p in zip(*parts.values())]
         totals: dict[str, torch.Tensor] = {}
         for j, mb in enumerate(micro):
             # Gradients are all-reduced once, on the last micro-batch.
@@ -265,8 +282,8 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
         optimizer.zero_grad(set_to_none=True)
         wall += time.perf_counter() - t0
         run.step += 1
-        run.tokens_seen += ids.numel()
-        tokens += ids.numel()
+        run.tokens_seen += n_tokens
+        tokens += n_tokens
         row = {"step": run.step, "stage": name, "stage_step": s + 1, "tokens_seen": run.tokens_seen,
                "lr": scheduler.get_last_lr()[0], **means}
         if acc.scaler is not None:

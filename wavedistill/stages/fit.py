@@ -50,17 +50,14 @@ def attention_kernels(teacher: nn.Module, layers: list[int], batches: list[Tenso
 
 
 def run_fit(run, stage) -> dict:
-    from ..data import train_batch
-
     modules = wave_attention_modules(run.student)
     unable = sorted(m.mixer.name for m in modules.values() if not hasattr(m.mixer, "fit_toeplitz"))
     if unable:
         raise WavedistillError(f"the fit stage needs a mixer with a Toeplitz kernel (learned_gate); "
                                f"{', '.join(sorted(set(unable)))} has none: drop the fit stage from the recipe")
-    cfg = run.cfg
     batches = []
     for _ in range(stage.batches):
-        batches.append(train_batch(run.splits.train, cfg.batch_size, cfg.seq_len, cfg.seed, run.batches).to(run.device))
+        batches.append(run.batch(run.batches)["input_ids"].to(run.device))
         run.batches += 1
     kernels = attention_kernels(run.teacher, sorted(modules), batches)
     for i, m in modules.items():

@@ -38,8 +38,8 @@ def run_handoff(run, stage) -> dict:
 
     kd = kd_objective(run, stage, stage.steps)
 
-    def loss_fn(ids, s: int) -> dict:
-        losses = kd(ids, s)
+    def loss_fn(batch: dict, s: int) -> dict:
+        losses = kd(batch, s)
         for i, m in wave_attention_modules(run.student).items():  # the schedule, logged
             losses[f"handoff_a_{i}"] = torch.tensor(m.handoff)
         return losses

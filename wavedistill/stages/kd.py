@@ -7,6 +7,9 @@ The temperature is constant, follows a linear / cosine schedule to ``temperature
 stage, or is ``dynamic``: per position, from the teacher's entropy (confident positions are softened).
 D is the stage's ``divergence`` (forward KL by default); the loss runs ``loss_chunk`` positions at a
 time and never holds the whole (B, T, V) in float32 (``loss_chunk: 0`` = the dense reference loss).
+From a teacher cache (batches carrying ``topk_ids``), D is taken over the teacher's cached top k
+tokens plus one rest bucket, at temperature 1, and the teacher does not run
+(:mod:`wavedistill.teacher_cache`).
 """
 
 from __future__ import annotations
@@ -17,17 +20,21 @@ from ..kd_chunked import kd_loss_chunked
 from ..losses import entropy_temperature, hidden_mse, kd_loss
 from ..loop import train_steps
 from ..schedules import scheduled_temperature
+from ..teacher_cache import cached_kd_loss, cached_kd_loss_dense
 
 
 def kd_objective(run, stage, n_steps: int):
-    """``loss_fn(input_ids, stage_step)`` for :func:`wavedistill.distill.train_steps`, from a stage's KD fields."""
+    """``loss_fn(batch, stage_step)`` for :func:`wavedistill.loop.train_steps`, from a stage's KD fields."""
     cfg = run.cfg
     kl_weight = cfg.alpha if stage.kl_weight is None else stage.kl_weight
     ce_weight = 1.0 - cfg.alpha if stage.ce_weight is None else stage.ce_weight
     start = cfg.temperature if stage.temperature is None else stage.temperature
     hidden = stage.hidden_weight > 0
 
-    def loss_fn(ids, step: int) -> dict:
+    def loss_fn(batch: dict, step: int) -> dict:
+        ids = batch["input_ids"]
+        if "topk_ids" in batch:
+            return cached(batch)
         with torch.no_grad():
             t_out = run.teacher(ids, use_cache=False, output_hidden_states=hidden)
         with run.autocast:
@@ -48,6 +55,21 @@ def kd_objective(run, stage, n_steps: int):
             losses["loss"] = losses["loss"] + stage.hidden_weight * losses["hidden_mse"]
             losses["hidden_mse"] = losses["hidden_mse"].detach()
         losses["temperature"] = torch.as_tensor(temperature).float().mean()
+        return losses
+
+    def cached(batch: dict) -> dict:
+        # distill.run has refused hidden-state losses and temperatures other than 1 for a cached run.
+        ids = batch["input_ids"]
+        with run.autocast:
+            logits = run.student(ids, use_cache=False).logits
+        targets = (batch["topk_ids"], batch["topk_logp"], batch["rest_logp"])
+        if stage.loss_chunk != 0:
+            losses = cached_kd_loss(logits, ids, *targets, kl_weight=kl_weight, ce_weight=ce_weight,
+                                    divergence_kind=stage.divergence, chunk=stage.loss_chunk)
+        else:
+            losses = cached_kd_loss_dense(logits, ids, *targets, kl_weight=kl_weight, ce_weight=ce_weight,
+                                          divergence_kind=stage.divergence)
+        losses["temperature"] = torch.ones((), device=ids.device)
         return losses
 
     return loss_fn

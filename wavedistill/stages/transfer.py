@@ -109,7 +109,8 @@ def run_transfer(run, stage) -> dict:
     modules = wave_attention_modules(run.student)
     params = [p for m in modules.values() for p in m.mixer.parameters()]
     summary = train_steps(run, 0, params, stage.steps, stage.lr or run.cfg.lr,
-                          lambda ids, s: transfer_step(run.teacher, run.student, ids, stage.loss, run.autocast))
+                          lambda batch, s: transfer_step(run.teacher, run.student, batch["input_ids"], stage.loss,
+                                                         run.autocast))
     losses = held_out_layer_losses(run.teacher, {i: m.mixer for i, m in modules.items()}, run.val_windows,
                                    stage.loss, device=run.device)
     return {**summary, "val_layer_transfer_loss": {str(i): v for i, v in losses.items()}}

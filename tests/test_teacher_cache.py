@@ -1,0 +1,249 @@
+"""The offline teacher cache: its format, the loss from cached top-k targets, training without the teacher.
+
+The loss: the chunked loss equals its dense reference (loss and gradient), matches its definition on
+probabilities, and with k = V (every token cached) equals the ordinary KD loss. The cache: written
+for the tiny teacher it round-trips (shapes, bytes per token, the teacher's own top k), a cached
+distill run trains without one teacher forward in its training steps, and with k = V its first loss
+is the online run's on the same windows. Bad input is a one-line error that leaves the output alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from tests.conftest import tiny_run_config
+from tests.test_cli import assert_one_line_error, ok, wavedistill_here
+from tests.tiny_teachers import write_tiny_teacher
+from wavedistill.kd_chunked import DIVERGENCES, kd_loss_chunked
+from wavedistill.losses import kd_loss
+from wavedistill.teacher_cache import (TeacherCache, bytes_per_token, cached_kd_loss, cached_kd_loss_dense,
+                                       teacher_targets, write_cache)
+
+# ------------------------------------------------------------------------------------------------ the loss
+
+
+def _case(seed: int = 0, B: int = 2, T: int = 9, V: int = 37, k: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    s = (3 * torch.randn(B, T, V, generator=g)).requires_grad_(True)
+    t = 3 * torch.randn(B, T, V, generator=g)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[-1, :3] = False
+    return s, t, ids, mask, teacher_targets(t, k)
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+def test_chunked_cached_loss_equals_its_dense_reference_and_gradient(kind, chunk):
+    s, _, ids, mask, targets = _case()
+    kw = dict(kl_weight=0.7, ce_weight=0.3, mask=mask, divergence_kind=kind)
+    dense = cached_kd_loss_dense(s, ids, *targets, **kw)
+    chunked = cached_kd_loss(s, ids, *targets, chunk=chunk, **kw)
+    for key in ("loss", "kl", "ce"):
+        torch.testing.assert_close(chunked[key], dense[key], rtol=1e-5, atol=1e-6, msg=key)
+    (g_dense,) = torch.autograd.grad(dense["loss"], s)
+    (g_chunk,) = torch.autograd.grad(chunked["loss"], s)
+    torch.testing.assert_close(g_chunk, g_dense, rtol=1e-4, atol=1e-7)
+    assert g_chunk[1, :3].abs().max() == 0, "padded positions get no gradient"
+
+
+def test_the_cached_forward_kl_is_the_kl_of_the_distributions_coarsened_to_k_tokens_and_a_rest():
+    s, t, ids, _, (top_ids, top_logp, rest) = _case(B=1, T=1, V=6, k=2)
+    p, q = F.softmax(t[0, 0].double(), -1), F.softmax(s[0, 0].detach().double(), -1)
+    chosen = top_ids[0, 0].tolist()
+    pc = [p[i].item() for i in chosen] + [1 - sum(p[i].item() for i in chosen)]
+    qc = [q[i].item() for i in chosen] + [1 - sum(q[i].item() for i in chosen)]
+    expected = sum(a * math.log(a / b) for a, b in zip(pc, qc))
+    got = cached_kd_loss(s, ids, top_ids, top_logp, rest, kl_weight=1.0, ce_weight=0.0)
+    assert got["kl"].item() == pytest.approx(expected, rel=1e-5)
+    assert got["kl"].item() <= kd_loss(s, t, ids)["kl"].item()  # coarsening never increases a divergence
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_with_every_token_cached_the_loss_is_the_ordinary_kd_loss(kind):
+    s, t, ids, mask, _ = _case()
+    targets = teacher_targets(t, t.shape[-1])  # k = V: the rest bucket is empty
+    assert torch.isinf(targets[2]).all()
+    kw = dict(kl_weight=0.7, ce_weight=0.3, mask=mask)
+    cached = cached_kd_loss(s, ids, *targets, divergence_kind=kind, chunk=4, **kw)
+    reference = (kd_loss(s, t, ids, **kw) if kind == "forward_kl"
+                 else kd_loss_chunked(s, t, ids, divergence_kind=kind, **kw))
+    for key in ("loss", "kl", "ce"):
+        torch.testing.assert_close(cached[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+    (g_cached,) = torch.autograd.grad(cached["loss"], s)
+    (g_ref,) = torch.autograd.grad(reference["loss"], s)
+    torch.testing.assert_close(g_cached, g_ref, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- the cache
+
+K = 32
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_teacher, tmp_path_factory):
+    """The tiny teacher's cache at seq_len 32 and the default k, in several shards (small shard size)."""
+    out = tmp_path_factory.mktemp("cache") / "c32"
+    meta = write_cache(str(tiny_teacher["teacher"]), str(tiny_teacher["corpus"]), str(out), top_k=K, seq_len=32,
+                       batch_size=64, shard_bytes=200 * 32 * bytes_per_token(K))
+    return out, meta
+
+
+def test_the_cache_round_trips_the_teachers_top_k_in_under_300_bytes_per_token(tiny_teacher, cache):
+    from wavedistill.data import eval_windows, run_splits
+    from wavedistill.io import load_teacher
+
+    out, meta = cache
+    assert json.loads((out / "cache.json").read_text()) == meta
+    model, tokenizer = load_teacher(str(tiny_teacher["teacher"]))
+    windows = eval_windows(run_splits(str(tiny_teacher["corpus"]), tokenizer).train, 32)
+    assert meta["n_windows"] == len(windows) and meta["n_tokens"] == windows.numel()
+    assert [s["windows"] for s in meta["shards"]] == [200, 200, len(windows) - 400]
+    shard = load_file(out / "shard_00001.safetensors")
+    assert {k: (v.shape, v.dtype) for k, v in shard.items()} == {
+        "input_ids": ((200, 32), torch.int32), "topk_ids": ((200, 32, K), torch.int32),
+        "topk_logp": ((200, 32, K), torch.float16), "rest_logp": ((200, 32), torch.float16)}
+    assert bytes_per_token(K) == 198 and 198 <= meta["bytes_per_token"] <= 300
+    assert meta["teacher_tokens_per_s"] > 0
+    c = TeacherCache(str(out))
+    rows = c.windows(torch.tensor([3, 250, len(windows) - 1]))  # windows in the first, second and last shard
+    torch.testing.assert_close(rows["input_ids"], windows[[3, 250, len(windows) - 1]], rtol=0, atol=0)
+    with torch.no_grad():
+        logp = F.log_softmax(model(rows["input_ids"]).logits.float(), -1)
+    top_logp, top_ids = logp.topk(K, dim=-1)
+    torch.testing.assert_close(rows["topk_ids"], top_ids, rtol=0, atol=0)
+    torch.testing.assert_close(rows["topk_logp"].float(), top_logp, rtol=2e-3, atol=2e-3)
+    rest = torch.log1p(-top_logp.exp().sum(-1))
+    torch.testing.assert_close(rows["rest_logp"].float(), rest, rtol=2e-3, atol=2e-3)
+
+
+def test_a_cached_run_trains_without_a_teacher_forward_in_its_training_steps(tiny_teacher, cache, tmp_path,
+                                                                             monkeypatch):
+    import wavedistill.loop as loop
+    from wavedistill.distill import run
+    from wavedistill.surgery import TeacherView
+
+    in_step, forwards = [False], {"training": 0, "scoring": 0}
+    step_forward, teacher_forward = loop._Step.forward, TeacherView.forward
+
+    def step(self, *args, **kwargs):
+        in_step[0] = True
+        try:
+            return step_forward(self, *args, **kwargs)
+        finally:
+            in_step[0] = False
+
+    def teacher(self, *args, **kwargs):
+        forwards["training" if in_step[0] else "scoring"] += 1
+        return teacher_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop._Step, "forward", step)
+    monkeypatch.setattr(TeacherView, "forward", teacher)
+    out = tmp_path / "cached"
+    metrics = run(tiny_run_config(tiny_teacher, out, teacher_cache=str(cache[0]), alpha=1.0, eval_every=5,
+                                  stages=[{"kind": "kd", "steps": 10}]))
+    assert forwards["training"] == 0 and forwards["scoring"] > 0  # val and test are still scored on the teacher
+    for name in ("adapter/adapter_model.safetensors", "checkpoint", "config.yaml", "metrics.json", "samples.md"):
+        assert (out / name).exists(), name
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 10 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+    assert metrics["tokens_seen"] == 10 * 4 * 32 and math.isfinite(metrics["kl"])
+
+
+def test_with_every_token_cached_a_run_starts_with_the_loss_of_the_online_run_on_the_same_windows(tiny_teacher,
+                                                                                                 tmp_path):
+    from wavedistill.distill import run
+    from wavedistill.io import load_teacher
+
+    vocab = load_teacher(str(tiny_teacher["teacher"]))[0].config.vocab_size
+    write_cache(str(tiny_teacher["teacher"]), str(tiny_teacher["corpus"]), str(tmp_path / "full"), top_k=vocab,
+                seq_len=32, batch_size=64)
+    first = {}
+    for name, changes in {"online": {"train_windows": "fixed"}, "cached": {"teacher_cache": str(tmp_path / "full")}
+                          }.items():
+        out = tmp_path / name
+        run(tiny_run_config(tiny_teacher, out, alpha=0.5, stages=[{"kind": "kd", "steps": 2}], n_generations=0,
+                            val_windows=1, test_windows=1, **changes))
+        first[name] = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()
+                       if '"loss"' in line]
+    for a, b in zip(first["online"], first["cached"]):  # float16 targets: equal to a few parts in 10,000
+        assert b["ce"] == pytest.approx(a["ce"], rel=1e-4) and b["kl"] == pytest.approx(a["kl"], rel=1e-2, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.fixture(scope="module")
+def other_caches(tiny_teacher, tmp_path_factory):
+    """Caches a run on the tiny teacher at seq_len 32 must refuse: another teacher, another seq_len, fewer documents."""
+    root = tmp_path_factory.mktemp("other")
+    other = write_tiny_teacher(root / "teacher_seed1", tiny_teacher["corpus"], seed=1)
+    common = ["--data", tiny_teacher["corpus"], "--batch-size", 64]
+    proc = ok(wavedistill_here("cache-teacher", "--teacher", other, "--output-dir", root / "other_teacher",
+                               "--seq-len", 32, *common))
+    assert "bytes per token" in proc.stdout and "tokens/s" in proc.stdout
+    ok(wavedistill_here("cache-teacher", "--teacher", tiny_teacher["teacher"], "--output-dir", root / "seq16",
+                        "--seq-len", 16, *common))
+    ok(wavedistill_here("cache-teacher", "--teacher", tiny_teacher["teacher"], "--output-dir", root / "short",
+                        "--seq-len", 32, "--n-samples", 100, *common))
+    return root
+
+
+BAD = {
+    "another-teacher": (lambda c, o: [o / "other_teacher"], [], ["was written with teacher", "fingerprint"]),
+    "another-seq-len": (lambda c, o: [o / "seq16"], [], ["windows of 16 tokens", "--seq-len 32"]),
+    "shorter-than-the-run": (lambda c, o: [o / "short"], [], ["shorter than the run", "--n-samples"]),
+    "transfer-stage": (lambda c, o: [c], ["--stages", "transfer:2,kd:2"], ["stage 0 (transfer)", "teacher cache"]),
+    "fit-stage": (lambda c, o: [c], ["--stages", "fit,kd:2"], ["stage 0 (fit)"]),
+    "temperature": (lambda c, o: [c], ["--temperature", 2.0], ["stage 0 (kd)", "temperature 2.0"]),
+    "not-a-cache": (lambda c, o: [o], [], ["not a teacher cache"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_cache_that_does_not_fit_the_run_is_a_one_line_error_and_the_output_is_untouched(
+        tiny_teacher, cache, other_caches, tmp_path, case):
+    where, flags, needles = BAD[case]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    proc = wavedistill_here("distill", "--teacher", tiny_teacher["teacher"], "--data", tiny_teacher["corpus"],
+                            "--output-dir", out, "--seq-len", 32, "--batch-size", 4, "--max-steps", 2,
+                            "--teacher-cache", *where(cache[0], other_caches), *flags)
+    assert_one_line_error(proc, *needles)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+
+
+def test_cache_teacher_refuses_a_folder_that_is_not_empty(tiny_teacher, cache):
+    before = sorted(p.name for p in cache[0].iterdir())
+    proc = wavedistill_here("cache-teacher", "--teacher", tiny_teacher["teacher"], "--data", tiny_teacher["corpus"],
+                            "--output-dir", cache[0], "--seq-len", 32)
+    assert_one_line_error(proc, "not empty")
+    assert sorted(p.name for p in cache[0].iterdir()) == before
+
+
+def test_progressive_and_handoff_train_from_the_cache_too(tiny_teacher, cache, tmp_path):
+    from wavedistill.distill import run
+
+    metrics = run(tiny_run_config(tiny_teacher, tmp_path / "run", teacher_cache=str(cache[0]), val_windows=2,
+                                  stages=[{"kind": "progressive", "order": "easiest_first", "steps_per_swap": 1},
+                                          {"kind": "handoff", "steps": 2}]))
+    assert metrics["recipe"] == ["progressive", "handoff"] and metrics["steps"] == 4 and math.isfinite(metrics["kl"])
+
+
+def test_a_hidden_state_loss_with_a_cache_is_refused_before_anything_is_written(tiny_teacher, cache, tmp_path):
+    from wavedistill.distill import run
+    from wavedistill.errors import WavedistillError
+
+    with pytest.raises(WavedistillError, match=r"stage 1 \(kd\) has hidden_weight 0.5"):
+        run(tiny_run_config(tiny_teacher, tmp_path / "run", teacher_cache=str(cache[0]),
+                            stages=[{"kind": "kd", "steps": 1}, {"kind": "kd", "steps": 1, "hidden_weight": 0.5}]))
+    assert not (tmp_path / "run").exists()
