@@ -37,3 +37,8 @@ def stages_list(text: str) -> list[dict]:
         return parse_stages_flag(text)
     except WavedistillError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def device_map_arg(text: str) -> str | dict:
+    """A device map: a strategy or device name (``auto``, ``cpu``, ``cuda:1``) or a JSON module -> device mapping."""
+    return json_dict(text) if text.lstrip().startswith("{") else text

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from .argtypes import json_dict, layer_list, name_list, stages_list
+from .argtypes import device_map_arg, json_dict, layer_list, name_list, stages_list
 from .errors import WavedistillError
 
 DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from DistillConfig
@@ -21,6 +21,8 @@ DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from Dist
     ("--keep-attention",): "keep_attention", ("--keep-attention-every",): "keep_attention_every",
     ("--stages",): "stages", ("--lora-mlp",): "lora_mlp", ("--lora-alpha",): "lora_alpha", ("--reinit",): "reinit",
     ("--grad-accum",): "grad_accum", ("--teacher-cache",): "teacher_cache", ("--train-windows",): "train_windows",
+    ("--teacher-dtype",): "teacher_dtype", ("--teacher-device-map",): "teacher_device_map",
+    ("--teacher-max-memory",): "teacher_max_memory",
 }
 
 
@@ -29,6 +31,7 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
 
     defaults = DistillConfig()
     types = {"layers": layer_list, "keep_attention": layer_list, "reinit": name_list, "mixer_kwargs": json_dict,
+             "teacher_device_map": device_map_arg, "teacher_max_memory": json_dict,
              "epochs": float, "lr": float,
              "temperature": float, "alpha": float, "stages": stages_list, "lora_alpha": float}
     for flags, name in DISTILL_FLAGS.items():

@@ -26,6 +26,9 @@ class DistillConfig:
     seq_len: int = 256
     batch_size: int = 16
     train_windows: str = "random"  # random: windows at random offsets; fixed: rows of the consecutive windows
+    teacher_dtype: str | None = None  # dtype the base (teacher) loads in; None = dtype
+    teacher_device_map: str | dict | None = None  # auto | balanced | sequential | a device | {module: device}
+    teacher_max_memory: dict | None = None  # with a device map: per-device caps, e.g. {"cpu": "2GB"}; beyond: disk
     teacher_cache: str | None = None  # folder of `wavedistill cache-teacher`: train on its targets, no teacher forward
     epochs: float = 1.0
     max_steps: int = 0  # > 0 overrides epochs
@@ -107,6 +110,10 @@ def validate(cfg: DistillConfig) -> None:
         (not cfg.lora_merge or cfg.lora_mlp > 0, "lora_merge needs lora_mlp > 0"),
         (cfg.stages is None or isinstance(cfg.stages, list), "stages must be a list of stage mappings"),
         (cfg.train_windows in ("random", "fixed"), "train_windows must be random or fixed"),
+        (cfg.teacher_dtype in (None, "float32", "bfloat16", "float16"),
+         "teacher_dtype must be float32, bfloat16 or float16"),
+        (cfg.teacher_max_memory is None or cfg.teacher_device_map is not None,
+         "teacher_max_memory needs teacher_device_map (e.g. auto)"),
         (cfg.teacher_cache is None or isinstance(cfg.teacher_cache, str), "teacher_cache must be a folder path"),
     ]
     for ok, message in checks:

@@ -125,7 +125,10 @@ def run(cfg: DistillConfig) -> dict | None:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
-    base, tokenizer = load_teacher(cfg.teacher, dtype=DTYPES[cfg.dtype], device=acc.device)
+    placed = cfg.teacher_device_map is not None
+    base, tokenizer = load_teacher(cfg.teacher, dtype=DTYPES[cfg.teacher_dtype or cfg.dtype], device=acc.device,
+                                   device_map=cfg.teacher_device_map, max_memory=cfg.teacher_max_memory,
+                                   offload_folder=os.path.join(cfg.output_dir, "offload") if placed else None)
     splits = run_splits(cfg.data, tokenizer, n_samples=cfg.n_samples, val_frac=cfg.val_frac, test_frac=cfg.test_frac)
     check_lengths(splits, cfg.seq_len)
     tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -135,7 +138,9 @@ def run(cfg: DistillConfig) -> dict | None:
         from .teacher_cache import open_for_run
 
         cache = open_for_run(cfg, stages, base, tokenizer, splits)
-    student = build_student(base, cfg).to(acc.device)
+    student = build_student(base, cfg)
+    if not placed:  # a device map placed every module already (the mixers where their layers compute)
+        student = student.to(acc.device)
     if cfg.grad_checkpointing:
         # Non-reentrant: the embeddings are frozen, so the checkpointed inputs need no grad of their own.
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -200,7 +205,12 @@ def run(cfg: DistillConfig) -> dict | None:
         probe = r.test_windows[:1].to(acc.device)
         save_file({"input_ids": probe.cpu(), "logits": r.student.eval()(probe, use_cache=False).logits.float().cpu()},
                   os.path.join(cfg.output_dir, "final_logits.safetensors"))
-    return finish(r, counts)
+    metrics = finish(r, counts)
+    if placed:  # the offloaded weights are a copy of the base: no need to keep them
+        import shutil
+
+        shutil.rmtree(os.path.join(cfg.output_dir, "offload"), ignore_errors=True)
+    return metrics
 
 
 def peak_rss_mb() -> float:

@@ -28,20 +28,43 @@ ADAPTER_CONFIG = "adapter_config.json"
 FORMAT_VERSION = 1
 
 
-def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """(model, tokenizer) from a local folder or a hub id; frozen, in eval mode."""
+def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                 device_map: str | dict | None = None, max_memory: dict | None = None,
+                 offload_folder: str | None = None):
+    """(model, tokenizer) from a local folder or a hub id; frozen, in eval mode.
+
+    ``device_map`` ("auto", "balanced", "sequential", a device, or a module -> device mapping) loads it
+    through accelerate's big-model loading across devices, with CPU / disk offload beyond ``max_memory``
+    (e.g. ``{"cpu": "2GB"}``) into ``offload_folder``; ``device`` is then ignored.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     looks_local = os.path.isabs(name_or_path) or name_or_path.startswith(".") or os.path.exists(name_or_path)
     if looks_local and not os.path.isdir(name_or_path):
         raise ModelLoadError(f"teacher path {name_or_path!r} does not exist; pass a model folder or a hub id "
                              "with --teacher")
+    placed = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory,
+                                            "offload_folder": offload_folder}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **placed)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load teacher {name_or_path!r}: {str(e).splitlines()[0][:300]}") from None
-    return model.to(device).eval().requires_grad_(False), tokenizer
+    if device_map is None:
+        model = model.to(device)
+    return model.eval().requires_grad_(False), tokenizer
+
+
+def check_device_map(device_map) -> None:
+    """Refuse a device map that names a device this machine does not have, in one line."""
+    strategies = {"auto", "balanced", "balanced_low_0", "sequential"}
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = ["cpu", "disk", *(f"cuda:{i}" for i in range(n_cuda))]
+    for v in [device_map] if isinstance(device_map, (str, int)) else list(device_map.values()):
+        name = f"cuda:{v}" if isinstance(v, int) or str(v).isdigit() else "cuda:0" if v == "cuda" else str(v)
+        if name not in strategies and name not in have:
+            raise ModelLoadError(f"--teacher-device-map names device {v!r}, which this machine does not have; "
+                                 f"available: {', '.join(have)} (or {', '.join(sorted(strategies))})")
 
 
 def architecture(model: nn.Module) -> str:
@@ -49,9 +72,16 @@ def architecture(model: nn.Module) -> str:
     return f"{cfg.model_type}|{cfg.hidden_size}|{len(decoder_layers(model))}|{cfg.vocab_size}"
 
 
+def _embeddings(model: nn.Module) -> torch.Tensor:
+    from .surgery.convert import materialized
+
+    with materialized(model.get_input_embeddings()) as emb:  # offloaded by a device map: read it in
+        return emb.weight.detach().float().flatten().cpu()
+
+
 def base_fingerprint(model: nn.Module) -> str:
     """A short hash of the architecture and a strided sample of the input embeddings (exact dtype)."""
-    emb = model.get_input_embeddings().weight.detach().float().flatten().cpu()
+    emb = _embeddings(model)
     h = hashlib.sha256()
     h.update(architecture(model).encode())
     h.update(emb[:: max(1, emb.numel() // 65536)].numpy().tobytes())
@@ -60,7 +90,7 @@ def base_fingerprint(model: nn.Module) -> str:
 
 def embedding_sample(model: nn.Module, n: int = 256) -> list[float]:
     """n evenly strided input-embedding values, to recognise the same base loaded in another dtype."""
-    emb = model.get_input_embeddings().weight.detach().float().flatten().cpu()
+    emb = _embeddings(model)
     return emb[:: max(1, emb.numel() // n)][:n].tolist()
 
 

@@ -42,9 +42,18 @@ def make_accelerator(cfg: DistillConfig):
 
     # Accelerator state is per process; several runs in one process (tests, `compare`) may differ in dtype.
     AcceleratorState._reset_state()
+    placed = cfg.teacher_device_map is not None
     acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=MIXED_PRECISION[cfg.dtype],
+                      device_placement=not placed,  # a device-mapped model stays where its map put it
                       # a stage may leave some trainable parameters out of a step (hand-off at a = 0)
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if placed:
+        from .io import check_device_map
+
+        check_device_map(cfg.teacher_device_map)
+        if acc.num_processes > 1:
+            raise WavedistillError("--teacher-device-map spreads one copy of the model over devices; it cannot be "
+                                   "combined with several processes (use FSDP through `accelerate config` instead)")
     if cfg.dtype == "float16" and acc.scaler is None:
         raise WavedistillError(f"--dtype float16 needs a gradient scaler, which accelerate provides on CUDA only "
                                f"(device here: {acc.device}); use --dtype bfloat16 or float32")

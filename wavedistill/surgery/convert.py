@@ -8,6 +8,8 @@ module (``base_attn``), forwards unknown attributes to it, speaks HF's attention
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -165,6 +167,29 @@ def mixer_defaults(model: nn.Module, mixer: str) -> dict:
     return {k: v for k, v in defaults.items() if k in accepted}
 
 
+def placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where ``module`` computes and in what dtype; for a module offloaded by accelerate's big-model loading
+    (weights on "meta", moved in by a hook for each forward) that is the hook's execution device."""
+    ref = next(module.parameters())
+    for m in module.modules():
+        hook = getattr(m, "_hf_hook", None)
+        if getattr(hook, "execution_device", None) is not None:
+            return torch.device(hook.execution_device), ref.dtype
+    return ref.device, ref.dtype
+
+
+@contextlib.contextmanager
+def materialized(module: nn.Module):
+    """Within the block, an offloaded module's weights are real tensors on its execution device."""
+    from accelerate.utils import align_module_device
+
+    with contextlib.ExitStack() as stack:
+        for m in module.modules():
+            if hasattr(m, "_hf_hook"):
+                stack.enter_context(align_module_device(m))
+        yield module
+
+
 def convert(model: nn.Module, mixer: str = "learned_gate", layers=None, init_from_teacher: bool = True,
             **mixer_kw) -> list[str]:
     """Replace self-attention in ``layers`` (default: all) with ``mixer``; return the replaced paths.
@@ -190,11 +215,12 @@ def convert(model: nn.Module, mixer: str = "learned_gate", layers=None, init_fro
     prefix = _decoder_prefix(model)
     for i in chosen:
         attn = blocks[i].self_attn
-        ref = next(attn.parameters())
+        device, dtype = placement(attn)
         m = build_mixer(mixer, model.get_decoder().config.hidden_size, layer_idx=i, **kwargs)
         if init_from_teacher:
-            m.init_from_attention(attn)
-        m = m.to(device=ref.device, dtype=ref.dtype)
+            with materialized(attn):
+                m.init_from_attention(attn)
+        m = m.to(device=device, dtype=dtype)
         blocks[i].self_attn = WaveAttention(attn, m, i, kwargs)
         replaced.append(f"{prefix}layers.{i}.self_attn")
     for p in mixer_parameters(model):
