@@ -1,6 +1,7 @@
 """The training loop under accelerate: 2 processes (torchrun, gloo on CPU) train what 1 process trains.
 
-Every process draws the same global batch and trains its share of the rows, so the losses of a
+Every process draws the same global batch and trains its share of the rows, so for every stage
+(transfer, progressive, hand-off, kd) the losses of a
 2-process run, a 1-process run and a 1-process run with 2 accumulation steps agree; a 2-process
 run killed with SIGKILL and resumed (with 2 processes) ends where an uninterrupted one ends.
 """
@@ -24,6 +25,8 @@ from tests.test_cli import ENV, SLOW_WAVEDISTILL, assert_one_line_error, read_lo
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 SHORT = ["--seq-len", "32", "--batch-size", "4", "--eval-every", "2", "--save-every", "2"]
+# Every training stage runs under the launcher: 2 transfer, 2 x 2 progressive (two layers), 2 handoff, 2 kd steps.
+RECIPE = ["--stages", "transfer:2,progressive:2,handoff:2,kd:2"]
 
 
 def distill(tiny_teacher, out, *extra, processes: int = 1, script: str | None = None, wait: bool = True):
@@ -48,15 +51,15 @@ def losses(out) -> list[float]:
 @pytest.fixture(scope="module")
 def two_process_run(tiny_teacher, tmp_path_factory):
     out = tmp_path_factory.mktemp("launch") / "two"
-    distill(tiny_teacher, out, "--max-steps", 6, processes=2)
+    distill(tiny_teacher, out, *RECIPE, processes=2)
     return out
 
 
 def test_two_processes_and_accumulation_train_what_one_process_trains(tiny_teacher, two_process_run, tmp_path):
-    distill(tiny_teacher, tmp_path / "one", "--max-steps", 6)
-    distill(tiny_teacher, tmp_path / "accum", "--max-steps", 6, "--grad-accum", 2)
+    distill(tiny_teacher, tmp_path / "one", *RECIPE)
+    distill(tiny_teacher, tmp_path / "accum", *RECIPE, "--grad-accum", 2)
     one = losses(tmp_path / "one")
-    assert len(one) == 6
+    assert len(one) == 10
     for other in (losses(two_process_run), losses(tmp_path / "accum")):
         assert other == pytest.approx(one, rel=1e-5, abs=1e-6)
     assert yaml.safe_load((two_process_run / "config.yaml").read_text())["num_processes"] == 2
@@ -68,7 +71,7 @@ def test_a_two_process_run_killed_and_resumed_ends_where_an_uninterrupted_one_en
     script = tmp_path / "slow.py"
     script.write_text(SLOW_WAVEDISTILL)  # 0.3 s per batch, so the kill lands between two checkpoints
     out = tmp_path / "killed"
-    proc = distill(tiny_teacher, out, "--max-steps", 6, processes=2, script=str(script), wait=False)
+    proc = distill(tiny_teacher, out, *RECIPE, processes=2, script=str(script), wait=False)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (out / "checkpoint").is_dir() and any(r.get("step", 0) >= 3 for r in _rows(out)):
@@ -77,7 +80,7 @@ def test_a_two_process_run_killed_and_resumed_ends_where_an_uninterrupted_one_en
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, no chance to clean up
     proc.wait()
-    distill(tiny_teacher, out, "--max-steps", 6, "--resume", processes=2)
+    distill(tiny_teacher, out, *RECIPE, "--resume", processes=2)
     for folder in ("checkpoint", "adapter"):
         mine, ref = (load_file(d / folder / "adapter_model.safetensors") for d in (out, two_process_run))
         assert mine.keys() == ref.keys()
