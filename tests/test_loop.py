@@ -1,9 +1,9 @@
 """The training loop under accelerate: 2 processes (torchrun, gloo on CPU) train what 1 process trains.
 
 Every process draws the same global batch and trains its share of the rows, so for every stage
-(transfer, progressive, hand-off, kd) the losses of a
-2-process run, a 1-process run and a 1-process run with 2 accumulation steps agree; a 2-process
-run killed with SIGKILL and resumed (with 2 processes) ends where an uninterrupted one ends.
+(transfer, progressive, hand-off, kd) the losses of a 2-process run, a 1-process run and a 1-process
+run with 2 accumulation steps agree; a 2-process run killed with SIGKILL and resumed (with 2
+processes) ends where an uninterrupted one ends.
 """
 
 from __future__ import annotations
