@@ -10,3 +10,7 @@ R=${1:-runs/lab}
 wavedistill lab compare --task mqar --mixers attention,rotary_gla,gated_delta_net,learned_gate,s4d,phase_attention,wda \
   --seq-len 64 --n-pairs 4 --vocab 128 --steps 1000 --eval-every 100 --lr-sweep 1e-3,3e-3 --lr-seed 100 \
   --seeds 0,1,2 --jobs "${JOBS:-2}" --output-dir "$R/mqar_recall"
+# The content-selective mixers at 3x the budget (3,000 steps), same settings and lr: does recall set in later?
+wavedistill lab compare --task mqar --mixers gated_delta_net,rotary_gla --lr-sweep 1e-3,3e-3 --lr-seed 100 \
+  --seq-len 64 --n-pairs 4 --vocab 128 --steps 3000 --eval-every 100 --seeds 0,1,2 --jobs "${JOBS:-2}" \
+  --output-dir "$R/mqar_recall_3000"
