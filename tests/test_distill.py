@@ -138,3 +138,30 @@ def test_reinit_draws_the_named_mixer_parts_afresh_and_keeps_the_rest_from_the_t
                                                                                      attn.o_proj.weight)
     with pytest.raises(WavedistillError, match="no_such_part"):
         build_student(tiny_model("qwen3"), DistillConfig(wave_type="rotary_gla", reinit=["no_such_part"]))
+
+
+def test_a_nan_loss_stops_the_run_with_advice_and_keeps_the_last_checkpoint(tiny_teacher, tmp_path, monkeypatch):
+    import torch
+
+    import wavedistill.stages.kd as kd
+    from tests.conftest import tiny_run_config
+    from wavedistill.distill import run
+    from wavedistill.errors import TrainingError
+
+    real = kd.kd_loss_chunked
+    calls = {"n": 0}
+
+    def goes_nan(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        if calls["n"] == 3:
+            out["loss"] = out["loss"] * torch.tensor(float("nan"))
+        return out
+
+    monkeypatch.setattr(kd, "kd_loss_chunked", goes_nan)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="loss became nan at step 3 .* lower the stage's lr"):
+        run(tiny_run_config(tiny_teacher, out, stages=[{"kind": "kd", "steps": 5}], save_every=2, eval_every=2))
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
+    assert state["step"] == 2, "the checkpoint written before the NaN is the one kept"
+    assert (out / "adapter" / "adapter_model.safetensors").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -281,7 +282,7 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().float() / len(micro)
         means = dict(zip(totals, acc.reduce(torch.stack(list(totals.values())), reduction="mean").tolist()))
-        if not all(map(lambda v: v == v and abs(v) != float("inf"), [means["loss"]])):
+        if not math.isfinite(means["loss"]):  # on every process alike: the mean was reduced across them
             raise TrainingError(f"loss became {means['loss']} at step {run.step + 1} (stage {name}); lower the "
                                 f"stage's lr (now {lr}) or use --dtype float32. The last checkpoint in "
                                 f"{cfg.output_dir} is untouched.")
