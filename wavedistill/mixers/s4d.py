@@ -82,6 +82,7 @@ class S4D(WaveMixer):
         # Skip D starts at 0: D = 1 would add o_proj(v_t) at full weight, which the teacher does not
         # do (it is the output of a head attending only to itself); 0 still gets a gradient.
         self.d_skip = nn.Parameter(torch.zeros(C))  # (C,)
+        self._step_cache = None  # (key, coefficients): see _step_coefficients
 
     state_form = "N/2 complex modes (re, im) per channel; O(N) per token"
 
@@ -151,15 +152,28 @@ class S4D(WaveMixer):
         shape = (batch, self.inner_dim, self.state_dim // 2)
         return {part: torch.zeros(shape, device=device, dtype=dtype) for part in ("re", "im")}
 
+    def _step_coefficients(self, dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(Abar, Bbar, 2 C, D) for one step. Without autograd (decoding) they are computed once and reused
+        until a parameter changes (``_version``): otherwise the ~15 small kernels of the discretisation
+        would cost more per token than the recurrence itself."""
+        params = (self.log_neg_re_a, self.im_a, self.log_dt, self.c_re, self.c_im, self.d_skip)
+        key = (dtype, self.log_dt.device, tuple(p._version for p in params), tuple(p.data_ptr() for p in params))
+        if not torch.is_grad_enabled() and self._step_cache is not None and self._step_cache[0] == key:
+            return self._step_cache[1]
+        dta, bbar, c = self._discrete(dtype)
+        coefficients = (torch.exp(dta), bbar, 2 * c, self.d_skip.to(dtype))
+        self._step_cache = None if torch.is_grad_enabled() else (key, coefficients)
+        return coefficients
+
     def _step(self, x_t: Tensor, state: State, padding_mask, position_embeddings) -> tuple[Tensor, State]:
         u = self.v_proj(x_t)  # (B, C)
         if padding_mask is not None:
             u = torch.where(padding_mask[:, None], u, torch.zeros((), dtype=u.dtype, device=u.device))
         ct = state["re"].dtype
-        dta, bbar, c = self._discrete(ct)
+        abar, bbar, c2, d = self._step_coefficients(ct)
         u = u.to(ct)
-        h = torch.exp(dta) * torch.complex(state["re"], state["im"]) + bbar * u[..., None]  # (B, C, n)
-        y = 2 * (c * h).real.sum(-1) + self.d_skip.to(ct) * u  # (B, C)
+        h = abar * torch.complex(state["re"], state["im"]) + bbar * u[..., None]  # (B, C, n)
+        y = (c2 * h).real.sum(-1) + d * u  # (B, C)
         return self.o_proj(y.to(x_t.dtype)), {"re": h.real, "im": h.imag}
 
     def _prefill(self, x: Tensor, padding_mask, position_embeddings) -> tuple[Tensor, State]:
