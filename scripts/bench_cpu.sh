@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 R=${1:-runs}/bench
 NEW=rotary_gla,gated_delta_net,s4d,wda,phase_attention
 # 1. One mixer layer, forward and forward + backward, against the registered attention (width 256, batch 1).
-wavedistill bench --mixers learned_gate,frequency_band,$NEW --seq-lens 512,1024,2048,4096,8192,16384 \
+wavedistill bench --mixers fnet,learned_gate,phase_shift,wave_network,frequency_band,$NEW --seq-lens 512,2048,8192,16384 \
   --output-dir "$R/train"
 # 2. Decoding: ms per generated token and state memory after prompts of 512 .. 16K tokens, one layer's step
 #    and a whole 4-layer model (width 256) through Hugging Face's cache.
@@ -14,3 +14,5 @@ wavedistill bench --decode --mixers learned_gate,frequency_band,phase_shift,fnet
   --prompts 512,2048,8192,16384 --output-dir "$R/decode"
 # 3. The KD loss alone at 16K positions x Qwen3's 151,936-token vocabulary (needs ~16 GB free).
 wavedistill bench --loss --output-dir "$R/loss"
+# ... and at 2,048 positions, where the dense loss fits in memory too.
+wavedistill bench --loss --loss-positions 2048 --output-dir "$R/loss_2048"
