@@ -58,8 +58,12 @@ wait
 run hybrid16_256 "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs '{"window": 16, "feature_dim": 64}' &
 run band16_256 "${TKD[@]}" --wave-type frequency_band --mixer-kwargs '{"window": 16, "fft_branch": false}' &
 wait
-ablate hybrid16_256 band_only '{"use_linear": false}'
-ablate hybrid16_256 linear_only '{"use_band": false}'
+#    The hybrid with a pure-KL kd stage too; the one with the lower selected val KL is reported (pure KL).
+run hybrid16_kl256 "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs '{"window": 16, "feature_dim": 64}' --alpha 1.0
+for h in hybrid16_256 hybrid16_kl256; do
+  ablate $h band_only '{"use_linear": false}'
+  ablate $h linear_only '{"use_band": false}'
+done
 # 5. 512 tokens.
 for pair in "rotary_gla gated_delta_net" "s4d wda" "phase_attention"; do
   for m in $pair; do
@@ -74,6 +78,6 @@ done
 wavedistill report "$R"/*_notrain256 --output "$R/report_untrained.md"
 wavedistill report "$R"/{rotary_gla,rotary_gla_kl,rotary_gla_f8_,rotary_gla_random_qk,gated_delta_net,s4d,wda,phase_attention}256 \
   --output "$R/report_256.md"
-wavedistill report "$R"/{hybrid16_256,hybrid16_256/band_only,hybrid16_256/linear_only,band16_256,band16_notrain256} \
+wavedistill report "$R"/{hybrid16_kl256,hybrid16_kl256/band_only,hybrid16_kl256/linear_only,hybrid16_256,band16_256,band16_notrain256} \
   --output "$R/report_hybrid.md"
 wavedistill report "$R"/{rotary_gla,gated_delta_net,s4d,wda,phase_attention}512 --output "$R/report_512.md"
