@@ -6,6 +6,8 @@ on CPU and half precision loses too much of a long convolution.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -90,9 +92,17 @@ def rope_tables(T: int, head_dim: int, theta: float, device, dtype) -> tuple[Ten
     return rope_at(torch.arange(T, device=device)[None], head_dim, theta, dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _rope_inv_freq(head_dim: int, theta: float, device: torch.device) -> Tensor:
+    """theta^(-2i / head_dim), float64 (head_dim / 2,); cached: decoding asks for it at every token.
+    Built outside inference mode so that the cached tensor is usable in any later context."""
+    with torch.inference_mode(False):
+        return 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
+
+
 def rope_at(positions: Tensor, head_dim: int, theta: float, dtype) -> tuple[Tensor, Tensor]:
     """(cos, sin) of shape (*positions.shape, head_dim) at integer ``positions``; angles in float64."""
-    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim)
+    inv = _rope_inv_freq(head_dim, float(theta), positions.device)
     ang = positions.double()[..., None] * inv
     emb = torch.cat((ang, ang), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
