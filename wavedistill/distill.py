@@ -126,9 +126,10 @@ def run(cfg: DistillConfig) -> dict | None:
     random.seed(cfg.seed)
 
     placed = cfg.teacher_device_map is not None
+    offload = os.path.join(cfg.output_dir, "offload") if placed else None  # disk offload of a device-mapped base
     base, tokenizer = load_teacher(cfg.teacher, dtype=DTYPES[cfg.teacher_dtype or cfg.dtype], device=acc.device,
                                    device_map=cfg.teacher_device_map, max_memory=cfg.teacher_max_memory,
-                                   offload_folder=os.path.join(cfg.output_dir, "offload") if placed else None)
+                                   offload_folder=offload)
     splits = run_splits(cfg.data, tokenizer, n_samples=cfg.n_samples, val_frac=cfg.val_frac, test_frac=cfg.test_frac)
     check_lengths(splits, cfg.seq_len)
     tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -206,10 +207,10 @@ def run(cfg: DistillConfig) -> dict | None:
         save_file({"input_ids": probe.cpu(), "logits": r.student.eval()(probe, use_cache=False).logits.float().cpu()},
                   os.path.join(cfg.output_dir, "final_logits.safetensors"))
     metrics = finish(r, counts)
-    if placed:  # the offloaded weights are a copy of the base: no need to keep them
+    if offload is not None:  # the offloaded weights are a copy of the base: no need to keep them
         import shutil
 
-        shutil.rmtree(os.path.join(cfg.output_dir, "offload"), ignore_errors=True)
+        shutil.rmtree(offload, ignore_errors=True)
     return metrics
 
 
