@@ -2,8 +2,8 @@
 # The offline teacher cache on stories260K: write the top-32 cache of the training split, then distill at
 # the same budget online and from the cache, and compare held-out (test) KL, bytes per token and tokens/s.
 # usage: bash scripts/teacher_cache_stories260k.sh [RUNS_DIR]     (needs ../shared beside the checkout)
-# Runs one after the other, one CPU thread each (run it on an otherwise idle machine: tokens/s are compared).
-# Finished steps are skipped, so the script can be rerun.
+# online and cached run side by side, one CPU thread each, so their tokens/s are measured under the same load
+# (run it on an otherwise idle 2-core machine); online_random runs after them. Finished runs are skipped.
 #   online        teacher forward every step, batches drawn from the same fixed windows as the cached run
 #                 (--train-windows fixed): step for step the same tokens, only the targets differ
 #   cached        --teacher-cache: the teacher's top-32 + rest bucket, no teacher forward in training
@@ -25,8 +25,9 @@ run() {  # run NAME [distill flags]
   local resume=(); [ -d "$R/$name/checkpoint" ] && resume=(--resume)
   wavedistill distill "${RECIPE[@]}" --output-dir "$R/$name" "${resume[@]}" "$@" > "$R/$name.log" 2>&1
 }
-run online --train-windows fixed
-run cached --teacher-cache "$R/cache"
+run online --train-windows fixed &
+run cached --teacher-cache "$R/cache" &
+wait
 run online_random
 python - "$R" <<'PY'
 import json, sys

@@ -39,6 +39,18 @@ def test_chunked_forward_kl_equals_the_dense_loss_and_gradient(temperature, chun
     assert g_chunk[1, :3].abs().max() == 0, "padded positions get no gradient"
 
 
+def test_backward_scales_the_forward_gradient_buffer_in_place_instead_of_allocating_another():
+    s, t, ids, mask = _case(seed=7)
+    out = kd_loss_chunked(s, t, ids, mask=mask, chunk=4)
+    (buffer,) = out["loss"].grad_fn.saved_tensors  # (N, V): the gradient written chunk by chunk in forward
+    (g,) = torch.autograd.grad(2.5 * out["loss"], s, retain_graph=True)
+    dense = kd_loss(s, t, ids, mask=mask)["loss"]
+    torch.testing.assert_close(g, torch.autograd.grad(2.5 * dense, s)[0], rtol=1e-4, atol=1e-7)
+    assert g.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr(), "no second (N, V) buffer"
+    with pytest.raises(WavedistillError, match="backpropagated twice"):
+        torch.autograd.grad(out["loss"], s)
+
+
 @pytest.mark.parametrize("kind", DIVERGENCES)
 def test_every_divergence_matches_its_definition_on_probabilities(kind):
     p, q = torch.tensor([0.5, 0.25, 0.25]), torch.tensor([0.6, 0.3, 0.1])

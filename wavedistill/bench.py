@@ -22,16 +22,10 @@ import torch
 from .errors import WavedistillError
 
 
-def _rss_kb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-
-
 def measure(name: str, d_model: int, T: int, batch: int, device: str, repeats: int) -> dict:
     """One cell, in the current process: {fwd_ms, fwdbwd_ms, peak_mb}."""
-    import resource
-
     from .mixers import build_mixer
+    from .rss import peak_mb, reset_peak, rss_mb
 
     torch.manual_seed(0)
     m = build_mixer(name, d_model).to(device)
@@ -52,14 +46,15 @@ def measure(name: str, d_model: int, T: int, batch: int, device: str, repeats: i
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
             else:
-                base = _rss_kb()
+                base = rss_mb()
+                out["peak_reset"] = reset_peak()
         fn()
         sync()
         if key == "fwdbwd_ms":
             if device.startswith("cuda"):
                 out["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
             else:
-                out["peak_mb"] = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+                out["peak_mb"] = max(0.0, peak_mb() - base)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()

@@ -32,6 +32,7 @@ from .errors import WavedistillError
 from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
 from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher, save_adapter
 from .loop import DTYPES, Run, log_candidate, make_accelerator, trainable_counts
+from .rss import peak_mb
 from .surgery import TeacherView, convert, decoder_layers, keep_frozen_mlps, unconvert, wave_attention_modules
 
 
@@ -214,13 +215,6 @@ def run(cfg: DistillConfig) -> dict | None:
     return metrics
 
 
-def peak_rss_mb() -> float:
-    """This process's resident-memory high-water mark so far (Linux reports KB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def finish(r: Run, counts: dict) -> dict:
     """Load the selected adapter (best val KL) from disk into the student and score it on the test split.
 
@@ -246,7 +240,7 @@ def finish(r: Run, counts: dict) -> dict:
                                                                             for x in r.records), 1),
                     "trainable_params": counts, "lora": {"r": cfg.lora_mlp, "merged": cfg.lora_merge}
                     if cfg.lora_mlp else None, "seq_len": cfg.seq_len, "selected_step": r.best[1],
-                    "selected_val_kl": r.best[0], "peak_rss_mb": round(peak_rss_mb(), 1),
+                    "selected_val_kl": r.best[0], "peak_rss_mb": round(peak_mb(), 1),
                     "num_processes": r.acc.num_processes})
     write_evaluation(cfg.output_dir, metrics, rows)
     print_metrics(metrics, title=f"{cfg.wave_type}: test split, {metrics['positions']} positions")

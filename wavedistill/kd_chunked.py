@@ -66,13 +66,19 @@ class _ChunkedKD(torch.autograd.Function):
             total = total + loss.detach()
             divs[sl], ces[sl] = div.detach(), ce.detach()
         ctx.save_for_backward(grad)
+        ctx.backward_done = False
         ctx.mark_non_differentiable(divs, ces)
         return total, divs, ces
 
     @staticmethod
     def backward(ctx, grad_total, _kl, _ce):
+        if ctx.backward_done:
+            raise WavedistillError("the chunked KD loss was backpropagated twice (retain_graph=True); its gradient "
+                                   "buffer is scaled in place by the first backward: compute the loss again instead")
+        ctx.backward_done = True
         (grad,) = ctx.saved_tensors
-        return (grad * grad_total.to(grad.dtype),) + (None,) * 7
+        # In place: `grad * grad_total` would allocate a second (N, V) buffer, the size this function avoids.
+        return (grad.mul_(grad_total.to(grad.dtype)),) + (None,) * 7
 
 
 def kd_loss_chunked(student_logits: Tensor, teacher_logits: Tensor, input_ids: Tensor, *,
