@@ -21,7 +21,7 @@ measure() {  # measure NAME CODE_DIR distill-args...: the peak resident set size
   local name=$1 code=$2; shift 2
   [ -f "$R/$name.rss" ] && return 0
   rm -rf "$R/$name"
-  ( cd "$code" && OMP_NUM_THREADS=2 /usr/bin/time -f "%M" -o "$R/$name.rss" .venv/bin/wavedistill distill "$@" \
+  ( cd "$code" && OMP_NUM_THREADS=${THREADS:-2} /usr/bin/time -f "%M" -o "$R/$name.rss" .venv/bin/wavedistill distill "$@" \
       --output-dir "$R/$name" > "$R/$name.log" 2>&1 )
 }
 measure stories_before "$W" "${STORIES[@]}"

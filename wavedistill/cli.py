@@ -1,5 +1,5 @@
-"""``wavedistill`` command line: distill, cache-teacher, layers, compare, lab, analyze, eval, generate, report, bench,
-demo, mixers."""
+"""``wavedistill`` command line: distill, kd, cache-teacher, layers, compare, lab, analyze, eval, generate, report,
+bench, demo, mixers."""
 
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from Dist
 }
 
 
+STUDENT_SIZE_FLAGS = {"--student-layers": "layers", "--student-hidden-size": "hidden_size",
+                      "--student-heads": "heads", "--student-kv-heads": "kv_heads",
+                      "--student-intermediate-size": "intermediate_size"}
+
+
+def layer_map_arg(text: str) -> str | list[int]:
+    return layer_list(text) if text[:1].isdigit() else text
+
+
 def add_distill_args(p: argparse.ArgumentParser) -> None:
     from .config import DistillConfig
 
@@ -48,6 +57,15 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
                    help="recompute decoder-layer activations in backward instead of storing them")
     p.add_argument("--no-train", dest="train", action="store_false", default=None,
                    help="score the teacher-initialised student without training (a baseline)")
+    g = p.add_argument_group("a separate, smaller student (instead of converting the teacher in place)")
+    g.add_argument("--student", dest="student_base", metavar="PRESET|FOLDER",
+                   help="standard | compressed | tiny (the teacher scaled in width / depth) or a local HF model folder")
+    for flag, key in STUDENT_SIZE_FLAGS.items():
+        g.add_argument(flag, dest=f"student_{key}", type=int, help="overrides the preset (default: the teacher's)")
+    g.add_argument("--student-mixer", dest="student_mixer", help="attention (default) or any registered mixer")
+    g.add_argument("--student-init", dest="student_init", help="teacher (weight selection, default) | random")
+    g.add_argument("--layer-map", dest="student_layer_map", type=layer_map_arg,
+                   help="uniform (default) | first | last | zones | teacher layers such as 0,2,4")
 
 
 def distill_changes(args: argparse.Namespace) -> dict:
@@ -59,6 +77,15 @@ def distill_changes(args: argparse.Namespace) -> dict:
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
+    student = dict(changes.get("student") or {})
+    if args.student_base is not None:
+        student["path" if os.path.isdir(args.student_base) else "preset"] = args.student_base
+    for key in list(STUDENT_SIZE_FLAGS.values()) + ["mixer", "init", "layer_map"]:
+        value = getattr(args, f"student_{key}")
+        if value is not None:
+            student[key] = value
+    if student:
+        changes["student"] = student
     return changes
 
 
@@ -71,7 +98,11 @@ def distill_config(args: argparse.Namespace):
 def cmd_distill(args) -> None:
     from .distill import run
 
-    run(distill_config(args))
+    cfg = distill_config(args)
+    if args.command == "kd" and cfg.student is None:
+        raise WavedistillError("wavedistill kd distils into a separate student: pass --student standard|compressed|"
+                               "tiny|FOLDER or --student-layers / --student-hidden-size / ... (or use distill)")
+    run(cfg)
 
 
 def cmd_cache_teacher(args) -> None:
@@ -106,7 +137,7 @@ def cmd_eval(args) -> None:
     from .data import eval_windows, read_documents, run_splits
     from .distill import resolve_device
     from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
-    from .io import adapter_dir, load_teacher, read_adapter_config, student_and_teacher
+    from .io import adapter_dir, apply_adapter, load_teacher, read_adapter_config, student_and_teacher
     from .loop import DTYPES
 
     device = resolve_device(args.device)
@@ -126,9 +157,13 @@ def cmd_eval(args) -> None:
     args.val_frac = 0.05 if args.val_frac is None else args.val_frac
     args.test_frac = 0.10 if args.test_frac is None else args.test_frac
     args.seq_len = 256 if args.seq_len is None else args.seq_len
-    base = args.base or read_adapter_config(adapter)["base_model"]
-    model, tokenizer = load_teacher(base, dtype=DTYPES[args.dtype], device=device)
-    student, teacher = student_and_teacher(model, adapter)
+    config = read_adapter_config(adapter)
+    model, tokenizer = load_teacher(args.base or config["base_model"], dtype=DTYPES[args.dtype], device=device)
+    if config.get("teacher_model"):  # a separate student: its base is its own initial state, not the teacher
+        student = apply_adapter(model, adapter)
+        teacher, _ = load_teacher(args.teacher or config["teacher_model"], dtype=DTYPES[args.dtype], device=device)
+    else:
+        student, teacher = student_and_teacher(model, adapter)
     student.eval()
     if args.mixer_attrs:
         set_mixer_attrs(student, args.mixer_attrs)
@@ -240,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_args(p)
     p.set_defaults(fn=cmd_distill)
 
+    p = sub.add_parser("kd", help="distill the teacher into a separate, smaller student (distill with --student)")
+    add_distill_args(p)
+    p.set_defaults(fn=cmd_distill)
+
     p = sub.add_parser("cache-teacher", help="write the teacher's top-k next-token targets for the training split, "
                        "for distill --teacher-cache")
     p.add_argument("--teacher", required=True, help="model folder or hub id")
@@ -283,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int, default=0, help="0 = every window")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--base", help="base model (default: the one named in the adapter)")
+    p.add_argument("--teacher", help="a separate student's teacher (default: the one named in its adapter)")
     p.add_argument("--output-dir", help="where metrics.json / samples.md go (default: eval_*.json in --student)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")

@@ -29,6 +29,7 @@ class DistillConfig:
     teacher_dtype: str | None = None  # dtype the base (teacher) loads in; None = dtype
     teacher_device_map: str | dict | None = None  # auto | balanced | sequential | a device | {module: device}
     teacher_max_memory: dict | None = None  # with a device map: per-device caps, e.g. {"cpu": "2GB"}; beyond: disk
+    student: dict | None = None  # a separate, smaller student (wavedistill.student.StudentSpec keys); None = convert
     teacher_cache: str | None = None  # folder of `wavedistill cache-teacher`: train on its targets, no teacher forward
     epochs: float = 1.0
     max_steps: int = 0  # > 0 overrides epochs
@@ -120,6 +121,10 @@ def validate(cfg: DistillConfig) -> None:
         if not ok:
             raise WavedistillError(message)
     recipe_stages(cfg)
+    if cfg.student is not None:
+        from .student import student_spec
+
+        student_spec(cfg)
 
 
 def recipe_stages(cfg: DistillConfig, default_steps: int = 1):

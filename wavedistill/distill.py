@@ -31,9 +31,10 @@ from .data import check_lengths, eval_windows, run_splits
 from .errors import WavedistillError
 from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
 from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher, save_adapter
-from .loop import DTYPES, Run, log_candidate, make_accelerator, trainable_counts
+from .loop import DTYPES, STUDENT_INIT, Run, log_candidate, make_accelerator, trainable_counts
 from .rss import peak_mb
-from .surgery import TeacherView, convert, decoder_layers, keep_frozen_mlps, unconvert, wave_attention_modules
+from .surgery import (TeacherView, convert, converted_layers, decoder_layers, keep_frozen_mlps, unconvert,
+                      wave_attention_modules)
 
 
 def check_output_dir(cfg: DistillConfig) -> None:
@@ -140,16 +141,26 @@ def run(cfg: DistillConfig) -> dict | None:
         from .teacher_cache import open_for_run
 
         cache = open_for_run(cfg, stages, base, tokenizer, splits)
-    student = build_student(base, cfg)
+    student_layer_map = None
+    if cfg.student is None:  # the student is the base with its mixers swapped in; the teacher a view of it
+        student = build_student(base, cfg)
+        teacher = TeacherView(student)
+    else:  # a separate, smaller student; the base is only the teacher
+        from .student import save_student_folder, student_for_run
+
+        student, student_layer_map, _ = student_for_run(base, tokenizer, cfg)
+        teacher = base
+        if acc.is_main_process and not cfg.resume:
+            save_student_folder(student, tokenizer, os.path.join(cfg.output_dir, STUDENT_INIT))
     if not placed:  # a device map placed every module already (the mixers where their layers compute)
         student = student.to(acc.device)
     if cfg.grad_checkpointing:
         # Non-reentrant: the embeddings are frozen, so the checkpointed inputs need no grad of their own.
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    r = Run(cfg, stages, TeacherView(student), student, tokenizer, splits,
+    r = Run(cfg, stages, teacher, student, tokenizer, splits,
             eval_windows(splits.val, cfg.seq_len, cfg.val_windows), eval_windows(splits.test, cfg.seq_len,
                                                                                  cfg.test_windows), acc,
-            teacher_cache=cache)
+            teacher_cache=cache, student_layer_map=student_layer_map)
 
     if r.main:
         os.makedirs(cfg.output_dir, exist_ok=True)
@@ -167,8 +178,7 @@ def run(cfg: DistillConfig) -> dict | None:
     counts = trainable_counts(r.student)
     if r.main:
         source = f" (training targets: top-{cache.meta['top_k']} cache {cfg.teacher_cache})" if cache else ""
-        print(f"teacher {cfg.teacher}{source} | mixer {cfg.wave_type} on layers "
-              f"{r.student.wavedistill_config['layers']} | "
+        print(f"teacher {cfg.teacher}{source} | {describe_student(r)} | "
               f"recipe {' -> '.join(s.kind for s in stages) or 'none (untrained)'} | trainable params "
               f"{', '.join(f'{k} {v:,}' for k, v in counts.items() if v)} | train tokens {len(splits.train):,} | "
               f"{tokens_per_step} tokens per step | {acc.num_processes} process(es), {acc.distributed_type.value}, "
@@ -215,6 +225,17 @@ def run(cfg: DistillConfig) -> dict | None:
     return metrics
 
 
+def describe_student(r: Run) -> str:
+    if r.student_layer_map is None:
+        return f"mixer {r.cfg.wave_type} on layers {converted_layers(r.student)}"
+    c = r.student.config
+    mixer = (r.cfg.student or {}).get("mixer", "attention")
+    return (f"separate student: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} / "
+            f"{c.num_key_value_heads} heads, MLP {c.intermediate_size}, {mixer}, "
+            f"{sum(p.numel() for p in r.student.parameters() if p.requires_grad):,} params; layer map (teacher layer "
+            f"of each student layer) {r.student_layer_map}")
+
+
 def finish(r: Run, counts: dict) -> dict:
     """Load the selected adapter (best val KL) from disk into the student and score it on the test split.
 
@@ -232,8 +253,19 @@ def finish(r: Run, counts: dict) -> dict:
 
         merge_mlp_lora(student)
         save_adapter(student, adapter, cfg.teacher)
-    converted = student.wavedistill_config["layers"]
-    metrics.update({"split": "test", "mixer": cfg.wave_type, "layers": converted,
+    converted = converted_layers(student)
+    if r.student_layer_map is not None:
+        from .student import save_student_folder
+
+        save_student_folder(student, r.tokenizer, os.path.join(cfg.output_dir, "student"), cfg.teacher, adapter=True)
+        c = student.config
+        metrics["student"] = {"layers": c.num_hidden_layers, "hidden_size": c.hidden_size,
+                              "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
+                              "intermediate_size": c.intermediate_size, "layer_map": r.student_layer_map,
+                              "mixer": (cfg.student or {}).get("mixer", "attention"),
+                              "params": sum(p.numel() for p in student.parameters() if p.requires_grad)}
+    metrics.update({"split": "test", "mixer": metrics.get("student", {}).get("mixer", cfg.wave_type),
+                    "layers": converted,
                     "kept_attention_layers": [i for i in range(len(decoder_layers(student))) if i not in converted],
                     "recipe": [rec["kind"] for rec in r.records], "stages": r.records, "steps": r.step,
                     "tokens_seen": r.tokens_seen, "train_wall_s": round(sum(x.get("train_wall_s", 0.0)
@@ -243,5 +275,5 @@ def finish(r: Run, counts: dict) -> dict:
                     "selected_val_kl": r.best[0], "peak_rss_mb": round(peak_mb(), 1),
                     "num_processes": r.acc.num_processes})
     write_evaluation(cfg.output_dir, metrics, rows)
-    print_metrics(metrics, title=f"{cfg.wave_type}: test split, {metrics['positions']} positions")
+    print_metrics(metrics, title=f"{metrics['mixer']}: test split, {metrics['positions']} positions")
     return metrics

@@ -119,10 +119,27 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, p in model.get_decoder().named_parameters():
         if name not in sd and id(p) not in gates and (p.requires_grad or name in merged):
             sd[name] = p
+    sd.update({k: p for k, p in _untied_head(model).items() if p.requires_grad})
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
 
-def save_adapter(model: nn.Module, directory: str, base_model: str) -> None:
+def _untied_head(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The LM head's weights under ``lm_head.*`` when they are not the input embeddings (a student trains them)."""
+    head = model.get_output_embeddings()
+    if head is None or head.weight is model.get_input_embeddings().weight:
+        return {}
+    return {f"lm_head.{k}": v for k, v in head.state_dict(keep_vars=True).items()}
+
+
+def base_identity(model: nn.Module) -> dict:
+    """What an adapter records to recognise its base: fingerprint, architecture, embedding sample. A student
+    that trains its embeddings records this once, from its initial state (the base folder it is saved in)."""
+    return model.__dict__.get("_wavedistill_base_identity") or {
+        "base_fingerprint": base_fingerprint(model), "base_architecture": architecture(model),
+        "embedding_sample": embedding_sample(model)}
+
+
+def save_adapter(model: nn.Module, directory: str, base_model: str, teacher_model: str | None = None) -> None:
     """Write the adapter atomically: a failed write never leaves a half-written folder behind."""
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
@@ -130,27 +147,31 @@ def save_adapter(model: nn.Module, directory: str, base_model: str) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); an adapter is an ordinary folder
-    write_adapter_files(model, tmp, base_model)
+    write_adapter_files(model, tmp, base_model, teacher_model)
     replace_dir(tmp, directory)
 
 
-def write_adapter_files(model: nn.Module, directory: str, base_model: str) -> None:
-    """Write adapter_model.safetensors + adapter_config.json into an existing folder."""
-    cfg = model.wavedistill_config
+def write_adapter_files(model: nn.Module, directory: str, base_model: str, teacher_model: str | None = None) -> None:
+    """Write adapter_model.safetensors + adapter_config.json into an existing folder.
+
+    ``teacher_model``: the model a separate (smaller) student was distilled from, when it is not the base.
+    """
+    # A student that keeps softmax attention has no converted layer.
+    cfg = getattr(model, "wavedistill_config", None) or {"mixer": None, "layers": [], "layer_kwargs": {}}
     sd = adapter_state_dict(model)
     if os.path.isdir(base_model):  # a local folder must be found again from any working directory
         base_model = os.path.abspath(base_model)
     lora = getattr(model, "wavedistill_lora", None)
-    extra = sorted({k.split(".")[2] if k.startswith("layers.") else k for k in sd
+    extra = sorted({k.split(".")[2] if k.startswith("layers.") else k.split(".")[0] for k in sd
                     if ".self_attn.mixer." not in k and ".lora_" not in k})
     config = {
         "format_version": FORMAT_VERSION,
         "wavedistill_version": __version__,
         "base_model": base_model,
         "base_model_type": model.get_decoder().config.model_type,
-        "base_fingerprint": base_fingerprint(model),
-        "base_architecture": architecture(model),
-        "embedding_sample": embedding_sample(model),
+        **base_identity(model),
+        "teacher_model": os.path.abspath(teacher_model) if teacher_model and os.path.isdir(teacher_model)
+        else teacher_model,
         "layers": cfg["layers"],
         "mixer": cfg["mixer"],
         "layer_kwargs": cfg["layer_kwargs"],
@@ -239,7 +260,7 @@ def student_and_teacher(base: nn.Module, directory: str):
 
 def load_adapter_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
     """Copy adapter tensors into a converted model; every mixer (and LoRA) tensor must be present, nothing unknown."""
-    targets = dict(model.get_decoder().state_dict(keep_vars=True))
+    targets = {**model.get_decoder().state_dict(keep_vars=True), **_untied_head(model)}
     from .lora import lora_parameters
 
     needed = set(mixer_state_dict(model)) | (set(lora_parameters(model)) if getattr(model, "wavedistill_lora", None)

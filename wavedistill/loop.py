@@ -31,6 +31,7 @@ from .evaluate import compare
 from .io import save_adapter
 from .surgery import WaveAttention, mixer_parameters, set_handoff, wave_attention_modules
 
+STUDENT_INIT = "student_init"  # a separate student's initial weights: the base of its adapters
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -141,6 +142,7 @@ class Run:
     log_rows: int = 0  # rows written to train_log.jsonl
     resume_state: dict | None = None
     teacher_cache: object = None  # wavedistill.teacher_cache.TeacherCache: training targets without a teacher forward
+    student_layer_map: list[int] | None = None  # a separate student: the teacher layer of each student layer
 
     @property
     def device(self) -> str:
@@ -157,6 +159,15 @@ class Run:
     @property
     def final_stage(self) -> bool:
         return self.stage_index >= len(self.stages) - 1
+
+    @property
+    def adapter_base(self) -> str:
+        """The model an adapter of this run applies to: the teacher itself, or a separate student's initial
+        state (``OUT/student_init``, a Hugging Face folder written when the run starts)."""
+        return os.path.join(self.cfg.output_dir, STUDENT_INIT) if self.cfg.student else self.cfg.teacher
+
+    def save_adapter(self, directory: str) -> None:
+        save_adapter(self.student, directory, self.adapter_base, self.cfg.teacher if self.cfg.student else None)
 
     @property
     def autocast(self):
@@ -213,7 +224,7 @@ def evaluate(run: Run) -> dict:
     if run.final_stage and m["kl"] < run.best[0]:
         run.best = (m["kl"], run.step)
         if run.main:
-            save_adapter(run.student, os.path.join(run.cfg.output_dir, "adapter"), run.cfg.teacher)
+            run.save_adapter(os.path.join(run.cfg.output_dir, "adapter"))
     return {"val_kl": m["kl"], "val_top5": m["top5_overlap"]}
 
 

@@ -1,0 +1,141 @@
+"""A run with a separate, smaller student: trains through the kd stage, saves a Hugging Face folder that
+``from_pretrained`` loads, resumes exactly after a crash, is scored against its real teacher by ``eval``,
+and refuses settings that only mean something for in-place conversion."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import tiny_run_config
+from wavedistill.errors import WavedistillError
+
+STUDENT = {"preset": "compressed"}  # of the tiny 2-layer, hidden-32 Qwen3: 1 layer, hidden 16, 1 / 1 heads
+
+
+@pytest.fixture(scope="module")
+def student_run(tiny_teacher, tmp_path_factory):
+    from wavedistill.distill import run
+
+    out = tmp_path_factory.mktemp("student") / "run"
+    metrics = run(tiny_run_config(tiny_teacher, out, student=STUDENT, max_steps=6, save_every=2, eval_every=2))
+    return out, metrics
+
+
+def test_the_student_has_the_preset_shape_and_saves_as_a_hugging_face_folder(student_run, tiny_teacher):
+    from transformers import AutoModelForCausalLM
+
+    from wavedistill.io import load_student
+
+    out, metrics = student_run
+    assert metrics["student"] | {"params": 0} == {"layers": 1, "hidden_size": 16, "heads": 1, "kv_heads": 1,
+                                                  "intermediate_size": 32, "layer_map": [1], "mixer": "attention",
+                                                  "params": 0}
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher["teacher"])
+    assert metrics["student"]["params"] < sum(p.numel() for p in teacher.parameters())
+    plain = AutoModelForCausalLM.from_pretrained(out / "student")  # no wavedistill code involved
+    selected, _ = load_student(str(out))  # the selected adapter on student_init/
+    probe = load_file(out / "final_logits.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(plain(probe["input_ids"]).logits, selected(probe["input_ids"]).logits)
+        if metrics["selected_step"] == metrics["steps"]:
+            torch.testing.assert_close(plain(probe["input_ids"]).logits, probe["logits"])
+    init = AutoModelForCausalLM.from_pretrained(out / "student_init")
+    assert not torch.equal(init.model.layers[0].mlp.up_proj.weight, plain.model.layers[0].mlp.up_proj.weight)
+
+
+def test_training_beats_the_untrained_student_on_val(student_run):
+    out, _ = student_run
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    untrained = next(r for r in rows if r["stage"] == "0:kd" and "stage_step" not in r)
+    assert min(r["val_kl"] for r in rows if "val_kl" in r and "stage_step" in r) < untrained["val_kl"]
+
+
+def test_eval_scores_a_student_run_against_its_teacher(student_run, tiny_teacher, capsys):
+    from wavedistill.cli import main
+
+    out, metrics = student_run
+    assert main(["eval", "--student", str(out), "--data", str(tiny_teacher["corpus"])]) == 0
+    again = json.loads((out / "eval_metrics.json").read_text())
+    assert again["kl"] == pytest.approx(metrics["kl"], rel=1e-5) and again["positions"] == metrics["positions"]
+
+
+def test_a_wave_student_saves_its_mixers_beside_the_hugging_face_weights(tiny_teacher, tmp_path):
+    from wavedistill.distill import run
+    from wavedistill.io import load_student
+
+    out = tmp_path / "run"
+    metrics = run(tiny_run_config(tiny_teacher, out, student={**STUDENT, "mixer": "learned_gate"}, max_steps=2))
+    assert metrics["mixer"] == "learned_gate" and metrics["layers"] == [0]
+    folder, _ = load_student(str(out / "student"))
+    selected, _ = load_student(str(out))
+    ids = load_file(out / "final_logits.safetensors")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(folder(ids).logits, selected(ids).logits)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_student_run_resumed_after_a_crash_ends_where_an_uninterrupted_one_ends(student_run, tiny_teacher,
+                                                                                   tmp_path, monkeypatch):
+    import wavedistill.distill as d
+    import wavedistill.loop as loop
+
+    out = tmp_path / "run"
+    fast = loop.train_batch
+
+    def dies(stream, batch_size, seq_len, seed, index):
+        if index == 3:
+            raise Killed
+        return fast(stream, batch_size, seq_len, seed, index)
+
+    monkeypatch.setattr(loop, "train_batch", dies)
+    with pytest.raises(Killed):
+        d.run(tiny_run_config(tiny_teacher, out, student=STUDENT, max_steps=6, save_every=2, eval_every=2))
+    monkeypatch.setattr(loop, "train_batch", fast)
+    metrics = d.run(tiny_run_config(tiny_teacher, out, student=STUDENT, max_steps=6, save_every=2, eval_every=2,
+                                    resume=True))
+    ref_out, ref = student_run
+    mine, theirs = load_file(out / "adapter" / "adapter_model.safetensors"), load_file(
+        ref_out / "adapter" / "adapter_model.safetensors")
+    assert mine.keys() == theirs.keys()
+    for k in mine:
+        torch.testing.assert_close(mine[k], theirs[k], rtol=0, atol=1e-6, msg=k)
+    assert metrics["kl"] == pytest.approx(ref["kl"], abs=1e-6)
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(student={"preset": "huge"}), "unknown student preset 'huge'; known: standard, compressed, tiny"),
+    (dict(student={"depth": 2}), r"unknown student keys \['depth'\]"),
+    (dict(student=STUDENT, keep_attention=[0]), "keep_attention convert the teacher in place"),
+    (dict(student=STUDENT, stages=[{"kind": "transfer", "steps": 2}]), r"stages \['transfer'\] train mixers"),
+    (dict(student={"mixer": "no_such_mixer"}), "unknown mixer 'no_such_mixer'"),
+    (dict(student={"path": "/x", "layers": 1}), "has its own shape; drop layers"),
+])
+def test_settings_without_meaning_for_a_separate_student_are_refused_before_anything_runs(tiny_teacher, tmp_path,
+                                                                                          changes, message):
+    with pytest.raises(WavedistillError, match=message):
+        tiny_run_config(tiny_teacher, tmp_path / "run", **changes)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_layer_map_out_of_range_fails_before_anything_is_written(tiny_teacher, tmp_path):
+    from wavedistill.distill import run
+
+    with pytest.raises(WavedistillError, match=r"layer map entries \[5\] out of range"):
+        run(tiny_run_config(tiny_teacher, tmp_path / "run", student={"layers": 1, "layer_map": [5]}))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_kd_command_needs_a_student(tiny_teacher, tmp_path, capsys):
+    from wavedistill.cli import main
+
+    code = main(["kd", "--teacher", str(tiny_teacher["teacher"]), "--data", str(tiny_teacher["corpus"]),
+                 "--output-dir", str(tmp_path / "run")])
+    assert code != 0 and "wavedistill kd distils into a separate student" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
