@@ -21,8 +21,14 @@ measure() {  # measure NAME CODE_DIR distill-args...: the peak resident set size
   local name=$1 code=$2; shift 2
   [ -f "$R/$name.rss" ] && return 0
   rm -rf "$R/$name"
+  # A run the kernel kills for memory still leaves its peak in $name.rss (after a "Command terminated" line).
   ( cd "$code" && OMP_NUM_THREADS=${THREADS:-2} /usr/bin/time -f "%M" -o "$R/$name.rss" .venv/bin/wavedistill distill "$@" \
-      --output-dir "$R/$name" > "$R/$name.log" 2>&1 )
+      --output-dir "$R/$name" > "$R/$name.log" 2>&1 ) || true
+}
+peak() {  # peak NAME: "MB", or "killed at MB" when the run did not finish
+  local kb; kb=$(tail -1 "$R/$1.rss")
+  if grep -q "terminated" "$R/$1.rss"; then echo "killed ($(head -1 "$R/$1.rss" | sed 's/Command terminated by //')) at $((kb / 1024))"
+  else echo $((kb / 1024)); fi
 }
 measure stories_before "$W" "${STORIES[@]}"
 measure stories_after "$PWD" "${STORIES[@]}"
@@ -34,5 +40,5 @@ echo "| run | peak RSS before (MB) | after (MB) |"
 echo "|---|---:|---:|"
 for run in stories shape_fp32; do
   [ -f "$R/${run}_after.rss" ] || continue
-  echo "| $run | $(( $(cat "$R/${run}_before.rss") / 1024 )) | $(( $(cat "$R/${run}_after.rss") / 1024 )) |"
+  echo "| $run | $(peak "${run}_before") | $(peak "${run}_after") |"
 done

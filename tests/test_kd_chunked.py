@@ -98,3 +98,18 @@ def test_the_loss_bench_measures_both_losses_and_skips_a_dense_loss_that_cannot_
                                           output_dir=str(tmp_path)))
     assert rows[0]["status"].startswith("skipped: estimated") and rows[1]["status"] == "ok"
     assert "chunked" in (tmp_path / "loss.md").read_text()
+
+
+@pytest.mark.parametrize("chunk", [3, 1000])
+def test_label_smoothing_matches_torch_cross_entropy_in_both_losses(chunk):
+    s, t, ids, mask = _case(seed=9)
+    ref_ce = F.cross_entropy(s[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none", label_smoothing=0.2)
+    ce_mask = (mask[:, :-1] & mask[:, 1:]).flatten()
+    ref = 0.5 * (ref_ce * ce_mask).sum() / ce_mask.sum()  # kl_weight 0: the CE term alone
+    (ref_grad,) = torch.autograd.grad(ref, s, retain_graph=True)
+    for out in (kd_loss(s, t, ids, kl_weight=0.0, ce_weight=0.5, mask=mask, label_smoothing=0.2),
+                kd_loss_chunked(s, t, ids, kl_weight=0.0, ce_weight=0.5, mask=mask, label_smoothing=0.2, chunk=chunk)):
+        torch.testing.assert_close(out["loss"], ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.autograd.grad(out["loss"], s)[0], ref_grad, rtol=1e-4, atol=1e-7)
+        plain = F.cross_entropy(s[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+        torch.testing.assert_close(out["ce"], (plain * ce_mask).sum() / ce_mask.sum(), msg="logged CE is plain CE")

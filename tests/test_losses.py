@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wavedistill.losses import entropy_temperature, hidden_mse, kd_loss, kl_teacher_student, next_token_ce
+from wavedistill.features import FeatureProjection, feature_loss, matched_hidden
+from wavedistill.losses import entropy_temperature, kd_loss, kl_teacher_student, next_token_ce
 
 
 def logits_of(probs, shift: float = 0.0) -> torch.Tensor:
@@ -192,11 +193,32 @@ def test_entropy_temperature_is_t_max_for_a_one_hot_teacher_and_one_for_a_unifor
     assert 1.0 < middle < 4.0
 
 
-def test_hidden_mse_is_the_mean_squared_error_over_layers_and_real_positions():
+def test_feature_mse_is_the_mean_squared_error_over_layers_and_real_positions():
     g = torch.Generator().manual_seed(0)
     s = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]
     t = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     per_layer = [((a - b) ** 2)[mask].mean().item() for a, b in zip(s, t)]
-    assert hidden_mse(s, t, mask).item() == pytest.approx(sum(per_layer) / 3, rel=1e-6)
-    assert hidden_mse(t, t).item() == 0.0
+    assert feature_loss(s, t, "mse", mask=mask).item() == pytest.approx(sum(per_layer) / 3, rel=1e-6)
+    assert feature_loss(t, t).item() == 0.0
+
+
+def test_feature_cosine_is_one_minus_the_cosine_similarity_per_position():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    naive = torch.tensor([[1 - (a @ b) / (a.norm() * b.norm()) for a, b in zip(sr, tr)] for sr, tr in zip(s, t)])
+    assert feature_loss([s], [t], "cosine").item() == pytest.approx(naive.mean().item(), rel=1e-5)
+    assert feature_loss([t], [3 * t], "cosine").item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_narrower_student_is_projected_to_the_teacher_width_starting_from_weight_selection():
+    g = torch.Generator().manual_seed(2)
+    proj = FeatureProjection(3, 5, n_layers=2)
+    s = torch.randn(2, 4, 3, generator=g)
+    t = torch.cat([s, torch.zeros(2, 4, 2)], -1)  # the teacher's first 3 units = the student's, the rest 0
+    assert feature_loss([s, s], [t, t], "mse", projection=proj).item() == pytest.approx(0.0, abs=1e-12)
+    assert len(list(FeatureProjection(4, 4, 2).parameters())) == 0, "equal widths: no projection"
+    hs = tuple(torch.full((1, 2, 3), float(i)) for i in range(3))  # embeddings + 2 student layers
+    ht = tuple(torch.full((1, 2, 5), float(i)) for i in range(6))  # embeddings + 5 teacher layers
+    pairs = matched_hidden(hs, ht, [1, 4])
+    assert [x[0, 0, 0].item() for x in pairs[1]] == [2.0, 5.0], "student layer i <-> teacher layer map[i]"

@@ -139,3 +139,26 @@ def test_the_kd_command_needs_a_student(tiny_teacher, tmp_path, capsys):
                  "--output-dir", str(tmp_path / "run")])
     assert code != 0 and "wavedistill kd distils into a separate student" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_feature_matching_trains_the_projections_to_the_teacher_width(tiny_teacher, tmp_path, monkeypatch):
+    import wavedistill.distill as d
+    from wavedistill.features import FeatureProjection
+
+    seen = {}
+    init = FeatureProjection.__init__
+
+    def keep(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen["proj"] = self
+        seen["start"] = [m.weight.detach().clone() for m in self.maps]
+
+    monkeypatch.setattr(FeatureProjection, "__init__", keep)
+    out = tmp_path / "run"
+    stages = [{"kind": "kd", "steps": 3, "hidden_weight": 1.0, "hidden_loss": "cosine", "label_smoothing": 0.1}]
+    d.run(tiny_run_config(tiny_teacher, out, student=STUDENT, stages=stages))
+    proj = seen["proj"]
+    assert [tuple(m.weight.shape) for m in proj.maps] == [(32, 16)], "one map, student width 16 -> teacher 32"
+    assert not torch.equal(proj.maps[0].weight, seen["start"][0]), "the projection trains"
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["feature_cosine"] > 0 for r in rows if "stage_step" in r)

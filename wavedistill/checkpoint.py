@@ -38,6 +38,8 @@ def _write_checkpoint(run, extra: dict) -> None:
              "converted": converted_layers(run.student), "records": run.records, "log_rows": run.log_rows,
              "pending": {str(i): {k: v.detach().cpu() for k, v in m.mixer.state_dict().items()}
                          for i, m in run.pending.items()},
+             "features": {k: v.detach().cpu() for k, v in run.features.state_dict().items()}
+             if run.features is not None else None,
              "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), **extra}
     torch.save(state, os.path.join(tmp, "state.pt"))
     replace_dir(tmp, ckpt)
@@ -55,6 +57,8 @@ def restore_checkpoint(run) -> None:
     if dropped:
         unconvert(run.student, dropped)
     load_adapter_weights(run.student, load_file(os.path.join(ckpt, ADAPTER_WEIGHTS)), ckpt)
+    if run.features is not None and state.get("features") is not None:
+        run.features.load_state_dict(state["features"])
     torch.set_rng_state(state["torch_rng"])
     s = state["python_rng"]  # weights_only loading turns the tuple state into lists
     random.setstate((s[0], tuple(s[1]), s[2]))

@@ -161,6 +161,11 @@ def run(cfg: DistillConfig) -> dict | None:
             eval_windows(splits.val, cfg.seq_len, cfg.val_windows), eval_windows(splits.test, cfg.seq_len,
                                                                                  cfg.test_windows), acc,
             teacher_cache=cache, student_layer_map=student_layer_map)
+    if student_layer_map is not None and any(getattr(s, "hidden_weight", 0) > 0 for s in stages):
+        from .features import FeatureProjection
+
+        r.features = FeatureProjection(student.config.hidden_size, base.config.hidden_size,
+                                       len(student_layer_map)).to(acc.device)
 
     if r.main:
         os.makedirs(cfg.output_dir, exist_ok=True)

@@ -42,7 +42,7 @@ def divergence(t_logp: Tensor, s_logp: Tensor, kind: str) -> Tensor:
 
 class _ChunkedKD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, teacher, targets, kl_w, ce_w, temperature, chunk, kind):
+    def forward(ctx, student, teacher, targets, kl_w, ce_w, temperature, chunk, kind, smoothing):
         # student, teacher: (N, V) logits; targets: (N,) next tokens, -100 = no CE; kl_w: (N,) weight of
         # each position's divergence (mask * T^2 / n), ce_w: (N,) weight of its CE; temperature: (N,).
         grad = torch.zeros_like(student)
@@ -60,7 +60,9 @@ class _ChunkedKD(torch.autograd.Function):
                     t_logp = F.log_softmax(teacher[sl].float() / tau, dim=-1)
                 div = divergence(t_logp, s_logp, kind)  # (c,)
                 ce = -s1.gather(-1, targets[sl].clamp_min(0)[:, None])[:, 0] * (targets[sl] >= 0)
-                loss = (kl_w[sl] * div).sum() + (ce_w[sl] * ce).sum()
+                # Label smoothing: the target is (1 - e) one-hot + e uniform; the logged CE stays the plain one.
+                ce_term = ce if not smoothing else (1 - smoothing) * ce - smoothing * s1.mean(-1) * (targets[sl] >= 0)
+                loss = (kl_w[sl] * div).sum() + (ce_w[sl] * ce_term).sum()
                 (g,) = torch.autograd.grad(loss, s)
             grad[sl] = g.to(grad.dtype)
             total = total + loss.detach()
@@ -78,13 +80,13 @@ class _ChunkedKD(torch.autograd.Function):
         ctx.backward_done = True
         (grad,) = ctx.saved_tensors
         # In place: `grad * grad_total` would allocate a second (N, V) buffer, the size this function avoids.
-        return (grad.mul_(grad_total.to(grad.dtype)),) + (None,) * 7
+        return (grad.mul_(grad_total.to(grad.dtype)),) + (None,) * 8
 
 
 def kd_loss_chunked(student_logits: Tensor, teacher_logits: Tensor, input_ids: Tensor, *,
                     temperature: float | Tensor = 1.0, kl_weight: float = 0.9, ce_weight: float = 0.1,
                     mask: Tensor | None = None, divergence_kind: str = "forward_kl",
-                    chunk: int | None = None) -> dict[str, Tensor]:
+                    chunk: int | None = None, label_smoothing: float = 0.0) -> dict[str, Tensor]:
     """:func:`wavedistill.losses.kd_loss` (same arguments, same returned ``loss``, ``kl``, ``ce``), chunked.
 
     ``kl`` is the unweighted mean divergence of ``divergence_kind`` at the temperature used. ``chunk``:
@@ -96,6 +98,8 @@ def kd_loss_chunked(student_logits: Tensor, teacher_logits: Tensor, input_ids: T
     chunk = max(1, CHUNK_ELEMENTS // V) if chunk is None else chunk
     if chunk < 1:
         raise WavedistillError(f"the KD loss chunk must be >= 1 position, got {chunk}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise WavedistillError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if mask is None:
         mask = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
     tau = (temperature if isinstance(temperature, Tensor) else torch.full((B, T), float(temperature),
@@ -109,7 +113,7 @@ def kd_loss_chunked(student_logits: Tensor, teacher_logits: Tensor, input_ids: T
     targets[:, :-1] = input_ids[:, 1:]
     loss, div, ce = _ChunkedKD.apply(student_logits.reshape(B * T, V), teacher_logits.reshape(B * T, V).detach(),
                                      targets.reshape(-1), kl_w.reshape(-1), ce_w.reshape(-1), tau.reshape(-1), chunk,
-                                     divergence_kind)
+                                     divergence_kind, float(label_smoothing))
     kl = (div.view(B, T) * maskf).sum() / maskf.sum().clamp_min(1)
     ce = (ce.view(B, T) * ce_mask).sum() / ce_mask.sum().clamp_min(1)
     return {"loss": loss, "kl": kl, "ce": ce}

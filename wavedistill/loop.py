@@ -73,9 +73,10 @@ class _Step(nn.Module):
     forward is what lets DDP prepare its gradient all-reduce for the backward that follows.
     """
 
-    def __init__(self, student: nn.Module) -> None:
+    def __init__(self, student: nn.Module, features: nn.Module | None = None) -> None:
         super().__init__()
         self.student = student
+        self.features = features  # feature-loss projections: their gradients are all-reduced like the student's
 
     def forward(self, loss_fn, batch: dict, step: int) -> dict:
         return loss_fn(batch, step)
@@ -143,6 +144,7 @@ class Run:
     resume_state: dict | None = None
     teacher_cache: object = None  # wavedistill.teacher_cache.TeacherCache: training targets without a teacher forward
     student_layer_map: list[int] | None = None  # a separate student: the teacher layer of each student layer
+    features: nn.Module | None = None  # features.FeatureProjection: trains with the student, not saved in it
 
     @property
     def device(self) -> str:
@@ -258,7 +260,7 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
     optimizer = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=lr, betas=(0.9, 0.95))
     scheduler = lr_schedule(optimizer, cfg, n_steps)
     # The scheduler stays unprepared: accelerate would step it once per process.
-    model, optimizer = acc.prepare(_Step(run.student), optimizer)
+    model, optimizer = acc.prepare(_Step(run.student, run.features), optimizer)
     start = 0
     state = run.resuming(part)
     if state is not None:

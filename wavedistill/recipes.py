@@ -9,8 +9,9 @@ Stage fields left at ``None`` take the run-wide value (``lr``, ``temperature``, 
 * ``transfer``: every converted layer learns to reproduce its teacher attention *output* from
   the teacher's own layer inputs (LoLCATs / MOHAWK stage 2); no LM head, one teacher forward.
 * ``kd``: end-to-end logit distillation, ``kl_weight * T^2 * divergence + ce_weight * CE
-  + hidden_weight * hidden-state MSE``; the divergence (forward KL by default, reverse KL or JSD) and
-  CE run a chunk of positions at a time (:mod:`wavedistill.kd_chunked`).
+  + hidden_weight * feature loss`` (MSE or cosine of mapped layer outputs, :mod:`wavedistill.features`);
+  the divergence (forward KL by default, reverse KL or JSD) and CE run a chunk of positions at a time
+  (:mod:`wavedistill.kd_chunked`).
 * ``progressive``: swap layers in one group at a time in ``order``, fine-tuning with the kd loss
   for ``steps_per_swap`` after each swap; stop (and undo the last swap) once val KL exceeds
   ``kl_budget``.
@@ -24,6 +25,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import WavedistillError
+from .features import FEATURE_LOSSES
 from .kd_chunked import DIVERGENCES
 
 TRANSFER_LOSSES = ("mse", "cosine")
@@ -54,7 +56,9 @@ class KDLoss:
     lr: float | None = None
     kl_weight: float | None = None  # None: the run's alpha
     ce_weight: float | None = None  # None: 1 - the run's alpha
-    hidden_weight: float = 0.0  # weight of the MSE between student and teacher decoder-layer outputs
+    hidden_weight: float = 0.0  # weight of the feature loss between student and (mapped) teacher layer outputs
+    hidden_loss: str = "mse"  # mse | cosine, after a learned projection where the widths differ
+    label_smoothing: float = 0.0  # of the CE term: target (1 - e) one-hot + e uniform
     temperature: float | None = None  # None: the run's temperature; the start value of a schedule
     temperature_schedule: str = "constant"  # constant | linear | cosine (to temperature_end) | dynamic
     temperature_end: float = 1.0
@@ -129,6 +133,8 @@ def validate_stage(stage: Stage) -> None:
             (all(w is None or w >= 0 for w in (stage.kl_weight, stage.ce_weight, stage.hidden_weight)),
              "loss weights must be >= 0"),
             (stage.divergence in DIVERGENCES, f"divergence must be one of {DIVERGENCES}"),
+            (stage.hidden_loss in FEATURE_LOSSES, f"hidden_loss must be one of {FEATURE_LOSSES}"),
+            (0.0 <= stage.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
             (stage.loss_chunk is None or stage.loss_chunk >= 0, "loss_chunk must be >= 0 (0 = the dense loss)"),
             (stage.loss_chunk != 0 or stage.divergence == "forward_kl",
              "reverse_kl and jsd run in the chunked loss: leave loss_chunk unset or > 0"),

@@ -18,9 +18,9 @@ def test_hidden_state_loss_and_dynamic_temperature_are_in_the_objective(tiny_tea
                                                     "temperature_schedule": "dynamic", "temperature_max": 3.0,
                                                     "kl_weight": 1.0, "ce_weight": 0.0}]))
     for r in rows(out):
-        assert r["hidden_mse"] > 0 and 1.0 < r["temperature"] <= 3.0
-        # loss = kl_weight * mean(T^2 KL) + hidden_weight * hidden_mse with T^2 >= 1, so it exceeds their plain sum.
-        assert r["loss"] >= r["kl"] + 0.5 * r["hidden_mse"] - 1e-6
+        assert r["feature_mse"] > 0 and 1.0 < r["temperature"] <= 3.0
+        # loss = kl_weight * mean(T^2 KL) + hidden_weight * feature_mse with T^2 >= 1, so it exceeds their plain sum.
+        assert r["loss"] >= r["kl"] + 0.5 * r["feature_mse"] - 1e-6
 
 
 def test_linear_temperature_schedule_goes_from_start_to_end(tiny_teacher, tmp_path):

@@ -1,8 +1,9 @@
 """The ``kd`` stage: end-to-end logit distillation of the whole student against the frozen teacher.
 
-Loss per batch: ``kl_weight * mean(T^2 D_T(teacher, student)) + ce_weight * CE(next token)
-+ hidden_weight * hidden_mse``, where ``hidden_mse`` averages the squared error between student
-and teacher decoder-layer outputs (HF ``hidden_states[1:]``; the last one is after the final norm).
+Loss per batch: ``kl_weight * mean(T^2 D_T(teacher, student)) + ce_weight * CE(next token, optionally
+label-smoothed) + hidden_weight * feature loss``: the ``hidden_loss`` (MSE or 1 - cosine) between each
+student decoder-layer output and its teacher layer's (HF ``hidden_states``; the last one is after the
+final norm), through the run's learned projections where the widths differ (:mod:`wavedistill.features`).
 The temperature is constant, follows a linear / cosine schedule to ``temperature_end`` over the
 stage, or is ``dynamic``: per position, from the teacher's entropy (confident positions are softened).
 D is the stage's ``divergence`` (forward KL by default); the loss runs ``loss_chunk`` positions at a
@@ -17,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from ..kd_chunked import kd_loss_chunked
-from ..losses import entropy_temperature, hidden_mse, kd_loss
+from ..features import feature_loss, matched_hidden
+from ..losses import entropy_temperature, kd_loss
 from ..loop import train_steps
 from ..schedules import scheduled_temperature
 from ..teacher_cache import cached_kd_loss, cached_kd_loss_dense
@@ -46,14 +48,19 @@ def kd_objective(run, stage, n_steps: int):
                                                 step / max(1, n_steps - 1))
         if stage.loss_chunk != 0:
             losses = kd_loss_chunked(s_out.logits, t_out.logits, ids, temperature=temperature, kl_weight=kl_weight,
-                                     ce_weight=ce_weight, divergence_kind=stage.divergence, chunk=stage.loss_chunk)
+                                     ce_weight=ce_weight, divergence_kind=stage.divergence, chunk=stage.loss_chunk,
+                                     label_smoothing=stage.label_smoothing)
         else:
             losses = kd_loss(s_out.logits, t_out.logits, ids, temperature=temperature, kl_weight=kl_weight,
-                             ce_weight=ce_weight)
+                             ce_weight=ce_weight, label_smoothing=stage.label_smoothing)
         if hidden:
-            losses["hidden_mse"] = hidden_mse(s_out.hidden_states[1:], t_out.hidden_states[1:])
-            losses["loss"] = losses["loss"] + stage.hidden_weight * losses["hidden_mse"]
-            losses["hidden_mse"] = losses["hidden_mse"].detach()
+            n_layers = len(s_out.hidden_states) - 1
+            pairs = matched_hidden(s_out.hidden_states, t_out.hidden_states,
+                                   run.student_layer_map or list(range(n_layers)))
+            key = f"feature_{stage.hidden_loss}"
+            losses[key] = feature_loss(*pairs, stage.hidden_loss, projection=run.features)
+            losses["loss"] = losses["loss"] + stage.hidden_weight * losses[key]
+            losses[key] = losses[key].detach()
         losses["temperature"] = torch.as_tensor(temperature).float().mean()
         return losses
 
@@ -78,4 +85,6 @@ def kd_objective(run, stage, n_steps: int):
 def run_kd(run, stage) -> dict:
 
     params = [p for p in run.student.parameters() if p.requires_grad]
+    if stage.hidden_weight > 0 and run.features is not None:
+        params += list(run.features.parameters())
     return train_steps(run, 0, params, stage.steps, stage.lr or run.cfg.lr, kd_objective(run, stage, stage.steps))
