@@ -120,11 +120,16 @@ def validate(cfg: DistillConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise WavedistillError(message)
-    recipe_stages(cfg)
+    stages = recipe_stages(cfg)
+    mixer = None
     if cfg.student is not None:
         from .student import student_spec
 
-        student_spec(cfg)
+        mixer = student_spec(cfg).mixer
+    if mixer != "attention" and any(getattr(s, "attention_weight", 0) > 0 for s in stages):
+        raise WavedistillError("attention_weight > 0 matches softmax attention maps: it needs a separate student that "
+                               "keeps attention (--student ... with the default --student-mixer attention); a wave "
+                               "mixer's materialised mixing matrix is not matched yet")
 
 
 def recipe_stages(cfg: DistillConfig, default_steps: int = 1):

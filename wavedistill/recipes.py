@@ -9,7 +9,8 @@ Stage fields left at ``None`` take the run-wide value (``lr``, ``temperature``, 
 * ``transfer``: every converted layer learns to reproduce its teacher attention *output* from
   the teacher's own layer inputs (LoLCATs / MOHAWK stage 2); no LM head, one teacher forward.
 * ``kd``: end-to-end logit distillation, ``kl_weight * T^2 * divergence + ce_weight * CE
-  + hidden_weight * feature loss`` (MSE or cosine of mapped layer outputs, :mod:`wavedistill.features`);
+  + hidden_weight * feature loss + attention_weight * attention-map loss`` (MSE or cosine of mapped layer
+  outputs, :mod:`wavedistill.features`; KL or MSE of attention maps, :mod:`wavedistill.attention_maps`);
   the divergence (forward KL by default, reverse KL or JSD) and CE run a chunk of positions at a time
   (:mod:`wavedistill.kd_chunked`).
 * ``progressive``: swap layers in one group at a time in ``order``, fine-tuning with the kd loss
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .attention_maps import HEAD_MATCHING, MAP_LOSSES
 from .errors import WavedistillError
 from .features import FEATURE_LOSSES
 from .kd_chunked import DIVERGENCES
@@ -59,6 +61,9 @@ class KDLoss:
     hidden_weight: float = 0.0  # weight of the feature loss between student and (mapped) teacher layer outputs
     hidden_loss: str = "mse"  # mse | cosine, after a learned projection where the widths differ
     label_smoothing: float = 0.0  # of the CE term: target (1 - e) one-hot + e uniform
+    attention_weight: float = 0.0  # weight of the attention-map loss (a separate student that keeps attention)
+    attention_loss: str = "kl"  # kl | mse, per query row
+    attention_heads: str = "head"  # head: student head h <-> teacher head h | group: <-> mean of teacher group h
     temperature: float | None = None  # None: the run's temperature; the start value of a schedule
     temperature_schedule: str = "constant"  # constant | linear | cosine (to temperature_end) | dynamic
     temperature_end: float = 1.0
@@ -135,6 +140,9 @@ def validate_stage(stage: Stage) -> None:
             (stage.divergence in DIVERGENCES, f"divergence must be one of {DIVERGENCES}"),
             (stage.hidden_loss in FEATURE_LOSSES, f"hidden_loss must be one of {FEATURE_LOSSES}"),
             (0.0 <= stage.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
+            (stage.attention_weight >= 0, "attention_weight must be >= 0"),
+            (stage.attention_loss in MAP_LOSSES, f"attention_loss must be one of {MAP_LOSSES}"),
+            (stage.attention_heads in HEAD_MATCHING, f"attention_heads must be one of {HEAD_MATCHING}"),
             (stage.loss_chunk is None or stage.loss_chunk >= 0, "loss_chunk must be >= 0 (0 = the dense loss)"),
             (stage.loss_chunk != 0 or stage.divergence == "forward_kl",
              "reverse_kl and jsd run in the chunked loss: leave loss_chunk unset or > 0"),

@@ -9,7 +9,8 @@ from tests.conftest import VOCAB, tiny_model
 from wavedistill.errors import WavedistillError
 from wavedistill.mixers import build_mixer
 from wavedistill.mixers.functional import ema_basis
-from wavedistill.stages.fit import attention_kernels, eager_attention, toeplitz_fit
+from wavedistill.attention_maps import eager_attention
+from wavedistill.stages.fit import attention_kernels, toeplitz_fit
 from wavedistill.stages.transfer import transfer_step
 from wavedistill.surgery import convert, wave_attention_modules
 

@@ -9,25 +9,13 @@ implement ``fit_toeplitz(head_kernels)`` (``learned_gate``); others are refused.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 
+from ..attention_maps import eager_attention
 from ..errors import WavedistillError
 from ..loop import log_candidate
 from ..surgery import wave_attention_modules
-
-
-@contextlib.contextmanager
-def eager_attention(model: nn.Module):
-    """Temporarily run ``model`` with eager attention, the implementation that returns attention maps."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        yield model
-    finally:
-        model.set_attn_implementation(previous)
 
 
 def toeplitz_fit(maps: Tensor) -> Tensor:

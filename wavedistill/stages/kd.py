@@ -3,7 +3,9 @@
 Loss per batch: ``kl_weight * mean(T^2 D_T(teacher, student)) + ce_weight * CE(next token, optionally
 label-smoothed) + hidden_weight * feature loss``: the ``hidden_loss`` (MSE or 1 - cosine) between each
 student decoder-layer output and its teacher layer's (HF ``hidden_states``; the last one is after the
-final norm), through the run's learned projections where the widths differ (:mod:`wavedistill.features`).
+final norm), through the run's learned projections where the widths differ (:mod:`wavedistill.features`);
+``+ attention_weight * attention-map loss`` of a separate student that keeps softmax attention
+(:mod:`wavedistill.attention_maps`; both models run eager attention during the stage).
 The temperature is constant, follows a linear / cosine schedule to ``temperature_end`` over the
 stage, or is ``dynamic``: per position, from the teacher's entropy (confident positions are softened).
 D is the stage's ``divergence`` (forward KL by default); the loss runs ``loss_chunk`` positions at a
@@ -15,9 +17,12 @@ tokens plus one rest bucket, at temperature 1, and the teacher does not run
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..kd_chunked import kd_loss_chunked
+from ..attention_maps import attention_map_loss, eager_attention
 from ..features import feature_loss, matched_hidden
 from ..losses import entropy_temperature, kd_loss
 from ..loop import train_steps
@@ -32,15 +37,16 @@ def kd_objective(run, stage, n_steps: int):
     ce_weight = 1.0 - cfg.alpha if stage.ce_weight is None else stage.ce_weight
     start = cfg.temperature if stage.temperature is None else stage.temperature
     hidden = stage.hidden_weight > 0
+    maps = stage.attention_weight > 0  # run_kd puts both models in eager attention, which returns the maps
 
     def loss_fn(batch: dict, step: int) -> dict:
         ids = batch["input_ids"]
         if "topk_ids" in batch:
             return cached(batch)
         with torch.no_grad():
-            t_out = run.teacher(ids, use_cache=False, output_hidden_states=hidden)
+            t_out = run.teacher(ids, use_cache=False, output_hidden_states=hidden, output_attentions=maps)
         with run.autocast:
-            s_out = run.student(ids, use_cache=False, output_hidden_states=hidden)
+            s_out = run.student(ids, use_cache=False, output_hidden_states=hidden, output_attentions=maps)
         if stage.temperature_schedule == "dynamic":
             temperature = entropy_temperature(t_out.logits, stage.temperature_max)  # (B, T)
         else:
@@ -60,6 +66,13 @@ def kd_objective(run, stage, n_steps: int):
             key = f"feature_{stage.hidden_loss}"
             losses[key] = feature_loss(*pairs, stage.hidden_loss, projection=run.features)
             losses["loss"] = losses["loss"] + stage.hidden_weight * losses[key]
+            losses[key] = losses[key].detach()
+        if maps:
+            key = f"attention_{stage.attention_loss}"
+            losses[key] = attention_map_loss(s_out.attentions, t_out.attentions,
+                                             run.student_layer_map or list(range(len(s_out.attentions))),
+                                             stage.attention_loss, stage.attention_heads)
+            losses["loss"] = losses["loss"] + stage.attention_weight * losses[key]
             losses[key] = losses[key].detach()
         losses["temperature"] = torch.as_tensor(temperature).float().mean()
         return losses
@@ -87,4 +100,9 @@ def run_kd(run, stage) -> dict:
     params = [p for p in run.student.parameters() if p.requires_grad]
     if stage.hidden_weight > 0 and run.features is not None:
         params += list(run.features.parameters())
-    return train_steps(run, 0, params, stage.steps, stage.lr or run.cfg.lr, kd_objective(run, stage, stage.steps))
+    with contextlib.ExitStack() as stack:
+        if stage.attention_weight > 0:
+            stack.enter_context(eager_attention(run.teacher))
+            stack.enter_context(eager_attention(run.student))
+        return train_steps(run, 0, params, stage.steps, stage.lr or run.cfg.lr,
+                           kd_objective(run, stage, stage.steps))
