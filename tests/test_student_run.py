@@ -162,3 +162,16 @@ def test_feature_matching_trains_the_projections_to_the_teacher_width(tiny_teach
     assert not torch.equal(proj.maps[0].weight, seen["start"][0]), "the projection trains"
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert all(r["feature_cosine"] > 0 for r in rows if "stage_step" in r)
+
+
+def test_report_shows_parameters_size_and_speed_of_a_student_run(student_run, capsys):
+    from wavedistill.cli import main
+
+    out, metrics = student_run
+    assert main(["report", str(out)]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split(" | ")
+    assert row[4] == f"{metrics['params']:,}" and metrics["params"] == metrics["student"]["params"]
+    size = sum(f.stat().st_size for f in (out / "student").iterdir() if f.is_file()) / 1e6
+    assert row[5] == f"{size:.2f}"
+    assert float(row[10].replace(",", "")) > 0, "training tokens/s"
+    assert metrics["generate_tokens_per_s_student"] > 0 and metrics["generate_tokens_per_s_teacher"] > 0

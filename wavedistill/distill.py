@@ -269,6 +269,8 @@ def finish(r: Run, counts: dict) -> dict:
                               "intermediate_size": c.intermediate_size, "layer_map": r.student_layer_map,
                               "mixer": (cfg.student or {}).get("mixer", "attention"),
                               "params": sum(p.numel() for p in student.parameters() if p.requires_grad)}
+    replaced = {id(p) for m in wave_attention_modules(student).values() for p in m.base_attn.parameters()}
+    metrics["params"] = sum(p.numel() for p in student.parameters() if id(p) not in replaced)
     metrics.update({"split": "test", "mixer": metrics.get("student", {}).get("mixer", cfg.wave_type),
                     "layers": converted,
                     "kept_attention_layers": [i for i in range(len(decoder_layers(student))) if i not in converted],

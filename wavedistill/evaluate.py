@@ -94,20 +94,27 @@ def top5_overlap_sum(t5: torch.Tensor, s5: torch.Tensor) -> float:
 @torch.no_grad()
 def side_by_side(teacher: nn.Module, student: nn.Module, tokenizer, prompts: list[list[int]],
                  max_new_tokens: int = 48, device: str = "cpu") -> list[dict]:
-    """Greedy continuations of each prompt by teacher and student, with per-sample token agreement."""
+    """Greedy continuations of each prompt by teacher and student, with per-sample token agreement and the
+    wall time of each ``generate`` call (batch 1, cached decoding)."""
+    import time
+
     rows = []
     for ids in prompts:
         x = torch.tensor([ids], device=device)
         kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
                   if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        t0 = time.perf_counter()
         gt = teacher.generate(x, **kw)[0, len(ids):].tolist()
+        t1 = time.perf_counter()
         gs = student.generate(x, **kw)[0, len(ids):].tolist()
+        t2 = time.perf_counter()
         n = max(len(gt), len(gs))
         agree = sum(a == b for a, b in zip(gt, gs)) / n if n else 1.0
         rows.append({"prompt": tokenizer.decode(ids, skip_special_tokens=True),
                      "teacher": tokenizer.decode(gt, skip_special_tokens=True),
                      "student": tokenizer.decode(gs, skip_special_tokens=True),
-                     "token_agreement": agree})
+                     "token_agreement": agree, "teacher_tokens": len(gt), "teacher_s": t1 - t0,
+                     "student_tokens": len(gs), "student_s": t2 - t1})
     return rows
 
 
@@ -123,6 +130,9 @@ def evaluate_student(teacher: nn.Module, student: nn.Module, tokenizer, windows:
     metrics = compare(teacher, student, windows, batch_size=batch_size, device=device)
     rows = side_by_side(teacher, student, tokenizer, prompts, device=device)
     metrics["generation_token_agreement"] = sum(r["token_agreement"] for r in rows) / max(len(rows), 1)
+    for who in ("teacher", "student"):
+        seconds = sum(r[f"{who}_s"] for r in rows)
+        metrics[f"generate_tokens_per_s_{who}"] = sum(r[f"{who}_tokens"] for r in rows) / seconds if seconds else None
     return metrics, rows
 
 
@@ -162,11 +172,26 @@ def print_metrics(metrics: dict, title: str = "held-out metrics") -> None:
     Console().print(table)
 
 
+def folder_mb(path: str) -> float | None:
+    """Bytes of the files in ``path`` (not recursive), in MB; None when it does not exist."""
+    if not os.path.isdir(path):
+        return None
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
+               if os.path.isfile(os.path.join(path, f))) / 1e6
+
+
 def report_table(rows: list[tuple[str, dict]]) -> str:
-    """One Markdown row per run, from each run's metrics.json."""
-    head = ("| run | mixer | recipe | attention kept | T | steps | tokens seen | train wall s | positions | top-1 | "
-            "top-5 overlap | T-top1 in S-top5 | KL | ppl teacher | ppl student | ppl no-mixing | gap closed |")
-    lines = [head, "|" + "---|" * 4 + "---:|" * 13]
+    """One Markdown row per run, from each run's metrics.json (and the size of what it ships).
+
+    ``params``: the student's parameters in use (a converted model's replaced attention excluded); ``MB``:
+    a separate student's ``student/`` folder, else the ``adapter/`` folder (the base model not counted);
+    ``train tok/s``: tokens seen / training wall time; ``gen tok/s``: greedy generation of the
+    side-by-side samples, student (teacher), batch 1.
+    """
+    head = ("| run | mixer | recipe | attention kept | params | MB | T | steps | tokens seen | train wall s | "
+            "train tok/s | gen tok/s student (teacher) | positions | top-1 | top-5 overlap | T-top1 in S-top5 | KL | "
+            "ppl teacher | ppl student | ppl no-mixing | gap closed |")
+    lines = [head, "|" + "---|" * 4 + "---:|" * 17]
     for run_dir, m in rows:
         recipe = " → ".join(m.get("recipe") or []) or ("kd" if m.get("steps") else "untrained")
         if m.get("lora"):
@@ -174,8 +199,16 @@ def report_table(rows: list[tuple[str, dict]]) -> str:
         elif (m.get("trainable_params") or {}).get("mlp"):
             recipe += " + MLPs"
         kept = ",".join(str(i) for i in m.get("kept_attention_layers") or []) or "—"
-        cells = [os.path.basename(os.path.normpath(run_dir)), m.get("mixer", "?"), recipe, kept, m.get("seq_len", "?"),
-                 m.get("steps", "?"), f"{m.get('tokens_seen', 0):,}", m.get("train_wall_s", "?"), m["positions"],
+        if m.get("student"):
+            recipe = f"{recipe} (student {m['student']['layers']}L x {m['student']['hidden_size']})"
+        size = folder_mb(os.path.join(run_dir, "student" if m.get("student") else "adapter"))
+        wall = m.get("train_wall_s") or 0
+        gen_s, gen_t = m.get("generate_tokens_per_s_student"), m.get("generate_tokens_per_s_teacher")
+        cells = [os.path.basename(os.path.normpath(run_dir)), m.get("mixer", "?"), recipe, kept,
+                 f"{m['params']:,}" if m.get("params") else "?", f"{size:.2f}" if size is not None else "—",
+                 m.get("seq_len", "?"), m.get("steps", "?"), f"{m.get('tokens_seen', 0):,}", m.get("train_wall_s", "?"),
+                 f"{m.get('tokens_seen', 0) / wall:,.0f}" if wall else "—",
+                 f"{gen_s:,.0f} ({gen_t:,.0f})" if gen_s and gen_t else "—", m["positions"],
                  f"{m['top1_agreement']:.3f}", f"{m['top5_overlap']:.3f}", f"{m['teacher_top1_in_student_top5']:.3f}",
                  f"{m['kl']:.3f}", f"{m['ppl_teacher']:.2f}", f"{m['ppl_student']:.2f}",
                  f"{m.get('ppl_no_mixing', float('nan')):.2f}", f"{m.get('gap_closed', float('nan')):.3f}"]
