@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Peak memory of a distill run before and after "one copy of the base" (commit f7f9f15): the same command
 # run by the code just before it (19509f9, in a git worktree with its own venv) and by this checkout.
-# usage: bash scripts/memory_before_after.sh [RUNS_DIR]   (needs ../shared; the real-shape rows need
+# usage: bash scripts/memory_before_after.sh [RUNS_DIR]   (needs ../shared; THREADS=1 for one core; the real-shape rows need
 #        runs/real_shape/qwen3_shape from scripts/real_shape.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ mkdir -p "$R"
 T=$(realpath ../shared/teachers/stories260K); D=$(realpath ../shared/corpora/tinystories/stories.txt)
 STORIES=(--teacher "$T" --data "$D" --wave-type rotary_gla --max-steps 20 --batch-size 16 --seq-len 256)
 SHAPE=(--recipe "$(realpath configs/real_shape.yaml)" --teacher "$(realpath -m runs/real_shape/qwen3_shape)"
-       --data "$D" --dtype float32)
+       --data "$D")
 measure() {  # measure NAME CODE_DIR distill-args...: the peak resident set size (MB) of the whole run
   local name=$1 code=$2; shift 2
   [ -f "$R/$name.rss" ] && return 0
@@ -33,12 +33,16 @@ peak() {  # peak NAME: "MB", or "killed at MB" when the run did not finish
 measure stories_before "$W" "${STORIES[@]}"
 measure stories_after "$PWD" "${STORIES[@]}"
 if [ -f runs/real_shape/qwen3_shape/config.json ]; then
-  measure shape_fp32_before "$W" "${SHAPE[@]}"
-  measure shape_fp32_after "$PWD" "${SHAPE[@]}"
+  measure shape_fp32_before "$W" "${SHAPE[@]}" --dtype float32
+  measure shape_fp32_after "$PWD" "${SHAPE[@]}" --dtype float32
+  measure shape_bf16_before "$W" "${SHAPE[@]}" --dtype bfloat16
+  measure shape_bf16_after "$PWD" "${SHAPE[@]}" --dtype bfloat16
+  measure shape_fp32_after_ckpt "$PWD" "${SHAPE[@]}" --dtype float32 --grad-checkpointing
 fi
 echo "| run | peak RSS before (MB) | after (MB) |"
 echo "|---|---:|---:|"
-for run in stories shape_fp32; do
+for run in stories shape_fp32 shape_bf16; do
   [ -f "$R/${run}_after.rss" ] || continue
   echo "| $run | $(peak "${run}_before") | $(peak "${run}_after") |"
 done
+[ -f "$R/shape_fp32_after_ckpt.rss" ] && echo "| shape_fp32, after, --grad-checkpointing | | $(peak shape_fp32_after_ckpt) |"

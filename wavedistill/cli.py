@@ -22,7 +22,8 @@ DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from Dist
     ("--stages",): "stages", ("--lora-mlp",): "lora_mlp", ("--lora-alpha",): "lora_alpha", ("--reinit",): "reinit",
     ("--grad-accum",): "grad_accum", ("--teacher-cache",): "teacher_cache", ("--train-windows",): "train_windows",
     ("--teacher-dtype",): "teacher_dtype", ("--teacher-device-map",): "teacher_device_map",
-    ("--teacher-max-memory",): "teacher_max_memory",
+    ("--teacher-max-memory",): "teacher_max_memory", ("--tracker",): "tracker",
+    ("--grad-norm-every",): "grad_norm_every", ("--val-windows",): "val_windows",
 }
 
 

@@ -10,6 +10,9 @@ import yaml
 from .errors import WavedistillError
 
 
+TRACKERS = ("tensorboard", "wandb", "aim", "mlflow")
+
+
 @dataclass
 class DistillConfig:
     teacher: str = "Qwen/Qwen3-0.6B"
@@ -53,6 +56,8 @@ class DistillConfig:
     test_windows: int = 0  # 0 = every held-out window
     save_every: int = 200
     n_generations: int = 4
+    tracker: str = "tensorboard"  # TensorBoard always; wandb | aim | mlflow also log there (accelerate's trackers)
+    grad_norm_every: int = 0  # > 0: log each decoder layer's gradient norm every N steps
     output_dir: str = "runs/distill"
     resume: bool = False
     device: str = "cpu"
@@ -116,6 +121,8 @@ def validate(cfg: DistillConfig) -> None:
         (cfg.teacher_max_memory is None or cfg.teacher_device_map is not None,
          "teacher_max_memory needs teacher_device_map (e.g. auto)"),
         (cfg.teacher_cache is None or isinstance(cfg.teacher_cache, str), "teacher_cache must be a folder path"),
+        (cfg.tracker in TRACKERS, f"tracker must be one of {', '.join(TRACKERS)}"),
+        (cfg.grad_norm_every >= 0, "grad_norm_every must be >= 0 (0 = off)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -196,6 +196,8 @@ def run(cfg: DistillConfig) -> dict | None:
             with open(log_path, "w") as f:
                 f.writelines(kept)
         r.writer = SummaryWriter(cfg.output_dir, purge_step=r.step + 1 if cfg.resume else None)
+    if cfg.tracker != "tensorboard":
+        start_tracker(cfg, acc)
         r.log = open(log_path, "a")
     if not stages:
         log_candidate(r)  # --no-train: the teacher-initialised student is the only candidate
@@ -215,6 +217,8 @@ def run(cfg: DistillConfig) -> dict | None:
         return None
     r.writer.close()
     r.log.close()
+    if cfg.tracker != "tensorboard":
+        acc.end_training()
 
     # Logits of the in-memory student at the end of training (the state in checkpoint/), so a
     # fresh process can check that load_student(DIR/checkpoint) reproduces them.
@@ -228,6 +232,20 @@ def run(cfg: DistillConfig) -> dict | None:
 
         shutil.rmtree(offload, ignore_errors=True)
     return metrics
+
+
+def start_tracker(cfg: DistillConfig, acc) -> None:
+    """accelerate's tracker for ``cfg.tracker``, with the run's settings as its parameters. MLflow logs to
+    ``OUT/mlruns`` (a local file store) unless MLFLOW_TRACKING_URI says otherwise; wandb follows WANDB_MODE
+    (``offline`` writes under ``OUT/wandb``)."""
+    import dataclasses
+
+    if cfg.tracker == "mlflow" and "MLFLOW_TRACKING_URI" not in os.environ:
+        os.environ["MLFLOW_TRACKING_URI"] = "file://" + os.path.abspath(os.path.join(cfg.output_dir, "mlruns"))
+    params = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+              for k, v in dataclasses.asdict(cfg).items()}
+    acc.init_trackers(os.path.basename(os.path.normpath(cfg.output_dir)) or "wavedistill", config=params,
+                      init_kwargs={"wandb": {"dir": cfg.output_dir}})
 
 
 def describe_student(r: Run) -> str:

@@ -45,7 +45,16 @@ def make_accelerator(cfg: DistillConfig):
     # Accelerator state is per process; several runs in one process (tests, `compare`) may differ in dtype.
     AcceleratorState._reset_state()
     placed = cfg.teacher_device_map is not None
-    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=MIXED_PRECISION[cfg.dtype],
+    tracker = {}
+    if cfg.tracker != "tensorboard":  # TensorBoard is written directly; another tracker goes through accelerate
+        import accelerate.utils as au
+
+        available = {"wandb": au.is_wandb_available, "aim": au.is_aim_available, "mlflow": au.is_mlflow_available}
+        if not available[cfg.tracker]():
+            raise WavedistillError(f"--tracker {cfg.tracker} is not installed: "
+                                   f"pip install 'wavedistill[{cfg.tracker}]'")
+        tracker = {"log_with": cfg.tracker, "project_dir": cfg.output_dir}
+    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=MIXED_PRECISION[cfg.dtype], **tracker,
                       device_placement=not placed,  # a device-mapped model stays where its map put it
                       # a stage may leave some trainable parameters out of a step (hand-off at a = 0)
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -116,6 +125,19 @@ def lr_schedule(optimizer, cfg: DistillConfig, n_steps: int):
 
     return get_cosine_with_min_lr_schedule_with_warmup(optimizer, min(cfg.warmup_steps, n_steps), n_steps,
                                                        min_lr_rate=cfg.min_lr_ratio)
+
+
+@torch.no_grad()
+def layer_grad_norms(model: nn.Module) -> dict[int, float]:
+    """The L2 norm of the gradients of each decoder layer's parameters (layers without gradients left out)."""
+    from .surgery import decoder_layers
+
+    norms = {}
+    for i, block in enumerate(decoder_layers(model)):
+        grads = [p.grad.float().norm() for p in block.parameters() if p.grad is not None]
+        if grads:
+            norms[i] = torch.stack(grads).norm().item()
+    return norms
 
 
 @dataclass
@@ -202,6 +224,8 @@ class Run:
     def scalar(self, name: str, value: float) -> None:
         if self.main:
             self.writer.add_scalar(name, value, self.step)
+        if self.cfg.tracker != "tensorboard":
+            self.acc.log({name: value}, step=self.step)  # accelerate logs on the main process only
 
     def reset_selection(self) -> None:
         """The converted layers changed: earlier candidates are another architecture and no longer count."""
@@ -299,6 +323,9 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
             raise TrainingError(f"loss became {means['loss']} at step {run.step + 1} (stage {name}); lower the "
                                 f"stage's lr (now {lr}) or use --dtype float32. The last checkpoint in "
                                 f"{cfg.output_dir} is untouched.")
+        if cfg.grad_norm_every and (run.step + 1) % cfg.grad_norm_every == 0:
+            for i, norm in layer_grad_norms(run.student).items():
+                run.scalar(f"grad_norm/layer_{i}", norm)
         acc.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         scheduler.step()
