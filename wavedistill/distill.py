@@ -196,9 +196,9 @@ def run(cfg: DistillConfig) -> dict | None:
             with open(log_path, "w") as f:
                 f.writelines(kept)
         r.writer = SummaryWriter(cfg.output_dir, purge_step=r.step + 1 if cfg.resume else None)
+        r.log = open(log_path, "a")
     if cfg.tracker != "tensorboard":
         start_tracker(cfg, acc)
-        r.log = open(log_path, "a")
     if not stages:
         log_candidate(r)  # --no-train: the teacher-initialised student is the only candidate
     for i in range(r.stage_index, len(stages)):
