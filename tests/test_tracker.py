@@ -11,12 +11,20 @@ from wavedistill.errors import WavedistillError
 mlflow = pytest.importorskip("mlflow", reason="the dev extra installs mlflow-skinny; pip install -e '.[dev]'")
 
 
-def test_an_mlflow_run_logs_the_training_scalars_and_per_layer_gradient_norms(tiny_teacher, tmp_path, monkeypatch):
+def test_an_mlflow_run_logs_the_training_scalars_and_per_layer_gradient_norms(tiny_teacher, tmp_path):
     from wavedistill.distill import run
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    import os
+
     out = tmp_path / "run"
-    run(tiny_run_config(tiny_teacher, out, max_steps=4, tracker="mlflow", grad_norm_every=2))
+    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE")}
+    try:  # unset: the run chooses a local store in its own folder
+        run(tiny_run_config(tiny_teacher, out, max_steps=4, tracker="mlflow", grad_norm_every=2))
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
     client = mlflow.tracking.MlflowClient(tracking_uri="file://" + str(out / "mlruns"))
     (experiment,) = [e for e in client.search_experiments() if e.name == "run"]
     (logged,) = client.search_runs([experiment.experiment_id])

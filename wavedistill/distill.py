@@ -236,12 +236,14 @@ def run(cfg: DistillConfig) -> dict | None:
 
 def start_tracker(cfg: DistillConfig, acc) -> None:
     """accelerate's tracker for ``cfg.tracker``, with the run's settings as its parameters. MLflow logs to
-    ``OUT/mlruns`` (a local file store) unless MLFLOW_TRACKING_URI says otherwise; wandb follows WANDB_MODE
-    (``offline`` writes under ``OUT/wandb``)."""
+    ``OUT/mlruns`` unless MLFLOW_TRACKING_URI says otherwise: a local file store, which needs no server or
+    database (MLflow 3 keeps it in maintenance mode and asks for MLFLOW_ALLOW_FILE_STORE, set here for it);
+    wandb follows WANDB_MODE (``offline`` writes under ``OUT/wandb``)."""
     import dataclasses
 
     if cfg.tracker == "mlflow" and "MLFLOW_TRACKING_URI" not in os.environ:
         os.environ["MLFLOW_TRACKING_URI"] = "file://" + os.path.abspath(os.path.join(cfg.output_dir, "mlruns"))
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     params = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
               for k, v in dataclasses.asdict(cfg).items()}
     acc.init_trackers(os.path.basename(os.path.normpath(cfg.output_dir)) or "wavedistill", config=params,

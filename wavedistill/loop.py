@@ -323,9 +323,9 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
             raise TrainingError(f"loss became {means['loss']} at step {run.step + 1} (stage {name}); lower the "
                                 f"stage's lr (now {lr}) or use --dtype float32. The last checkpoint in "
                                 f"{cfg.output_dir} is untouched.")
-        if cfg.grad_norm_every and (run.step + 1) % cfg.grad_norm_every == 0:
-            for i, norm in layer_grad_norms(run.student).items():
-                run.scalar(f"grad_norm/layer_{i}", norm)
+        # Read before clipping; logged under the step this update makes.
+        grad_norms = layer_grad_norms(run.student) if cfg.grad_norm_every and \
+            (run.step + 1) % cfg.grad_norm_every == 0 else {}
         acc.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -342,6 +342,8 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
         for k, v in row.items():
             if k not in ("step", "stage", "stage_step", "tokens_seen"):
                 run.scalar(f"train/{k}", v)
+        for i, norm in grad_norms.items():
+            run.scalar(f"grad_norm/layer_{i}", norm)
         last = s + 1 == n_steps
         if run.step % cfg.eval_every == 0 or last:
             row.update(evaluate(run))
