@@ -175,3 +175,40 @@ def test_report_shows_parameters_size_and_speed_of_a_student_run(student_run, ca
     assert row[5] == f"{size:.2f}"
     assert float(row[10].replace(",", "")) > 0, "training tokens/s"
     assert metrics["generate_tokens_per_s_student"] > 0 and metrics["generate_tokens_per_s_teacher"] > 0
+
+
+def _student_folder(tiny_teacher, folder, extra_rows=0, corpus=None):
+    """A smaller Qwen3 with the teacher's tokenizer (or one fitted to ``corpus``), its vocabulary padded by
+    ``extra_rows`` rows, saved like any HF model."""
+    from transformers import Qwen3ForCausalLM
+
+    from tests.tiny_teachers import tiny_qwen3_config
+    from wavedistill.demo import build_tokenizer
+
+    tokenizer = build_tokenizer(str(corpus or tiny_teacher["corpus"]))
+    config = tiny_qwen3_config(len(tokenizer) + extra_rows)
+    config.num_hidden_layers, config.layer_types = 1, config.layer_types[:1]
+    torch.manual_seed(3)
+    Qwen3ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_student_folder_with_a_padded_vocabulary_trains_on_the_shared_rows(tiny_teacher, tmp_path):
+    from wavedistill.distill import run
+
+    folder = _student_folder(tiny_teacher, tmp_path / "student_model", extra_rows=7)
+    metrics = run(tiny_run_config(tiny_teacher, tmp_path / "run", student={"path": str(folder)}, max_steps=2))
+    assert metrics["student"]["layers"] == 1 and metrics["student"]["layer_map"] == [1]
+    assert 0 < metrics["kl"] < 50 and metrics["positions"] > 0
+
+
+def test_a_student_folder_with_another_tokenizer_is_refused_before_anything_is_written(tiny_teacher, tmp_path):
+    from tests.tiny_teachers import write_tiny_corpus
+    from wavedistill.distill import run
+
+    other = write_tiny_corpus(tmp_path / "other.txt", n_stories=5, seed=7)
+    folder = _student_folder(tiny_teacher, tmp_path / "student_model", corpus=other)
+    with pytest.raises(WavedistillError, match="the student's tokenizer .* differs from the teacher's"):
+        run(tiny_run_config(tiny_teacher, tmp_path / "run", student={"path": str(folder)}, max_steps=2))
+    assert not (tmp_path / "run").exists()

@@ -141,14 +141,14 @@ def run(cfg: DistillConfig) -> dict | None:
         from .teacher_cache import open_for_run
 
         cache = open_for_run(cfg, stages, base, tokenizer, splits)
-    student_layer_map = None
+    student_layer_map = rows = None
     if cfg.student is None:  # the student is the base with its mixers swapped in; the teacher a view of it
         student = build_student(base, cfg)
         teacher = TeacherView(student)
     else:  # a separate, smaller student; the base is only the teacher
         from .student import save_student_folder, student_for_run
 
-        student, student_layer_map, _ = student_for_run(base, tokenizer, cfg)
+        student, student_layer_map, rows = student_for_run(base, tokenizer, cfg)
         teacher = base
         if acc.is_main_process and not cfg.resume:
             save_student_folder(student, tokenizer, os.path.join(cfg.output_dir, STUDENT_INIT))
@@ -160,7 +160,7 @@ def run(cfg: DistillConfig) -> dict | None:
     r = Run(cfg, stages, teacher, student, tokenizer, splits,
             eval_windows(splits.val, cfg.seq_len, cfg.val_windows), eval_windows(splits.test, cfg.seq_len,
                                                                                  cfg.test_windows), acc,
-            teacher_cache=cache, student_layer_map=student_layer_map)
+            teacher_cache=cache, student_layer_map=student_layer_map, shared_vocab=rows)
     if student_layer_map is not None and any(getattr(s, "hidden_weight", 0) > 0 for s in stages):
         from .features import FeatureProjection
 
@@ -272,7 +272,8 @@ def finish(r: Run, counts: dict) -> dict:
     load_adapter_weights(r.student, load_file(os.path.join(adapter, ADAPTER_WEIGHTS)), adapter)
     student = r.student.eval()
     prompts = window_prompts(r.splits.test, cfg.seq_len, cfg.n_generations)
-    metrics, rows = evaluate_student(r.teacher, student, r.tokenizer, r.test_windows, prompts, device=r.device)
+    metrics, rows = evaluate_student(r.teacher, student, r.tokenizer, r.test_windows, prompts, device=r.device,
+                                     vocab=r.shared_vocab)
     if cfg.lora_merge:
         from .lora import merge_mlp_lora
 

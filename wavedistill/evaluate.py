@@ -21,6 +21,7 @@ import os
 import torch
 from torch import nn
 
+from .errors import WavedistillError
 from .losses import kl_teacher_student, next_token_ce
 from .surgery import decoder_layers
 
@@ -44,14 +45,22 @@ def attention_zeroed(model: nn.Module, layers=None):
 
 @torch.no_grad()
 def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch_size: int = 8,
-            device: str = "cpu", with_baseline: bool = True) -> dict:
-    """Agreement, KL and perplexities of student vs teacher on (N, T) held-out token windows."""
+            device: str = "cpu", with_baseline: bool = True, vocab: int | None = None) -> dict:
+    """Agreement, KL and perplexities of student vs teacher on (N, T) held-out token windows.
+
+    ``vocab``: score only the first ``vocab`` logit rows, those teacher and student share (a separate student
+    whose vocabulary is padded differently, checked by :func:`wavedistill.student.shared_vocab`); otherwise
+    both must have the same number of rows.
+    """
     sums = dict(top1=0.0, top5=0.0, t1_in_s5=0.0, kl=0.0, ce_t=0.0, ce_s=0.0, ce_none=0.0, top5_none=0.0, kl_none=0.0)
     positions = targets = 0
     for i in range(0, len(windows), batch_size):
         ids = windows[i: i + batch_size].to(device)
-        t = teacher(ids, use_cache=False).logits.float()
-        s = student(ids, use_cache=False).logits.float()
+        t = teacher(ids, use_cache=False).logits.float()[..., :vocab]
+        s = student(ids, use_cache=False).logits.float()[..., :vocab]
+        if t.shape != s.shape:
+            raise WavedistillError(f"teacher and student logits have {t.shape[-1]:,} and {s.shape[-1]:,} rows; "
+                                   "compare them over their shared vocabulary (vocab=...)")
         t5, s5 = t.topk(5, dim=-1).indices, s.topk(5, dim=-1).indices  # (B, T, 5)
         sums["top1"] += (t5[..., 0] == s5[..., 0]).sum().item()
         sums["top5"] += top5_overlap_sum(t5, s5)
@@ -61,7 +70,7 @@ def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch
         sums["ce_s"] += next_token_ce(s, ids).double().sum().item()
         if with_baseline:
             with attention_zeroed(teacher):
-                n = teacher(ids, use_cache=False).logits.float()
+                n = teacher(ids, use_cache=False).logits.float()[..., :vocab]
             sums["ce_none"] += next_token_ce(n, ids).double().sum().item()
             sums["top5_none"] += top5_overlap_sum(t5, n.topk(5, dim=-1).indices)
             sums["kl_none"] += kl_teacher_student(t, n).double().sum().item()
@@ -125,9 +134,10 @@ def window_prompts(stream: torch.Tensor, seq_len: int, n: int, prompt_len: int =
 
 
 def evaluate_student(teacher: nn.Module, student: nn.Module, tokenizer, windows: torch.Tensor,
-                     prompts: list[list[int]], device: str = "cpu", batch_size: int = 8) -> tuple[dict, list[dict]]:
+                     prompts: list[list[int]], device: str = "cpu", batch_size: int = 8,
+                     vocab: int | None = None) -> tuple[dict, list[dict]]:
     """:func:`compare` on held-out windows plus side-by-side generations; (metrics, generation rows)."""
-    metrics = compare(teacher, student, windows, batch_size=batch_size, device=device)
+    metrics = compare(teacher, student, windows, batch_size=batch_size, device=device, vocab=vocab)
     rows = side_by_side(teacher, student, tokenizer, prompts, device=device)
     metrics["generation_token_agreement"] = sum(r["token_agreement"] for r in rows) / max(len(rows), 1)
     for who in ("teacher", "student"):

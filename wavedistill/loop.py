@@ -167,6 +167,7 @@ class Run:
     teacher_cache: object = None  # wavedistill.teacher_cache.TeacherCache: training targets without a teacher forward
     student_layer_map: list[int] | None = None  # a separate student: the teacher layer of each student layer
     features: nn.Module | None = None  # features.FeatureProjection: trains with the student, not saved in it
+    shared_vocab: int | None = None  # a separate student whose vocabulary rows differ: the rows both have
 
     @property
     def device(self) -> str:
@@ -241,7 +242,8 @@ def evaluate(run: Run) -> dict:
     handoff = {i: m.handoff for i, m in modules.items()}
     set_handoff(run.student, None)
     run.student.eval()
-    m = compare(run.teacher, run.student, run.val_windows, device=run.device, with_baseline=False)
+    m = compare(run.teacher, run.student, run.val_windows, device=run.device, with_baseline=False,
+                vocab=run.shared_vocab)
     run.student.train()
     for i, a in handoff.items():
         modules[i].handoff = a

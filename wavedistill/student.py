@@ -201,9 +201,10 @@ def student_spec(cfg) -> StudentSpec:
     return spec
 
 
-def student_for_run(teacher: nn.Module, teacher_tokenizer, cfg) -> tuple[nn.Module, list[int], int]:
+def student_for_run(teacher: nn.Module, teacher_tokenizer, cfg) -> tuple[nn.Module, list[int], int | None]:
     """(student, layer map, shared logit rows) of a run with ``cfg.student``: built (or loaded) in float32,
-    its layers converted to ``mixer`` unless it keeps attention, everything but replaced attention trainable."""
+    its layers converted to ``mixer`` unless it keeps attention, everything but replaced attention trainable.
+    The shared rows are None when teacher and student have the same number of output rows."""
     from .io import base_identity
     from .layer_map import layer_map
     from .surgery import convert, wave_attention_modules
@@ -220,11 +221,13 @@ def student_for_run(teacher: nn.Module, teacher_tokenizer, cfg) -> tuple[nn.Modu
             raise WavedistillError(f"could not load the student {spec.path!r}: {str(e).splitlines()[0][:300]}") \
                 from None
         rows = shared_vocab(teacher_tokenizer, tokenizer, teacher.config.vocab_size, student.config.vocab_size)
+        if rows == teacher.config.vocab_size == student.config.vocab_size:
+            rows = None
         lmap = layer_map(spec.layer_map, n_teacher, student.config.num_hidden_layers)
     else:
         lmap = layer_map(spec.layer_map, n_teacher, student_config(teacher.config, spec).num_hidden_layers)
         student = build_student_model(teacher, spec, lmap)
-        rows = teacher.config.vocab_size
+        rows = None
     # Recorded before training: the adapters of this run apply to the student's initial state.
     student.__dict__["_wavedistill_base_identity"] = base_identity(student)
     if spec.mixer != "attention":

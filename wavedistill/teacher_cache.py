@@ -256,10 +256,11 @@ def check_stages(stages, cfg) -> None:
                                    "cache does not hold: drop --teacher-cache or the stage")
         if not isinstance(stage, KDLoss):
             continue
-        if stage.hidden_weight > 0:
-            raise WavedistillError(f"{name} has hidden_weight {stage.hidden_weight}: the hidden-state loss needs the "
-                                   "teacher's activations, which a teacher cache does not hold; set it to 0 or drop "
-                                   "--teacher-cache")
+        for weight in ("hidden_weight", "attention_weight"):
+            if getattr(stage, weight) > 0:
+                raise WavedistillError(f"{name} has {weight} {getattr(stage, weight)}: that loss needs the teacher's "
+                                       "activations, which a teacher cache does not hold; set it to 0 or drop "
+                                       "--teacher-cache")
         temperature = cfg.temperature if stage.temperature is None else stage.temperature
         if stage.temperature_schedule != "constant" or temperature != 1.0:
             raise WavedistillError(f"{name} runs at temperature {temperature} (schedule "

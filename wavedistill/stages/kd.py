@@ -47,17 +47,19 @@ def kd_objective(run, stage, n_steps: int):
             t_out = run.teacher(ids, use_cache=False, output_hidden_states=hidden, output_attentions=maps)
         with run.autocast:
             s_out = run.student(ids, use_cache=False, output_hidden_states=hidden, output_attentions=maps)
+        # A separate student with a differently padded vocabulary: the rows both have (checked at the start).
+        s_logits, t_logits = s_out.logits[..., :run.shared_vocab], t_out.logits[..., :run.shared_vocab]
         if stage.temperature_schedule == "dynamic":
-            temperature = entropy_temperature(t_out.logits, stage.temperature_max)  # (B, T)
+            temperature = entropy_temperature(t_logits, stage.temperature_max)  # (B, T)
         else:
             temperature = scheduled_temperature(start, stage.temperature_end, stage.temperature_schedule,
                                                 step / max(1, n_steps - 1))
         if stage.loss_chunk != 0:
-            losses = kd_loss_chunked(s_out.logits, t_out.logits, ids, temperature=temperature, kl_weight=kl_weight,
+            losses = kd_loss_chunked(s_logits, t_logits, ids, temperature=temperature, kl_weight=kl_weight,
                                      ce_weight=ce_weight, divergence_kind=stage.divergence, chunk=stage.loss_chunk,
                                      label_smoothing=stage.label_smoothing)
         else:
-            losses = kd_loss(s_out.logits, t_out.logits, ids, temperature=temperature, kl_weight=kl_weight,
+            losses = kd_loss(s_logits, t_logits, ids, temperature=temperature, kl_weight=kl_weight,
                              ce_weight=ce_weight, label_smoothing=stage.label_smoothing)
         if hidden:
             n_layers = len(s_out.hidden_states) - 1
