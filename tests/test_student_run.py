@@ -113,6 +113,7 @@ def test_a_student_run_resumed_after_a_crash_ends_where_an_uninterrupted_one_end
     (dict(student={"preset": "huge"}), "unknown student preset 'huge'; known: standard, compressed, tiny"),
     (dict(student={"depth": 2}), r"unknown student keys \['depth'\]"),
     (dict(student=STUDENT, keep_attention=[0]), "keep_attention convert the teacher in place"),
+    (dict(student=STUDENT, wave_type="rotary_gla"), "wave_type convert the teacher in place.*--student-mixer"),
     (dict(student=STUDENT, stages=[{"kind": "transfer", "steps": 2}]), r"stages \['transfer'\] train mixers"),
     (dict(student={"mixer": "no_such_mixer"}), "unknown mixer 'no_such_mixer'"),
     (dict(student={"path": "/x", "layers": 1}), "has its own shape; drop layers"),

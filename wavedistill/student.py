@@ -162,8 +162,8 @@ def shared_vocab(teacher_tokenizer, student_tokenizer, teacher_rows: int, studen
 
 
 # Settings of in-place conversion that have no meaning for a separate student (the default of each).
-_CONVERSION_ONLY = {"layers": None, "keep_attention": None, "keep_attention_every": 0, "reinit": None,
-                    "unfreeze_mlps": False, "lora_mlp": 0}
+_CONVERSION_ONLY = {"wave_type": "learned_gate", "layers": None, "keep_attention": None, "keep_attention_every": 0,
+                    "reinit": None, "unfreeze_mlps": False, "lora_mlp": 0}
 
 
 def student_spec(cfg) -> StudentSpec:
@@ -193,7 +193,7 @@ def student_spec(cfg) -> StudentSpec:
     clash = [k for k, default in _CONVERSION_ONLY.items() if getattr(cfg, k) != default]
     if clash:
         raise WavedistillError(f"{', '.join(clash)} convert the teacher in place; a separate student takes "
-                               "--student-* settings instead")
+                               "--student-* settings instead (its mixer: --student-mixer, with --mixer-kwargs)")
     other = sorted({s.kind for s in recipe_stages(cfg)} - {"kd"})
     if other:
         raise WavedistillError(f"stages {other} train mixers inside the teacher; a separate student trains with kd "
