@@ -190,6 +190,20 @@ def folder_mb(path: str) -> float | None:
                if os.path.isfile(os.path.join(path, f))) / 1e6
 
 
+def _ce_only(run_dir: str) -> bool:
+    """Did the run train on next-token CE alone (its kd stages' KL weight 0)? From its config.yaml."""
+    import yaml
+
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    stages = cfg.get("stages") or [{"kind": "kd"}]
+    weights = [s.get("kl_weight", cfg.get("alpha")) for s in stages if s.get("kind") == "kd"]
+    return bool(weights) and cfg.get("train", True) and all(w == 0 for w in weights)
+
+
 def report_table(rows: list[tuple[str, dict]]) -> str:
     """One Markdown row per run, from each run's metrics.json (and the size of what it ships).
 
@@ -206,8 +220,10 @@ def report_table(rows: list[tuple[str, dict]]) -> str:
         recipe = " → ".join(m.get("recipe") or []) or ("kd" if m.get("steps") else "untrained")
         if m.get("lora"):
             recipe += f" + LoRA r{m['lora']['r']}{' (merged)' if m['lora']['merged'] else ''}"
-        elif (m.get("trainable_params") or {}).get("mlp"):
+        elif (m.get("trainable_params") or {}).get("mlp") and not m.get("student"):
             recipe += " + MLPs"
+        if _ce_only(run_dir):
+            recipe += " (CE only)"
         kept = ",".join(str(i) for i in m.get("kept_attention_layers") or []) or "—"
         if m.get("student"):
             recipe = f"{recipe} (student {m['student']['layers']}L x {m['student']['hidden_size']})"
