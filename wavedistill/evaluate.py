@@ -209,7 +209,7 @@ def report_table(rows: list[tuple[str, dict]]) -> str:
 
     ``params``: the student's parameters in use (a converted model's replaced attention excluded); ``MB``:
     a separate student's ``student/`` folder, else the ``adapter/`` folder (the base model not counted);
-    ``train tok/s``: tokens seen / training wall time; ``gen tok/s``: greedy generation of the
+    ``train tok/s``: tokens trained on / training wall time, over the stages; ``gen tok/s``: greedy generation of the
     side-by-side samples, student (teacher), batch 1.
     """
     head = ("| run | mixer | recipe | attention kept | params | MB | T | steps | tokens seen | train wall s | "
@@ -228,12 +228,15 @@ def report_table(rows: list[tuple[str, dict]]) -> str:
         if m.get("student"):
             recipe = f"{recipe} (student {m['student']['layers']}L x {m['student']['hidden_size']})"
         size = folder_mb(os.path.join(run_dir, "student" if m.get("student") else "adapter"))
-        wall = m.get("train_wall_s") or 0
+        # From the stages' own counts: the run's total wall time is rounded to 0.1 s.
+        stages = [x for x in m.get("stages") or [] if x.get("train_wall_s")]
+        wall = sum(x["train_wall_s"] for x in stages)
+        trained_tokens = sum(x.get("tokens", 0) for x in stages)
         gen_s, gen_t = m.get("generate_tokens_per_s_student"), m.get("generate_tokens_per_s_teacher")
         cells = [os.path.basename(os.path.normpath(run_dir)), m.get("mixer", "?"), recipe, kept,
                  f"{m['params']:,}" if m.get("params") else "?", f"{size:.2f}" if size is not None else "—",
                  m.get("seq_len", "?"), m.get("steps", "?"), f"{m.get('tokens_seen', 0):,}", m.get("train_wall_s", "?"),
-                 f"{m.get('tokens_seen', 0) / wall:,.0f}" if wall else "—",
+                 f"{trained_tokens / wall:,.0f}" if wall else "—",
                  f"{gen_s:,.0f} ({gen_t:,.0f})" if gen_s and gen_t else "—", m["positions"],
                  f"{m['top1_agreement']:.3f}", f"{m['top5_overlap']:.3f}", f"{m['teacher_top1_in_student_top5']:.3f}",
                  f"{m['kl']:.3f}", f"{m['ppl_teacher']:.2f}", f"{m['ppl_student']:.2f}",
