@@ -82,3 +82,12 @@ def test_attention_maps_are_refused_without_softmax_attention_in_the_student(tin
     with pytest.raises(WavedistillError, match="attention_weight > 0 matches softmax attention maps"):
         tiny_run_config(tiny_teacher, tmp_path / "run", student=student,
                         stages=[{"kind": "kd", "steps": 1, "attention_weight": 1.0}])
+
+
+def test_the_mse_is_the_mean_squared_error_over_each_row_then_heads_and_real_positions():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.rand(2, 2, 4, 4, generator=g), torch.rand(2, 2, 4, 4, generator=g)
+    mask = torch.tensor([[True, True, True, False], [True] * 4])
+    naive = [((s[b, :, q] - t[b, :, q]) ** 2).mean().item() for b in range(2) for q in range(4) if mask[b, q]]
+    got = attention_map_loss((s,), (t,), [0], "mse", heads="head", mask=mask)
+    assert got.item() == pytest.approx(sum(naive) / len(naive), rel=1e-6)

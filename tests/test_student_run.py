@@ -213,3 +213,15 @@ def test_a_student_folder_with_another_tokenizer_is_refused_before_anything_is_w
     with pytest.raises(WavedistillError, match="the student's tokenizer .* differs from the teacher's"):
         run(tiny_run_config(tiny_teacher, tmp_path / "run", student={"path": str(folder)}, max_steps=2))
     assert not (tmp_path / "run").exists()
+
+
+def test_report_tags_a_run_trained_on_ce_alone(tiny_teacher, tmp_path):
+    import yaml
+
+    from wavedistill.evaluate import _ce_only
+
+    for name, changes, expected in [("ce", {"alpha": 0.0}, True), ("kd", {"alpha": 0.9}, False),
+                                    ("ce_stage", {"alpha": 0.9, "stages": [{"kind": "kd", "kl_weight": 0.0}]}, True)]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(changes))
+        assert _ce_only(str(tmp_path / name)) is expected, name
