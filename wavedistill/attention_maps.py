@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import WavedistillError
+from .losses import masked_mean
 
 MAP_LOSSES = ("kl", "mse")
 HEAD_MATCHING = ("head", "group")
@@ -73,6 +74,5 @@ def attention_map_loss(student_maps: tuple, teacher_maps: tuple, layer_map: list
             per_row = (torch.xlogy(t, t) - torch.xlogy(t, s.clamp_min(1e-30))).sum(-1)  # (B, H, T)
         else:
             per_row = (s - t).pow(2).mean(-1)
-        per_row = per_row.mean(1)  # (B, T): over heads
-        losses.append(per_row.mean() if mask is None else (per_row * mask).sum() / mask.sum().clamp_min(1))
+        losses.append(masked_mean(per_row.mean(1), mask))  # over heads, then real query rows
     return torch.stack(losses).mean()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import WavedistillError
+from .losses import masked_mean
 
 FEATURE_LOSSES = ("mse", "cosine")
 
@@ -47,16 +48,20 @@ def matched_hidden(student_hidden: tuple, teacher_hidden: tuple, layer_map: list
     return list(student_hidden[1:]), [teacher_hidden[j + 1] for j in layer_map]
 
 
+def hidden_state_loss(pred: Tensor, target: Tensor, kind: str, mask: Tensor | None = None) -> Tensor:
+    """Mean over real positions of ``mse`` (squared error averaged over the width D) or ``cosine`` (1 - cosine
+    similarity over D) between (B, T, D) tensors; mask (B, T), True = real. ``kind`` is checked by the caller.
+    Also the transfer stage's loss (:func:`wavedistill.stages.transfer.transfer_loss`)."""
+    pred, target = pred.float(), target.float()
+    per_pos = ((pred - target) ** 2).mean(-1) if kind == "mse" else 1 - F.cosine_similarity(pred, target, dim=-1)
+    return masked_mean(per_pos, mask)
+
+
 def feature_loss(student: list[Tensor], teacher: list[Tensor], kind: str = "mse",
                  projection: FeatureProjection | None = None, mask: Tensor | None = None) -> Tensor:
-    """Mean over matched layers of ``mse`` (squared error averaged over the width) or ``cosine`` (1 - cosine
-    similarity over the width), averaged over real positions; (B, T, D) tensors, mask (B, T) True = real."""
+    """Mean over matched layers of :func:`hidden_state_loss` (student through ``projection``) against the teacher."""
     if kind not in FEATURE_LOSSES:
         raise WavedistillError(f"unknown feature loss {kind!r}; known: {', '.join(FEATURE_LOSSES)}")
-    losses = []
-    for i, (s, t) in enumerate(zip(student, teacher, strict=True)):
-        s = (projection(i, s.float()) if projection is not None else s).float()
-        t = t.float()
-        per_pos = (s - t).pow(2).mean(-1) if kind == "mse" else 1 - F.cosine_similarity(s, t, dim=-1)  # (B, T)
-        losses.append(per_pos.mean() if mask is None else (per_pos * mask).sum() / mask.sum().clamp_min(1))
+    losses = [hidden_state_loss(projection(i, s.float()) if projection is not None else s, t, kind, mask)
+              for i, (s, t) in enumerate(zip(student, teacher, strict=True))]
     return torch.stack(losses).mean()

@@ -21,6 +21,11 @@ def kl_teacher_student(teacher_logits: Tensor, student_logits: Tensor, temperatu
     return (t.exp() * (t - s)).sum(-1)
 
 
+def masked_mean(values: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean of (B, T) ``values`` over real positions (mask (B, T), True / 1 = real); all positions without a mask."""
+    return values.mean() if mask is None else (values * mask).sum() / mask.sum().clamp_min(1)
+
+
 def next_token_ce(logits: Tensor, input_ids: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Per-position cross-entropy of predicting token t+1 from position t; (B, T, V) -> (B, T-1).
 

@@ -30,7 +30,7 @@ from .errors import WavedistillError
 from .features import FEATURE_LOSSES
 from .kd_chunked import DIVERGENCES
 
-TRANSFER_LOSSES = ("mse", "cosine")
+TRANSFER_LOSSES = FEATURE_LOSSES  # transfer and feature matching share one hidden-state loss
 TEMPERATURE_SCHEDULES = ("constant", "linear", "cosine", "dynamic")
 ORDERS = ("first_to_last", "last_to_first", "even_then_odd", "easiest_first")
 HANDOFF_SCHEDULES = ("linear", "cosine")

@@ -12,10 +12,10 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import WavedistillError
+from ..features import hidden_state_loss
 from ..loop import train_steps
 from ..recipes import TRANSFER_LOSSES
 from ..surgery import decoder_layers, padding_mask_from_attention_mask, wave_attention_modules
@@ -54,11 +54,7 @@ def transfer_loss(pred: Tensor, target: Tensor, kind: str = "mse", mask: Tensor 
     """Mean over real positions of the squared error, or of 1 - cosine similarity, over the width D."""
     if kind not in TRANSFER_LOSSES:
         raise WavedistillError(f"unknown transfer loss {kind!r}; known: {', '.join(TRANSFER_LOSSES)}")
-    pred, target = pred.float(), target.float()
-    per_pos = ((pred - target) ** 2).mean(-1) if kind == "mse" else 1 - F.cosine_similarity(pred, target, dim=-1)
-    if mask is None:
-        return per_pos.mean()
-    return (per_pos * mask).sum() / mask.sum().clamp_min(1)
+    return hidden_state_loss(pred, target, kind, mask)
 
 
 def layer_losses(teacher: nn.Module, mixers: dict[int, nn.Module], input_ids: Tensor, kind: str = "mse",
