@@ -33,8 +33,8 @@ from .evaluate import evaluate_student, print_metrics, window_prompts, write_eva
 from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher, save_adapter
 from .loop import DTYPES, STUDENT_INIT, Run, log_candidate, make_accelerator, trainable_counts
 from .rss import peak_mb
-from .surgery import (TeacherView, convert, converted_layers, decoder_layers, keep_frozen_mlps, unconvert,
-                      wave_attention_modules)
+from .surgery import (TeacherView, convert, converted_layers, decoder_layers, keep_frozen_mlps, params_in_use,
+                      unconvert, wave_attention_modules)
 
 
 def check_output_dir(cfg: DistillConfig) -> None:
@@ -250,15 +250,22 @@ def start_tracker(cfg: DistillConfig, acc) -> None:
                       init_kwargs={"wandb": {"dir": cfg.output_dir}})
 
 
-def describe_student(r: Run) -> str:
+def separate_student(r: Run) -> dict | None:
+    """:func:`wavedistill.student.student_summary` of a separate student; None when the teacher was converted."""
     if r.student_layer_map is None:
+        return None
+    from .student import student_spec, student_summary
+
+    return student_summary(r.student, r.student_layer_map, student_spec(r.cfg).mixer)
+
+
+def describe_student(r: Run) -> str:
+    s = separate_student(r)
+    if s is None:
         return f"mixer {r.cfg.wave_type} on layers {converted_layers(r.student)}"
-    c = r.student.config
-    mixer = (r.cfg.student or {}).get("mixer", "attention")
-    return (f"separate student: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} / "
-            f"{c.num_key_value_heads} heads, MLP {c.intermediate_size}, {mixer}, "
-            f"{sum(p.numel() for p in r.student.parameters() if p.requires_grad):,} params; layer map (teacher layer "
-            f"of each student layer) {r.student_layer_map}")
+    return (f"separate student: {s['layers']} layers, hidden {s['hidden_size']}, {s['heads']} / {s['kv_heads']} "
+            f"heads, MLP {s['intermediate_size']}, {s['mixer']}, {s['params']:,} params; layer map (teacher layer "
+            f"of each student layer) {s['layer_map']}")
 
 
 def finish(r: Run, counts: dict) -> dict:
@@ -280,19 +287,14 @@ def finish(r: Run, counts: dict) -> dict:
         merge_mlp_lora(student)
         save_adapter(student, adapter, cfg.teacher)
     converted = converted_layers(student)
-    if r.student_layer_map is not None:
+    separate = separate_student(r)
+    if separate is not None:
         from .student import save_student_folder
 
         save_student_folder(student, r.tokenizer, os.path.join(cfg.output_dir, "student"), cfg.teacher, adapter=True)
-        c = student.config
-        metrics["student"] = {"layers": c.num_hidden_layers, "hidden_size": c.hidden_size,
-                              "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
-                              "intermediate_size": c.intermediate_size, "layer_map": r.student_layer_map,
-                              "mixer": (cfg.student or {}).get("mixer", "attention"),
-                              "params": sum(p.numel() for p in student.parameters() if p.requires_grad)}
-    replaced = {id(p) for m in wave_attention_modules(student).values() for p in m.base_attn.parameters()}
-    metrics["params"] = sum(p.numel() for p in student.parameters() if id(p) not in replaced)
-    metrics.update({"split": "test", "mixer": metrics.get("student", {}).get("mixer", cfg.wave_type),
+        metrics["student"] = separate
+    metrics["params"] = separate["params"] if separate else params_in_use(student)
+    metrics.update({"split": "test", "mixer": separate["mixer"] if separate else cfg.wave_type,
                     "layers": converted,
                     "kept_attention_layers": [i for i in range(len(decoder_layers(student))) if i not in converted],
                     "recipe": [rec["kind"] for rec in r.records], "stages": r.records, "steps": r.step,

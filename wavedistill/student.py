@@ -59,12 +59,17 @@ def _heads(config) -> tuple[int, int, int]:
     return n_heads, kv, head_dim
 
 
-def student_config(teacher_config, spec: StudentSpec):
-    """The student's HF config: the teacher's, resized by ``spec``. One-line errors for impossible shapes."""
+def check_choices(spec: StudentSpec) -> None:
+    """The spec's named choices (preset, init) exist; one-line errors listing the known ones."""
     if spec.preset is not None and spec.preset not in PRESETS:
         raise WavedistillError(f"unknown student preset {spec.preset!r}; known: {', '.join(PRESETS)}")
     if spec.init not in INITS:
         raise WavedistillError(f"unknown student init {spec.init!r}; known: {', '.join(INITS)}")
+
+
+def student_config(teacher_config, spec: StudentSpec):
+    """The student's HF config: the teacher's, resized by ``spec``. One-line errors for impossible shapes."""
+    check_choices(spec)
     width, depth = PRESETS[spec.preset] if spec.preset else (1.0, 1.0)
     t = teacher_config
     n_heads, n_kv, head_dim = _heads(t)
@@ -182,10 +187,7 @@ def student_spec(cfg) -> StudentSpec:
     spec = StudentSpec(**cfg.student)
     if spec.mixer != "attention":
         get_mixer_class(spec.mixer)
-    if spec.preset is not None and spec.preset not in PRESETS:
-        raise WavedistillError(f"unknown student preset {spec.preset!r}; known: {', '.join(PRESETS)}")
-    if spec.init not in INITS:
-        raise WavedistillError(f"unknown student init {spec.init!r}; known: {', '.join(INITS)}")
+    check_choices(spec)
     sizes = [k for k in ("preset", "layers", "hidden_size", "heads", "kv_heads", "intermediate_size")
              if getattr(spec, k) is not None]
     if spec.path is not None and sizes:
@@ -279,3 +281,13 @@ def save_student_folder(student: nn.Module, tokenizer, directory: str, teacher_m
             if initial is not None:
                 student.__dict__["_wavedistill_base_identity"] = initial
     replace_dir(tmp, directory)
+
+
+def student_summary(student: nn.Module, layer_map: list[int], mixer: str) -> dict:
+    """The student's shape, map, mixer and parameters in use (a converted layer's replaced attention excluded)."""
+    from .surgery import params_in_use
+
+    c = student.config
+    return {"layers": c.num_hidden_layers, "hidden_size": c.hidden_size, "heads": c.num_attention_heads,
+            "kv_heads": c.num_key_value_heads, "intermediate_size": c.intermediate_size, "layer_map": layer_map,
+            "mixer": mixer, "params": params_in_use(student)}

@@ -297,6 +297,12 @@ def mixer_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in wave_attention_modules(model).values() for p in m.mixer.parameters()]
 
 
+def params_in_use(model: nn.Module) -> int:
+    """Parameters the model computes with: a converted layer's replaced attention (kept for unconvert) excluded."""
+    replaced = {id(p) for m in wave_attention_modules(model).values() for p in m.base_attn.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in replaced)
+
+
 def mixer_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """Mixer weights keyed by their path in the decoder stack: ``layers.{i}.self_attn.mixer.{name}``."""
     return {f"layers.{i}.self_attn.mixer.{k}": v for i, m in wave_attention_modules(model).items()
