@@ -32,7 +32,7 @@ def _write_checkpoint(run, extra: dict) -> None:
     tmp = ckpt + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    write_adapter_files(run.student, tmp, run.adapter_base, run.cfg.teacher if run.cfg.student else None)
+    write_adapter_files(run.student, tmp, run.adapter_base, run.adapter_teacher)
     state = {"stage_index": run.stage_index, "part": None, "part_step": 0, "step": run.step, "batches": run.batches,
              "tokens_seen": run.tokens_seen, "best_val_kl": run.best[0], "best_step": run.best[1],
              "converted": converted_layers(run.student), "records": run.records, "log_rows": run.log_rows,

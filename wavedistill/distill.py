@@ -30,7 +30,7 @@ from .config import DistillConfig, recipe_stages, to_yaml
 from .data import check_lengths, eval_windows, run_splits
 from .errors import WavedistillError
 from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
-from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher, save_adapter
+from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher
 from .loop import DTYPES, STUDENT_INIT, Run, log_candidate, make_accelerator, trainable_counts
 from .rss import peak_mb
 from .surgery import (TeacherView, convert, converted_layers, decoder_layers, keep_frozen_mlps, params_in_use,
@@ -285,7 +285,7 @@ def finish(r: Run, counts: dict) -> dict:
         from .lora import merge_mlp_lora
 
         merge_mlp_lora(student)
-        save_adapter(student, adapter, cfg.teacher)
+        r.save_adapter(adapter)
     converted = converted_layers(student)
     separate = separate_student(r)
     if separate is not None:

@@ -191,8 +191,13 @@ class Run:
         state (``OUT/student_init``, a Hugging Face folder written when the run starts)."""
         return os.path.join(self.cfg.output_dir, STUDENT_INIT) if self.cfg.student else self.cfg.teacher
 
+    @property
+    def adapter_teacher(self) -> str | None:
+        """The teacher an adapter records when it is not its base (a separate student's)."""
+        return self.cfg.teacher if self.cfg.student else None
+
     def save_adapter(self, directory: str) -> None:
-        save_adapter(self.student, directory, self.adapter_base, self.cfg.teacher if self.cfg.student else None)
+        save_adapter(self.student, directory, self.adapter_base, self.adapter_teacher)
 
     @property
     def autocast(self):
