@@ -63,13 +63,15 @@ def test_eval_scores_a_student_run_against_its_teacher(student_run, tiny_teacher
     assert again["kl"] == pytest.approx(metrics["kl"], rel=1e-5) and again["positions"] == metrics["positions"]
 
 
-def test_a_wave_student_saves_its_mixers_beside_the_hugging_face_weights(tiny_teacher, tmp_path):
+def test_a_wave_student_saves_its_mixers_beside_the_hugging_face_weights(tiny_teacher, tmp_path, monkeypatch):
     from wavedistill.distill import run
     from wavedistill.io import load_student
 
-    out = tmp_path / "run"
-    metrics = run(tiny_run_config(tiny_teacher, out, student={**STUDENT, "mixer": "learned_gate"}, max_steps=2))
+    monkeypatch.chdir(tmp_path)  # a relative --output-dir: the saved student must load from anywhere
+    metrics = run(tiny_run_config(tiny_teacher, "run", student={**STUDENT, "mixer": "learned_gate"}, max_steps=2))
     assert metrics["mixer"] == "learned_gate" and metrics["layers"] == [0]
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path.parent)
     folder, _ = load_student(str(out / "student"))
     selected, _ = load_student(str(out))
     ids = load_file(out / "final_logits.safetensors")["input_ids"]

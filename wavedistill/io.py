@@ -151,6 +151,11 @@ def save_adapter(model: nn.Module, directory: str, base_model: str, teacher_mode
     replace_dir(tmp, directory)
 
 
+def _findable(name: str | None) -> str | None:
+    """A local folder as an absolute path, found again from any working directory; a hub id as it is."""
+    return os.path.abspath(name) if name and os.path.isdir(name) else name
+
+
 def write_adapter_files(model: nn.Module, directory: str, base_model: str, teacher_model: str | None = None) -> None:
     """Write adapter_model.safetensors + adapter_config.json into an existing folder.
 
@@ -159,19 +164,16 @@ def write_adapter_files(model: nn.Module, directory: str, base_model: str, teach
     # A student that keeps softmax attention has no converted layer.
     cfg = getattr(model, "wavedistill_config", None) or {"mixer": None, "layers": [], "layer_kwargs": {}}
     sd = adapter_state_dict(model)
-    if os.path.isdir(base_model):  # a local folder must be found again from any working directory
-        base_model = os.path.abspath(base_model)
     lora = getattr(model, "wavedistill_lora", None)
     extra = sorted({k.split(".")[2] if k.startswith("layers.") else k.split(".")[0] for k in sd
                     if ".self_attn.mixer." not in k and ".lora_" not in k})
     config = {
         "format_version": FORMAT_VERSION,
         "wavedistill_version": __version__,
-        "base_model": base_model,
+        "base_model": _findable(base_model),
         "base_model_type": model.get_decoder().config.model_type,
         **base_identity(model),
-        "teacher_model": os.path.abspath(teacher_model) if teacher_model and os.path.isdir(teacher_model)
-        else teacher_model,
+        "teacher_model": _findable(teacher_model),
         "layers": cfg["layers"],
         "mixer": cfg["mixer"],
         "layer_kwargs": cfg["layer_kwargs"],

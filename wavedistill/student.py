@@ -276,7 +276,8 @@ def save_student_folder(student: nn.Module, tokenizer, directory: str, teacher_m
         initial = student.__dict__.pop("_wavedistill_base_identity", None)
         try:
             os.makedirs(os.path.join(tmp, "adapter"))
-            write_adapter_files(student, os.path.join(tmp, "adapter"), directory, teacher_model)
+            # Absolute: the folder does not exist under its final name yet, so the adapter cannot find that out.
+            write_adapter_files(student, os.path.join(tmp, "adapter"), os.path.abspath(directory), teacher_model)
         finally:
             if initial is not None:
                 student.__dict__["_wavedistill_base_identity"] = initial
