@@ -34,6 +34,7 @@ VARIANTS = {
                    dict(window=5, n_heads=4, n_kv_heads=2, head_dim=6, chunk=8),
                    dict(feature_map="softmax", n_heads=4, n_kv_heads=2, head_dim=6)],
     "s4d": [dict(state_dim=8, dt_min=0.01, dt_max=0.5, n_heads=4, n_kv_heads=2, head_dim=6)],
+    "selective_s4d": [dict(state_dim=6, dt_min=0.05, dt_max=2.0, chunk=8, n_heads=4, n_kv_heads=2, head_dim=6)],
     "wave_network": [dict(mode="modulation")],
     "wda": [dict(n_masks=3, n_components=2, n_heads=4, n_kv_heads=2, head_dim=6), dict(n_masks=1, n_components=1)],
 }
@@ -51,6 +52,8 @@ BAD_SETTINGS = {
     "rotary_gla": [dict(feature_map="relu"), dict(min_tau=1.0), dict(min_tau=600.0), dict(chunk=0), dict(window=-1),
                    dict(window=4, feature_map="softmax")],
     "s4d": [dict(state_dim=1), dict(state_dim=7), dict(dt_min=0.0), dict(dt_min=0.2, dt_max=0.1), dict(causal=False)],
+    "selective_s4d": [dict(state_dim=0), dict(state_dim=5), dict(dt_min=0.0), dict(dt_min=0.2, dt_max=0.1),
+                      dict(chunk=0), dict(causal=False)],
     "wave_network": [dict(eps=0.0), dict(mode="sum")],
     "wda": [dict(n_masks=0), dict(n_components=0), dict(causal=False)],
 }

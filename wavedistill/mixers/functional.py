@@ -38,6 +38,15 @@ def causal_conv(u: Tensor, k: Tensor) -> Tensor:
     return y.transpose(1, 2).to(u.dtype)
 
 
+def complex_expm1(z: Tensor) -> Tensor:
+    """exp(z) - 1 for complex z without the cancellation of ``exp(z) - 1`` when |z| << 1.
+
+    exp(x + iy) - 1 = expm1(x) cos y - 2 sin^2(y / 2) + i e^x sin y.
+    """
+    x, y = z.real, z.imag
+    return torch.complex(torch.expm1(x) * torch.cos(y) - 2 * torch.sin(y / 2) ** 2, torch.exp(x) * torch.sin(y))
+
+
 def ema_basis(decays: Tensor, length: int, dtype: torch.dtype) -> Tensor:
     """Impulse responses of exponential moving averages, ``(1 - l) l^tau`` for tau < length; (n, length).
 

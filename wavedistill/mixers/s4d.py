@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import MixerValueError
 from .base import State, WaveMixer, no_weight_decay
-from .functional import causal_conv
+from .functional import causal_conv, complex_expm1
 from .registry import register_mixer
 
 
@@ -97,10 +97,7 @@ class S4D(WaveMixer):
     def _discrete(self, dtype) -> tuple[Tensor, Tensor, Tensor]:
         """ZOH: (Delta A, Bbar, C), complex (C, n). Bbar = expm1(Delta A) / A, without cancellation."""
         a, dta = self._continuous(dtype)
-        x, y = dta.real, dta.imag
-        # exp(x + iy) - 1 = expm1(x) cos y - 2 sin^2(y/2) + i e^x sin y; accurate when |Delta A| << 1.
-        em1 = torch.complex(torch.expm1(x) * torch.cos(y) - 2 * torch.sin(y / 2) ** 2, torch.exp(x) * torch.sin(y))
-        return dta, em1 / a, torch.complex(self.c_re.to(dtype), self.c_im.to(dtype))
+        return dta, complex_expm1(dta) / a, torch.complex(self.c_re.to(dtype), self.c_im.to(dtype))
 
     @staticmethod
     def _powers(dta: Tensor, T: int) -> tuple[Tensor, Tensor, int]:
