@@ -126,4 +126,4 @@ def test_unknown_tasks_and_options_are_refused_with_the_known_ones():
         build_task("grok", seed=0)
     with pytest.raises(WavedistillError, match=r"unknown options \['n_pairs'\]"):
         build_task("modular", seed=0, n_pairs=3)
-    assert set(TASKS) == {"modular", "copy", "reverse", "sort", "mqar", "charlm", "classify"}
+    assert set(TASKS) == {"modular", "copy", "reverse", "sort", "mqar", "charlm", "classify", "event_hold"}

@@ -43,14 +43,14 @@ def read_log(folder: str) -> list[dict]:
 
 def load_seed(folder: str):
     """(config, task, model) of a finished seed folder, rebuilt from its config.yaml and model.safetensors."""
+    from .model import build_model
     from .tasks import build_task
-    from .train import build_model
 
     with open(os.path.join(folder, "config.yaml")) as f:
         saved = yaml.safe_load(f)
     names = {f.name for f in dataclasses.fields(LabConfig)}
     cfg = LabConfig(**{k: v for k, v in saved.items() if k in names})
-    task = build_task(cfg.task, saved["seed"], **cfg.task_kwargs)
+    task = build_task(cfg.task, saved.get("task_data_seed", saved["seed"]), **cfg.task_kwargs)
     model = build_model(cfg, task)
     model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")))
     return cfg, task, model.eval()

@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 
 from ..errors import WavedistillError
 
+#: Student sizes for lab distillation (the issue's sequence-model presets): width, depth, heads and the state
+#: size of mixers that take ``state_dim``; the MLP is 4 x the width. Explicit fields win over a preset.
+PRESETS = {"standard": dict(d_model=64, n_layers=6, n_heads=4, d_mlp=256, state_dim=540),
+           "compressed": dict(d_model=32, n_layers=4, n_heads=4, d_mlp=128, state_dim=256),
+           "tiny": dict(d_model=24, n_layers=3, n_heads=3, d_mlp=96, state_dim=128)}
+#: Loss weights (ground truth, teacher outputs, teacher features) with and without a teacher.
+DISTILL_WEIGHTS = dict(alpha=0.3, beta=0.5, gamma=0.2)
+PLAIN_WEIGHTS = dict(alpha=1.0, beta=0.0, gamma=0.0)
+
 GENERIC = dict(d_model=64, n_layers=2, n_heads=4, d_mlp=256, activation="gelu", norm="rms", steps=1000,
                batch_size=32, lr=1e-3, weight_decay=0.1, beta2=0.98, warmup_steps=50, grad_clip=1.0, eval_every=100)
 
@@ -40,6 +49,17 @@ class LabConfig:
     eval_every: int | None = None
     grok_threshold: float = 0.99
     stop_after_grok: int = 0  # > 0: stop once test accuracy has stayed >= grok_threshold for this many steps
+    preset: str | None = None  # standard | compressed | tiny: student sizes (PRESETS); explicit fields win
+    # Distillation from a trained lab model: total = alpha * task loss (ground truth) + beta * output loss
+    # (MSE to the teacher's predictions for regression, T^2 KL at `temperature` otherwise) + gamma * feature
+    # MSE (block outputs of layer-mapped teacher blocks, through a learned projection where widths differ).
+    teacher: str | None = None  # a finished lab seed folder (config.yaml + model.safetensors)
+    alpha: float | None = None  # None: 0.3 / 0.5 / 0.2 with a teacher, 1 / 0 / 0 without
+    beta: float | None = None
+    gamma: float | None = None
+    temperature: float = 4.0
+    layer_map: str = "uniform"  # student block i matches teacher block layer_map[i] (wavedistill.layer_map)
+    data_seed: int | None = None  # the task's data; None = the run seed, or the teacher's data seed with a teacher
     seeds: list[int] = field(default_factory=lambda: [0])
     jobs: int = 1  # seeds (and mixers, for `lab compare`) run in this many processes at once
     output_dir: str = "runs/lab"
@@ -53,7 +73,19 @@ def resolve(cfg: LabConfig) -> dict:
     if cfg.task not in TASKS:
         raise WavedistillError(f"unknown lab task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
     values = dataclasses.asdict(cfg)
-    for k, v in {**GENERIC, **TASKS[cfg.task].defaults}.items():
+    if cfg.preset is not None:
+        if cfg.preset not in PRESETS:
+            raise WavedistillError(f"unknown preset {cfg.preset!r}; known presets: {', '.join(PRESETS)}")
+        preset = dict(PRESETS[cfg.preset])
+        state_dim = preset.pop("state_dim")
+        from ..mixers import mixer_kwargs
+
+        if "state_dim" in mixer_kwargs(cfg.mixer) and "state_dim" not in values["mixer_kwargs"]:
+            values["mixer_kwargs"] = {**values["mixer_kwargs"], "state_dim": state_dim}
+        for k, v in preset.items():
+            if values.get(k) is None:
+                values[k] = v
+    for k, v in {**GENERIC, **TASKS[cfg.task].defaults, **(DISTILL_WEIGHTS if cfg.teacher else PLAIN_WEIGHTS)}.items():
         if values.get(k) is None:
             values[k] = v
     return values
@@ -77,6 +109,11 @@ def check(cfg: LabConfig) -> None:
         (cfg.jobs >= 1, "jobs must be >= 1"),
         (not cfg.phase_embedding or cfg.task == "modular", "phase_embedding is for the modular task (tokens of Z_p)"),
         (0 < cfg.grok_threshold <= 1, "grok_threshold must be in (0, 1]"),
+        (min(r["alpha"], r["beta"], r["gamma"]) >= 0 and r["alpha"] + r["beta"] + r["gamma"] > 0,
+         "alpha, beta and gamma must be >= 0 with a positive sum"),
+        (bool(cfg.teacher) or r["beta"] == r["gamma"] == 0,
+         "beta and gamma weigh losses against a teacher; pass --teacher SEED_FOLDER (a trained lab run's seed_<k>)"),
+        (cfg.temperature > 0, "temperature must be > 0"),
     ]
     for ok, message in checks:
         if not ok:

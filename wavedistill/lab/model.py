@@ -101,20 +101,29 @@ class WaveTransformer(nn.Module):
         activation: ``relu`` or ``gelu``; norm: ``rms`` (pre-norm RMSNorm) or ``none``.
         phase_embedding: p > 0 embeds tokens 0..p-1 as fixed Fourier features (off by default).
         n_classes: > 0 adds a classification head over pooled states (the encoder variant).
+        in_features: > 0 reads (B, T, in_features) real vectors through a linear map instead of token ids
+            (regression tasks); the read-out then predicts ``vocab_size`` real numbers per position.
     """
 
     def __init__(self, vocab_size: int, max_len: int, *, mixer: str = "attention", mixer_kwargs: dict | None = None,
                  d_model: int = 128, n_layers: int = 1, n_heads: int = 4, d_mlp: int = 512, activation: str = "relu",
-                 norm: str = "rms", phase_embedding: int = 0, n_classes: int = 0) -> None:
+                 norm: str = "rms", phase_embedding: int = 0, n_classes: int = 0,
+                 in_features: int = 0) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise WavedistillError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
         if d_model % n_heads:
             raise WavedistillError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
-        self.embed = PhaseEmbedding(vocab_size, d_model, phase_embedding) if phase_embedding else nn.Embedding(
-            vocab_size, d_model)
+        if phase_embedding and in_features:
+            raise WavedistillError("phase_embedding embeds token ids; a model of real inputs (in_features) has none")
+        if in_features:
+            self.embed = nn.Linear(in_features, d_model)
+        elif phase_embedding:
+            self.embed = PhaseEmbedding(vocab_size, d_model, phase_embedding)
+        else:
+            self.embed = nn.Embedding(vocab_size, d_model)
         self.pos = nn.Embedding(max_len, d_model)
-        for table in (self.pos.weight, *([self.embed.weight] if not phase_embedding else [])):
+        for table in (self.pos.weight, *([self.embed.weight] if isinstance(self.embed, nn.Embedding) else [])):
             nn.init.normal_(table, std=d_model**-0.5)
         # Geometry every mixer gets if it takes it; the user's mixer_kwargs are passed as given (unknown = error).
         defaults = {"n_heads": n_heads, "head_dim": d_model // n_heads, "kernel_len": max_len}
@@ -127,9 +136,13 @@ class WaveTransformer(nn.Module):
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.classifier = nn.Linear(d_model, n_classes) if n_classes else None
         self.max_len = max_len
+        self.d_model = d_model
 
-    def forward(self, ids: Tensor, padding_mask: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
-        """(B, T) ids -> (B, T, D) final states, or (N, D) at the N positions where ``keep`` (B, T) is True.
+    def forward(self, ids: Tensor, padding_mask: Tensor | None = None, keep: Tensor | None = None,
+                hidden: list | None = None) -> Tensor:
+        """(B, T) ids (or (B, T, in_features) inputs) -> (B, T, D) final states, or (N, D) at the N positions
+        where ``keep`` (B, T) is True; ``hidden``, a list, receives each block's output (B, T, D), before the
+        final norm (for feature distillation; with ``keep`` the last one holds the kept positions only).
 
         Nothing after the last mixer moves information between positions, so with ``keep`` the last
         MLP runs only where a state is read out (one position of three in modular arithmetic).
@@ -143,10 +156,15 @@ class WaveTransformer(nn.Module):
             x = self.embed(ids) + self.pos((padding_mask.long().cumsum(1) - 1).clamp_min(0))
         for block in self.blocks[:-1]:
             x = block(x, padding_mask)
+            if hidden is not None:
+                hidden.append(x)
         x = self.blocks[-1].mix(x, padding_mask)
         if keep is not None:
             x = x[keep]
-        return self.norm(self.blocks[-1].feed_forward(x))
+        x = self.blocks[-1].feed_forward(x)
+        if hidden is not None:
+            hidden.append(x)
+        return self.norm(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.head(hidden)
@@ -162,3 +180,16 @@ class WaveTransformer(nn.Module):
 
     def embedding_table(self) -> Tensor:
         return self.embed.table() if isinstance(self.embed, PhaseEmbedding) else self.embed.weight
+
+
+def build_model(cfg, task) -> WaveTransformer:
+    """The lab model of a (resolved) ``LabConfig`` for ``task``."""
+    from .config import resolve
+
+    r = resolve(cfg)
+    regress = task.kind == "regress"
+    return WaveTransformer(task.vocab_size, task.seq_len, mixer=cfg.mixer, mixer_kwargs=r["mixer_kwargs"],
+                           d_model=r["d_model"], n_layers=r["n_layers"], n_heads=r["n_heads"], d_mlp=r["d_mlp"],
+                           activation=r["activation"], norm=r["norm"],
+                           phase_embedding=task.p if cfg.phase_embedding else 0, n_classes=task.n_classes,
+                           in_features=task.in_features if regress else 0)

@@ -19,6 +19,7 @@ import yaml
 from .. import __version__
 from ..errors import WavedistillError
 from .config import LabConfig, make_lab_config, resolve
+from .tasks import TASKS
 
 SETTINGS_IGNORED = ("seeds", "jobs", "output_dir", "device")  # they do not change what one seed computes
 
@@ -94,11 +95,12 @@ def aggregate(cfg: LabConfig) -> dict:
     """summary.json of a run folder from its seeds' summaries."""
     seeds = {s: finished_seed(cfg, s) for s in cfg.seeds}
     keys = ["grok_step", "memorization_step", "final_train_acc", "final_test_acc", "final_test_loss", "steps_per_s",
-            "final_test_bpc"]
+            "final_test_bpc", "final_test_mse_vs_teacher", "final_test_kl_vs_teacher", "train_tokens_per_s",
+            "infer_tokens_per_s"]
     summary = {"task": cfg.task, "mixer": cfg.mixer, "wavedistill_version": __version__, "config": resolve(cfg),
                "seeds": {str(s): v for s, v in seeds.items()},
                "grokked": sum(v["grok_step"] is not None for v in seeds.values()), "n_seeds": len(seeds),
-               "params": next(iter(seeds.values()))["params"],
+               "params": next(iter(seeds.values()))["params"], "kind": TASKS[cfg.task].kind,
                **{k: spread([v.get(k) for v in seeds.values()]) for k in keys}}
     with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -123,6 +125,12 @@ def fmt_spread(s: dict | None, fmt: str = "{:.0f}") -> str:
 
 
 def summary_line(s: dict) -> str:
+    if s.get("kind") == "regress":
+        versus = s.get("final_test_mse_vs_teacher")
+        return (f"{s['task']} / {s['mixer']}: test MSE {fmt_spread(s['final_test_loss'], '{:.4f}')}"
+                + (f", MSE vs teacher {fmt_spread(versus, '{:.4f}')}" if versus else "")
+                + f", within tolerance {fmt_spread(s['final_test_acc'], '{:.3f}')}, {s['params']:,} params, "
+                f"{fmt_spread(s['steps_per_s'], '{:.1f}')} steps/s")
     return (f"{s['task']} / {s['mixer']}: grokked {s['grokked']}/{s['n_seeds']}, "
             f"grok step {fmt_spread(s['grok_step'])}, "
             f"final test acc {fmt_spread(s['final_test_acc'], '{:.3f}')}, {s['params']:,} params, "

@@ -27,49 +27,82 @@ from safetensors.torch import save_file
 from .. import __version__
 from ..errors import TrainingError, WavedistillError
 from ..loop import param_groups
+from ..features import FeatureProjection, feature_loss
+from ..layer_map import layer_map
 from .config import LabConfig, resolve
-from .model import WaveTransformer
+from .distill import data_seed, load_teacher, output_loss
+from .model import WaveTransformer, build_model
 from .tasks import IGNORE, build_task
 
 
-def build_model(cfg: LabConfig, task) -> WaveTransformer:
-    r = resolve(cfg)
-    return WaveTransformer(task.vocab_size, task.seq_len, mixer=cfg.mixer, mixer_kwargs=cfg.mixer_kwargs,
-                           d_model=r["d_model"], n_layers=r["n_layers"], n_heads=r["n_heads"], d_mlp=r["d_mlp"],
-                           activation=r["activation"], norm=r["norm"],
-                           phase_embedding=task.p if cfg.phase_embedding else 0, n_classes=task.n_classes)
+def predict(model: WaveTransformer, task, x, y, pad, forward=None, hidden: list | None = None):
+    """(outputs, targets) at what the task scores: logits (N, V) at the N scored positions, (B, n_classes)
+    class logits, or (B, T, out_features) predictions for regression. ``forward``: what runs the blocks (the
+    DDP wrapper of ``model`` when several processes train it); ``hidden`` receives block outputs."""
+    forward = forward or model
+    if task.kind == "classify":
+        return model.classify(forward(x, pad, hidden=hidden), pad), y
+    if task.kind == "regress":
+        return model.logits(forward(x, pad, hidden=hidden)), y
+    keep = y != IGNORE  # (B, T): only scored positions go through the last MLP and the read-out
+    return model.logits(forward(x, pad, keep=keep, hidden=hidden)), y[keep]
+
+
+def target_loss(task, out, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-target loss, per-target correct): cross-entropy and arg-max match, or for regression the squared
+    error averaged over outputs and whether the prediction lies within ``task.tolerance`` (Euclidean)."""
+    if task.kind == "regress":
+        err = (out.float() - target).pow(2)  # (B, T, F)
+        return err.mean(-1).flatten(), err.sum(-1).sqrt().flatten() < task.tolerance
+    return F.cross_entropy(out.float(), target, reduction="none"), out.argmax(-1) == target
 
 
 def scored(model: WaveTransformer, task, x, y, pad, forward=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-target cross-entropy, per-target correct) over the positions / sequences the task scores.
-
-    ``forward``: what runs the blocks (the DDP wrapper of ``model`` when several processes train it).
-    """
-    forward = forward or model
-    if task.kind == "classify":
-        logits, target = model.classify(forward(x, pad), pad), y
-    else:
-        keep = y != IGNORE  # (B, T): only scored positions go through the last MLP and the read-out
-        logits, target = model.logits(forward(x, pad, keep=keep)), y[keep]
-    ce = F.cross_entropy(logits.float(), target, reduction="none")
-    return ce, logits.argmax(-1) == target
+    """(per-target loss, per-target correct) over the positions / sequences the task scores."""
+    return target_loss(task, *predict(model, task, x, y, pad, forward))
 
 
 @torch.no_grad()
-def evaluate(model, task, sets: dict, device: str, batch_rows: int = 512) -> dict:
+def evaluate(model, task, sets: dict, device: str, batch_rows: int = 512, teacher=None) -> dict:
+    """Per split: mean loss, accuracy and target count; with ``teacher``, the mean distance to its outputs
+    (``mse_vs_teacher`` for regression, ``kl_vs_teacher`` in nats otherwise)."""
+    from .distill import output_gap
+
     model.eval()
     out = {}
+    gap_name = "mse_vs_teacher" if task.kind == "regress" else "kl_vs_teacher"
     for split, (x, y, pad) in sets.items():
-        ce_sum, correct, n = 0.0, 0, 0
+        loss_sum, gap_sum, correct, n = 0.0, 0.0, 0, 0
         for i in range(0, len(x), batch_rows):
-            ce, ok = scored(model, task, x[i: i + batch_rows].to(device), y[i: i + batch_rows].to(device),
-                            None if pad is None else pad[i: i + batch_rows].to(device))
-            ce_sum, correct, n = ce_sum + ce.double().sum().item(), correct + ok.sum().item(), n + ce.numel()
-        out[f"{split}_loss"], out[f"{split}_acc"], out[f"{split}_targets"] = ce_sum / n, correct / n, n
+            rows = (x[i: i + batch_rows].to(device), y[i: i + batch_rows].to(device),
+                    None if pad is None else pad[i: i + batch_rows].to(device))
+            pred, target = predict(model, task, *rows)
+            loss, ok = target_loss(task, pred, target)
+            loss_sum, correct, n = loss_sum + loss.double().sum().item(), correct + ok.sum().item(), n + loss.numel()
+            if teacher is not None:
+                gap_sum += output_gap(task.kind, pred, predict(teacher, task, *rows)[0]).double().sum().item()
+        out[f"{split}_loss"], out[f"{split}_acc"], out[f"{split}_targets"] = loss_sum / n, correct / n, n
+        if teacher is not None:
+            out[f"{split}_{gap_name}"] = gap_sum / n
         if task.name == "charlm":
             out[f"{split}_bpc"] = out[f"{split}_loss"] / math.log(2)
     model.train()
     return out
+
+
+@torch.no_grad()
+def inference_tokens_per_s(model, task, device: str, batch_rows: int = 256) -> float:
+    """Positions per second of one pass of the model over the test inputs, in eval mode, after a warm-up batch."""
+    model.eval()
+    x, pad = task.test_x, task.test_pad
+    model(x[:batch_rows].to(device), None if pad is None else pad[:batch_rows].to(device))
+    t0 = time.perf_counter()
+    for i in range(0, len(x), batch_rows):
+        model(x[i: i + batch_rows].to(device), None if pad is None else pad[i: i + batch_rows].to(device))
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+    model.train()
+    return len(x) * x.shape[1] / (time.perf_counter() - t0)
 
 
 def step_marks(rows: list[dict], threshold: float) -> tuple[int | None, int | None]:
@@ -95,11 +128,23 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
     acc = Accelerator(cpu=cfg.device == "cpu")
     device, main = acc.device, acc.is_main_process
     torch.manual_seed(seed)
-    task = build_task(cfg.task, seed, **cfg.task_kwargs)
+    task_seed = data_seed(cfg, seed)
+    task = build_task(cfg.task, task_seed, **cfg.task_kwargs)
+    task.order_seed = seed  # the run seed draws the batches, whatever seed drew the data
     net = build_model(cfg, task).to(device)
     n_params = sum(p.numel() for p in net.parameters())
     mixer_params = sum(p.numel() for b in net.blocks for p in b.mixer.parameters())
-    optimizer = torch.optim.AdamW(param_groups(net.parameters(), r["weight_decay"]), lr=r["lr"],
+    teacher = load_teacher(cfg, task, device) if cfg.teacher else None
+    alpha, beta, gamma = r["alpha"], r["beta"], r["gamma"]
+    projection, matched = None, []
+    if gamma > 0:
+        matched = layer_map(cfg.layer_map, len(teacher.blocks), len(net.blocks))
+        projection = FeatureProjection(r["d_model"], teacher.d_model, len(net.blocks)).to(device)
+        if len(projection.maps) and acc.num_processes > 1:
+            raise WavedistillError("feature distillation between widths runs in one process (its projections are "
+                                   "not part of the DDP model); run without a launcher or with --gamma 0")
+    trained = [*net.parameters(), *(projection.parameters() if projection is not None else [])]
+    optimizer = torch.optim.AdamW(param_groups(trained, r["weight_decay"]), lr=r["lr"],
                                   betas=(r["beta1"], r["beta2"]))
     warmup = max(1, r["warmup_steps"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
@@ -109,12 +154,13 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
     if main:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump({**r, "seed": seed, "wavedistill_version": __version__, "task_info": task.describe(),
-                            "num_processes": acc.num_processes}, f, sort_keys=False)
+            yaml.safe_dump({**r, "seed": seed, "task_data_seed": task_seed, "wavedistill_version": __version__,
+                            "task_info": task.describe(), "num_processes": acc.num_processes,
+                            **({"layer_map_used": matched} if matched else {})}, f, sort_keys=False)
         writer = SummaryWriter(out_dir)
         log = open(os.path.join(out_dir, "train_log.jsonl"), "w")
     threshold, rows = r["grok_threshold"], []
-    train_s, step = 0.0, 0
+    train_s, train_positions, step = 0.0, 0, 0
     for step in range(1, r["steps"] + 1):
         x, y, pad = task.train_batch(step, r["batch_size"])
         share = len(x) // acc.num_processes  # every process draws the whole batch and trains its own rows
@@ -122,25 +168,44 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
             raise WavedistillError(f"a batch of {len(x)} rows does not split over {acc.num_processes} processes")
         part = slice(acc.process_index * share, (acc.process_index + 1) * share)
         t0 = time.perf_counter()
-        ce, correct = scored(net, task, x[part].to(device), y[part].to(device),
-                             None if pad is None else pad[part].to(device), forward=wrapped)
-        loss = ce.mean()
-        batch = acc.reduce(torch.stack([loss.detach(), correct.float().mean()]), reduction="mean").tolist()
-        if not math.isfinite(batch[0]):
-            raise TrainingError(f"loss became {batch[0]} at step {step} (seed {seed}); lower --lr (now {r['lr']})")
+        rows_here = (x[part].to(device), y[part].to(device), None if pad is None else pad[part].to(device))
+        hidden = [] if gamma > 0 else None
+        out, target = predict(net, task, *rows_here, forward=wrapped, hidden=hidden)
+        task_loss, correct = target_loss(task, out, target)
+        terms = {"task": task_loss.mean()}
+        if beta > 0 or gamma > 0:
+            t_hidden = [] if gamma > 0 else None
+            with torch.no_grad():
+                t_out, _ = predict(teacher, task, *rows_here, hidden=t_hidden)
+            if beta > 0:
+                terms["output"] = output_loss(task.kind, out, t_out, cfg.temperature)
+            if gamma > 0:
+                terms["feature"] = feature_loss(hidden, [t_hidden[j] for j in matched], "mse", projection)
+        weights = {"task": alpha, "output": beta, "feature": gamma}
+        loss = sum(weights[k] * v for k, v in terms.items())
+        logged = torch.stack([terms["task"].detach(), correct.float().mean(), loss.detach()])
+        batch = acc.reduce(logged, reduction="mean").tolist()
+        if not math.isfinite(batch[2]):
+            raise TrainingError(f"loss became {batch[2]} at step {step} (seed {seed}); lower --lr (now {r['lr']})")
         optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
-        if r["grad_clip"] > 0:
-            acc.clip_grad_norm_(net.parameters(), r["grad_clip"])
+        # The norm before clipping (clip_grad_norm_ with an infinite bound only measures it).
+        grad_norm = acc.clip_grad_norm_(trained, r["grad_clip"] if r["grad_clip"] > 0 else float("inf"))
         optimizer.step()
         scheduler.step()
         train_s += time.perf_counter() - t0
+        train_positions += len(x) * x.shape[1]
         if main:
             writer.add_scalar("train/batch_loss", batch[0], step)
             writer.add_scalar("train/batch_acc", batch[1], step)
+            writer.add_scalar("train/grad_norm", float(grad_norm), step)
+            if len(terms) > 1:
+                writer.add_scalar("train/batch_total_loss", batch[2], step)
+                for k, v in terms.items():
+                    writer.add_scalar(f"train/batch_{k}_loss", v.item(), step)
         if step % r["eval_every"] and step not in (1, r["steps"]):
             continue
-        rows.append({"step": step, "train_batch_loss": batch[0], **evaluate(net, task, sets, device),
+        rows.append({"step": step, "train_batch_loss": batch[0], **evaluate(net, task, sets, device, teacher=teacher),
                      "steps_per_s": step / train_s})
         if main:
             log.write(json.dumps(rows[-1]) + "\n")
@@ -156,9 +221,12 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
     summary = {"seed": seed, "grok_step": grok, "memorization_step": memorized, "steps_run": step,
                "final_train_acc": last["train_acc"], "final_test_acc": last["test_acc"],
                "final_test_loss": last["test_loss"], "test_targets": last["test_targets"],
-               "steps_per_s": round(step / train_s, 2), "params": n_params, "mixer_params": mixer_params}
-    if "test_bpc" in last:
-        summary["final_test_bpc"] = last["test_bpc"]
+               "steps_per_s": round(step / train_s, 2), "train_tokens_per_s": round(train_positions / train_s),
+               "infer_tokens_per_s": round(inference_tokens_per_s(net, task, device)), "params": n_params,
+               "mixer_params": mixer_params, "teacher": cfg.teacher, "loss_weights": [alpha, beta, gamma]}
+    for k in ("test_bpc", "test_mse_vs_teacher", "test_kl_vs_teacher"):
+        if k in last:
+            summary[f"final_{k}"] = last[k]
     if main:
         writer.close()
         log.close()

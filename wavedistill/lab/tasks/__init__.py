@@ -3,7 +3,8 @@
 Every task yields ``(inputs, targets, padding_mask)`` batches:
 * ``inputs``: (B, T) token ids; ``padding_mask``: (B, T) bool, True = real token, or None;
 * ``targets``: (B, T) next-token targets with ``IGNORE`` (-100) where nothing is scored (language
-  tasks), or (B,) class labels (``kind == "classify"``).
+  tasks), or (B,) class labels (``kind == "classify"``);
+* ``kind == "regress"``: inputs are (B, T, in_features) real vectors and targets (B, T, out_features).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from .algorithmic import Copy, Reverse, Sort
 from .base import IGNORE, Task
 from .charlm import CharLM
 from .classify import Classify
+from .event_hold import EventHold
 from .modular import Modular
 from .mqar import MQAR
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Modular, Copy, Reverse, Sort, MQAR, CharLM, Classify)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Modular, Copy, Reverse, Sort, MQAR, CharLM, Classify,
+                                                               EventHold)}
 
 
 def check_task_options(name: str, kwargs: dict) -> type[Task]:

@@ -20,7 +20,9 @@ class Task:
     """
 
     name: ClassVar[str]
-    kind: ClassVar[str] = "lm"  # "lm": next-token targets per position; "classify": one label per sequence
+    kind: ClassVar[str] = "lm"  # "lm": next-token targets per position; "classify": one label per sequence;
+    # "regress": real-valued targets per position, inputs of ``in_features`` reals per position
+    in_features: int = 0
     defaults: ClassVar[dict] = {}
     n_classes: int = 0
     full_batch: bool = False
@@ -29,12 +31,13 @@ class Task:
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
+        self.order_seed = seed  # draws the training batches; a distilled student sets its run seed here
 
     def train_batch(self, step: int, batch_size: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """The whole training set (full batch, or ``batch_size`` 0), else rows drawn by (seed, step)."""
         if self.full_batch or batch_size <= 0 or batch_size >= len(self.train_x):
             return self.train_x, self.train_y, self.train_pad
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(self.order_seed * 1_000_003 + step)
         rows = torch.randint(0, len(self.train_x), (batch_size,), generator=g)
         pad = None if self.train_pad is None else self.train_pad[rows]
         return self.train_x[rows], self.train_y[rows], pad

@@ -53,7 +53,7 @@ class CharLM(Task):
         return x, y
 
     def train_batch(self, step: int, batch_size: int):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(self.order_seed * 1_000_003 + step)
         starts = torch.randint(0, len(self.train_stream) - self.seq_len, (batch_size,), generator=g)
         x = torch.stack([self.train_stream[s: s + self.seq_len] for s in starts.tolist()])
         y = torch.stack([self.train_stream[s + 1: s + self.seq_len + 1] for s in starts.tolist()])
