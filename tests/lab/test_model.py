@@ -116,3 +116,18 @@ def test_model_refuses_bad_geometry_and_long_inputs():
     m = WaveTransformer(V, 8, d_model=16, n_heads=2, d_mlp=16)
     with pytest.raises(WavedistillError, match="longer than the model's max_len"):
         m(ids(1, 9))
+
+
+def test_real_valued_inputs_go_through_a_linear_map_and_stay_causal():
+    torch.manual_seed(0)
+    m = WaveTransformer(2, 32, mixer="selective_s4d", d_model=16, n_layers=2, n_heads=2, d_mlp=32,
+                        in_features=3).double().eval()
+    x = torch.randn(2, T, 3, dtype=torch.float64)
+    hidden = []
+    out = m.logits(m(x, hidden=hidden))
+    assert out.shape == (2, T, 2) and len(hidden) == 2 and hidden[0].shape == (2, T, 16)
+    x2 = x.clone()
+    x2[:, 10:] += 5.0  # perturb the future of position 9
+    assert torch.allclose(m.logits(m(x2))[:, :10], out[:, :10], atol=1e-12)
+    with pytest.raises(WavedistillError, match="phase_embedding"):
+        WaveTransformer(2, 32, d_model=16, n_heads=2, phase_embedding=2, in_features=3)

@@ -127,3 +127,36 @@ def test_unknown_tasks_and_options_are_refused_with_the_known_ones():
     with pytest.raises(WavedistillError, match=r"unknown options \['n_pairs'\]"):
         build_task("modular", seed=0, n_pairs=3)
     assert set(TASKS) == {"modular", "copy", "reverse", "sort", "mqar", "charlm", "classify", "event_hold"}
+
+
+def test_event_hold_worked_example_holds_the_last_loud_sample_and_turns_it():
+    from wavedistill.lab.tasks.event_hold import hold_last_event
+
+    z = torch.tensor([[0.1, 1.5j, -0.2, 1.3, 0.1]])
+    assert torch.allclose(hold_last_event(z, 1.0, 0.0), torch.tensor([[0, 1.5j, 1.5j, 1.3, 1.3]]))
+    turned = hold_last_event(z, 1.0, 0.5)  # two steps after the event at t = 1: turned by 2 x 0.5 rad
+    assert torch.allclose(turned[0, 2], 1.5j * torch.exp(torch.tensor(0.5j)))
+    assert torch.allclose(turned[0, 4], 1.3 * torch.exp(torch.tensor(0.5j)))
+
+
+def test_event_hold_targets_follow_from_the_inputs_by_the_stated_rule():
+    task = build_task("event_hold", seed=3, seq_len=40, n_train=50, n_test=20)
+    assert task.kind == "regress" and task.train_x.shape == (50, 40, 2) and task.train_y.shape == (50, 40, 2)
+    z = torch.complex(task.test_x[..., 0].double(), task.test_x[..., 1].double())
+    y = torch.complex(task.test_y[..., 0].double(), task.test_y[..., 1].double())
+    loud = z.abs() > task.threshold
+    assert 0.04 < loud.float().mean() < 0.15  # events at about event_prob, plus rare loud noise
+    for r in range(5):  # brute force: the last loud sample, turned by omega per step since
+        for t in range(40):
+            past = [s for s in range(t + 1) if loud[r, s]]
+            want = 0 if not past else z[r, past[-1]] * torch.exp(torch.tensor(1j * task.omega * (t - past[-1])))
+            assert abs(y[r, t] - want) < 1e-5
+    other = build_task("event_hold", seed=4, seq_len=40, n_train=50, n_test=20)
+    assert not torch.equal(task.train_x, other.train_x) and not torch.equal(task.train_x, task.test_x[:20])
+
+
+@pytest.mark.parametrize("kw", [dict(seq_len=1), dict(event_prob=0.0), dict(threshold=0.0), dict(tolerance=0.0),
+                                dict(n_test=0)])
+def test_event_hold_refuses_bad_options(kw):
+    with pytest.raises(WavedistillError, match="event_hold needs"):
+        build_task("event_hold", seed=0, **kw)

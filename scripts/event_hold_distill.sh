@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Issue 11 item 4: a selective S4D teacher on event_hold, distilled into non-selective s4d students at three
+# presets, each against the same student trained on ground truth only (the control), 3 seeds each; plus a
+# selective_s4d student at the smallest preset trained on ground truth only (is it the size or the selectivity?).
+# usage: bash scripts/event_hold_distill.sh [RUNS_DIR]    then: python scripts/event_hold_table.py [RUNS_DIR]
+# Two processes at a time, one CPU thread each; finished seeds are reused, so the script can be rerun.
+# Every run uses the default lr of the task (3e-3): no choice was made on test data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=${1:-runs/lab/event_hold}
+wavedistill lab event_hold --mixer selective_s4d --n-layers 6 --steps 3000 --eval-every 250 --seeds 0 \
+  --output-dir "$R/teacher"
+T="$R/teacher/seed_0"
+S=(--steps 1500 --eval-every 250 --seeds 0,1,2 --teacher "$T")
+for p in standard compressed tiny; do
+  wavedistill lab event_hold --mixer s4d --preset $p "${S[@]}" --output-dir "$R/kd_$p" &
+  kd=$!
+  wavedistill lab event_hold --mixer s4d --preset $p "${S[@]}" --alpha 1 --beta 0 --gamma 0 --output-dir "$R/control_$p"
+  wait $kd
+done
+wavedistill lab event_hold --mixer selective_s4d --preset tiny --mixer-kwargs '{"state_dim": 32}' "${S[@]}" \
+  --alpha 1 --beta 0 --gamma 0 --jobs 2 --output-dir "$R/control_tiny_selective"
