@@ -1,5 +1,5 @@
 """Attention-map matching: zero when the student is its teacher, equal to a naive per-row computation,
-GQA group matching, and refused where the student has no softmax maps."""
+GQA group matching, wave mixing matrices (MOHAWK stage 1), and refused where a mixer has no matrix."""
 
 from __future__ import annotations
 
@@ -78,10 +78,59 @@ def test_a_student_run_matches_attention_maps_and_logs_the_loss(tiny_teacher, tm
 
 
 @pytest.mark.parametrize("student", [None, {"layers": 1, "mixer": "learned_gate"}])
-def test_attention_maps_are_refused_without_softmax_attention_in_the_student(tiny_teacher, tmp_path, student):
-    with pytest.raises(WavedistillError, match="attention_weight > 0 matches softmax attention maps"):
+def test_attention_maps_are_refused_for_mixers_without_a_mixing_matrix(tiny_teacher, tmp_path, student):
+    with pytest.raises(WavedistillError, match="'learned_gate' has none. Mixers with one: rotary_gla, s4d"):
         tiny_run_config(tiny_teacher, tmp_path / "run", student=student,
                         stages=[{"kind": "kd", "steps": 1, "attention_weight": 1.0}])
+
+
+def test_a_kl_to_the_rows_of_a_matrix_that_are_not_distributions_is_refused(tiny_teacher, tmp_path):
+    with pytest.raises(WavedistillError, match="'s4d'.s mixing matrix are not distributions.*attention_loss: mse"):
+        tiny_run_config(tiny_teacher, tmp_path / "run", wave_type="s4d",
+                        stages=[{"kind": "kd", "steps": 1, "attention_weight": 1.0}])
+
+
+def test_a_wave_mixer_whose_matrix_is_the_teachers_attention_has_zero_map_loss():
+    # rotary_gla's exact-exp diagnostic with the teacher's q / k and no decay (gate bias +60) computes
+    # softmax attention itself: its mixing matrix is the teacher's map, and the loss is 0.
+    from wavedistill.attention_maps import mixer_inputs, mixing_matrices
+    from wavedistill.surgery import convert, wave_attention_modules
+
+    teacher = tiny_model("llama", attn_implementation="eager", num_hidden_layers=2)
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 12))
+    t_maps = _maps(teacher, ids)
+    convert(teacher, "rotary_gla", feature_map="softmax")
+    with torch.no_grad():
+        for m in wave_attention_modules(teacher).values():
+            m.mixer.decay_proj.bias.fill_(60.0)
+        with mixer_inputs(teacher) as captured:
+            teacher(ids)
+        maps, heads, layers = mixing_matrices(teacher, captured)
+    assert layers == [0, 1] and maps[0].shape == t_maps[0].shape
+    assert attention_map_loss(maps, t_maps, layers, "kl", student_heads=heads).item() == pytest.approx(0, abs=1e-6)
+    assert attention_map_loss(maps, t_maps, layers, "mse", window=5).item() == pytest.approx(0, abs=1e-10)
+
+
+def test_per_channel_matrices_match_each_channel_to_its_heads_map_over_the_window():
+    g = torch.Generator().manual_seed(2)
+    t = torch.rand(1, 2, 6, 6, generator=g)
+    s = torch.rand(1, 2 * 3, 6, 6, generator=g)  # 2 heads x 3 channels
+    got = attention_map_loss((s,), (t,), [0], "mse", student_heads=[2], window=4)
+    naive = torch.stack([((s[0, c, :4, :4] - t[0, c // 3, :4, :4]) ** 2).mean() for c in range(6)]).mean()
+    assert got.item() == pytest.approx(naive.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("wave_type,loss", [("s4d", "mse"), ("rotary_gla", "kl")])
+def test_a_wave_student_matches_its_mixing_matrices_to_the_teachers_maps(tiny_teacher, tmp_path, wave_type, loss):
+    import json
+
+    from wavedistill.distill import run
+
+    out = tmp_path / "run"
+    stages = [{"kind": "kd", "steps": 3, "attention_weight": 1.0, "attention_loss": loss, "attention_window": 16}]
+    run(tiny_run_config(tiny_teacher, out, wave_type=wave_type, stages=stages))
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(r[f"attention_{loss}"] > 0 for r in rows if "stage_step" in r)
 
 
 def test_the_mse_is_the_mean_squared_error_over_each_row_then_heads_and_real_positions():

@@ -128,15 +128,23 @@ def validate(cfg: DistillConfig) -> None:
         if not ok:
             raise WavedistillError(message)
     stages = recipe_stages(cfg)
-    mixer = None
+    mixer = cfg.wave_type
     if cfg.student is not None:
         from .student import student_spec
 
         mixer = student_spec(cfg).mixer
-    if mixer != "attention" and any(getattr(s, "attention_weight", 0) > 0 for s in stages):
-        raise WavedistillError("attention_weight > 0 matches softmax attention maps: it needs a separate student that "
-                               "keeps attention (--student ... with the default --student-mixer attention); a wave "
-                               "mixer's materialised mixing matrix is not matched yet")
+    matched = [s for s in stages if getattr(s, "attention_weight", 0) > 0]
+    if matched and mixer != "attention":
+        from .mixers import get_mixer_class
+        from .mixers.base import mixers_with_matrix
+
+        if mixer not in mixers_with_matrix():
+            raise WavedistillError(f"attention_weight > 0 matches attention maps or a wave mixer's materialised mixing "
+                                   f"matrix; {mixer!r} has none. Mixers with one: {', '.join(mixers_with_matrix())} "
+                                   "(or a separate student with --student-mixer attention)")
+        if not get_mixer_class(mixer).mixing_rows_are_distributions and any(s.attention_loss == "kl" for s in matched):
+            raise WavedistillError(f"the rows of {mixer!r}'s mixing matrix are not distributions over keys, so a KL "
+                                   "to attention rows is undefined; set attention_loss: mse")
 
 
 def recipe_stages(cfg: DistillConfig, default_steps: int = 1):

@@ -61,9 +61,10 @@ class KDLoss:
     hidden_weight: float = 0.0  # weight of the feature loss between student and (mapped) teacher layer outputs
     hidden_loss: str = "mse"  # mse | cosine, after a learned projection where the widths differ
     label_smoothing: float = 0.0  # of the CE term: target (1 - e) one-hot + e uniform
-    attention_weight: float = 0.0  # weight of the attention-map loss (a separate student that keeps attention)
+    attention_weight: float = 0.0  # weight of the attention-map loss (attention maps, or wave mixing matrices)
     attention_loss: str = "kl"  # kl | mse, per query row
     attention_heads: str = "head"  # head: student head h <-> teacher head h | group: <-> mean of teacher group h
+    attention_window: int = 0  # > 0: match the maps of the first N positions only (MOHAWK's short windows)
     temperature: float | None = None  # None: the run's temperature; the start value of a schedule
     temperature_schedule: str = "constant"  # constant | linear | cosine (to temperature_end) | dynamic
     temperature_end: float = 1.0
@@ -143,6 +144,7 @@ def validate_stage(stage: Stage) -> None:
             (stage.attention_weight >= 0, "attention_weight must be >= 0"),
             (stage.attention_loss in MAP_LOSSES, f"attention_loss must be one of {MAP_LOSSES}"),
             (stage.attention_heads in HEAD_MATCHING, f"attention_heads must be one of {HEAD_MATCHING}"),
+            (stage.attention_window >= 0, "attention_window must be >= 0 (0 = the whole sequence)"),
             (stage.loss_chunk is None or stage.loss_chunk >= 0, "loss_chunk must be >= 0 (0 = the dense loss)"),
             (stage.loss_chunk != 0 or stage.divergence == "forward_kl",
              "reverse_kl and jsd run in the chunked loss: leave loss_chunk unset or > 0"),

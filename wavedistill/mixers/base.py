@@ -98,6 +98,22 @@ class WaveMixer(nn.Module):
     def mix_naive(self, x: Tensor, padding_mask: Tensor | None, position_embeddings) -> Tensor:
         raise NotImplementedError
 
+    #: Whether the rows of :meth:`mixing_matrix` are distributions over keys (non-negative, summing to 1),
+    #: so that a KL to attention rows is defined.
+    mixing_rows_are_distributions: ClassVar[bool] = False
+
+    def mixing_matrix(self, x: Tensor, padding_mask: Tensor | None = None,
+                      position_embeddings: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The causal matrix this mixer applies to its values on ``x`` (B, T, D): (B, G, T, T), zero above the diagonal.
+
+        G groups of value channels share one matrix: G = n_heads (a matrix per head) or inner_dim (per
+        channel). Row t weighs value s <= t; the mixer's output is ``o_proj`` of that weighted sum, plus
+        a per-channel skip where the mixer has one. MOHAWK's stage 1 matches it to the teacher's attention
+        maps (:mod:`wavedistill.attention_maps`). Mixers without a matrix form raise.
+        """
+        raise MixerValueError(f"mixer {self.name!r} has no materialised mixing matrix; mixers that have one: "
+                              f"{', '.join(mixers_with_matrix())}")
+
     @property
     def has_state(self) -> bool:
         """Whether this instance decodes through :meth:`step` (settings may rule it out, e.g. ``causal=False``)."""
@@ -210,3 +226,10 @@ def no_weight_decay(p: nn.Parameter) -> nn.Parameter:
     """Tag a parameter (filter taps, phases, decays) that weight decay would pull towards a wrong prior."""
     p._no_weight_decay = True
     return p
+
+
+def mixers_with_matrix() -> list[str]:
+    """Registered mixers that implement :meth:`WaveMixer.mixing_matrix`."""
+    from .registry import MIXERS
+
+    return [n for n, cls in MIXERS.items() if cls.mixing_matrix is not WaveMixer.mixing_matrix]

@@ -174,30 +174,40 @@ class RotaryGLA(QKVMixer):
         return y, state
 
     def _naive(self, q, k, v1, fq, fk, log_a, padding_mask, W: int, linear: bool) -> Tensor:
-        """Dense reference: band weights exp(score - c) for t - W < s <= t, exp(-c) * decayed phi.phi before."""
+        """Dense reference: the weights of :meth:`_weights` applied to the values and the ones column."""
+        return torch.einsum("bhts,bhsd->bhtd", self._weights(q, k, fq, fk, log_a, padding_mask, W, linear), v1)
+
+    def _weights(self, q, k, fq, fk, log_a, padding_mask, W: int, linear: bool) -> Tensor:
+        """Unnormalised (B, H, T, T) weights: band exp(score - c) for t - W < s <= t, exp(-c) * decayed phi.phi
+        before (with W = 0, the decayed phi.phi alone)."""
         T = q.shape[2]
         g = log_a.cumsum(-1)
         lag = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # t - s
         lin_w = (g[..., :, None] - g[..., None, :]).masked_fill(lag < W, float("-inf")).exp()
         lin_w = lin_w * torch.einsum("bhtf,bhsf->bhts", fq, fk)
         if W == 0:
-            return torch.einsum("bhts,bhsd->bhtd", lin_w, v1)
+            return lin_w
         real = torch.ones(q.shape[0], T, dtype=torch.bool) if padding_mask is None else padding_mask
         band = ((lag >= 0) & (lag < W))[None] & real[:, None, :] | torch.eye(T, dtype=torch.bool)  # (B, T, T)
         scores = torch.einsum("bhtd,bhsd->bhts", q.to(fq.dtype), k.to(fq.dtype)) * self.scaling.item()
         scores = scores.masked_fill(~band[:, None], float("-inf"))
         c = scores.amax(-1, keepdim=True)
-        weights = (scores - c).exp() + ((-c).exp() * lin_w if linear else 0)
-        return torch.einsum("bhts,bhsd->bhtd", weights, v1)
+        return (scores - c).exp() + ((-c).exp() * lin_w if linear else 0)
+
+    def _exact_bias(self, x: Tensor, padding_mask) -> Tensor:
+        """(B, H, T, T): log(prod_(s<r<=t) a_r) over keys s <= t, -inf elsewhere (pad keys too; a pad query
+        keeps its diagonal)."""
+        T = x.shape[1]
+        g = self.log_decay(x).cumsum(-1)  # (B, H, T)
+        keep = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None]
+        if padding_mask is not None:
+            keep = (keep & padding_mask[:, None, None, :]) | torch.eye(T, dtype=torch.bool, device=x.device)
+        return (g[..., :, None] - g[..., None, :]).masked_fill(~keep, float("-inf"))
 
     def _exact(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, padding_mask, naive: bool) -> Tensor:
         """Softmax over keys s <= t of q~.k~ * scale + log(prod_(s<r<=t) a_r): the decay with exp in place of phi."""
         T = x.shape[1]
-        g = self.log_decay(x).cumsum(-1)  # (B, H, T)
-        keep = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None]
-        if padding_mask is not None:  # pad keys are never seen; a pad query keeps its diagonal
-            keep = (keep & padding_mask[:, None, None, :]) | torch.eye(T, dtype=torch.bool, device=x.device)
-        bias = (g[..., :, None] - g[..., None, :]).masked_fill(~keep, float("-inf"))  # (B, H, T, T)
+        bias = self._exact_bias(x, padding_mask)  # (B, H, T, T)
         ct = bias.dtype
         q, k, v = q.to(ct), k.to(ct), v.to(ct)
         if naive:
@@ -210,6 +220,21 @@ class RotaryGLA(QKVMixer):
 
     def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
         return self._mix(x, padding_mask, position_embeddings, naive=False)
+
+    mixing_rows_are_distributions = True
+
+    def mixing_matrix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        """Per head (B, H, T, T): the weights each query gives the values, normalised as the output is."""
+        if padding_mask is not None:
+            x = torch.where(padding_mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+        q, k, v = self.qkv(x, position_embeddings, padding_mask)
+        if self.feature_map == "softmax":
+            ct = torch.promote_types(x.dtype, torch.float32)
+            scores = torch.einsum("bhtd,bhsd->bhts", q.to(ct), k.to(ct)) * self.scaling.item()
+            return (scores + self._exact_bias(x, padding_mask)).softmax(-1)
+        fq, fk, _, log_a = self._inputs(x, q, k, v, padding_mask)
+        w = self._weights(q, k, fq, fk, log_a, padding_mask, *self.branches())
+        return w / w.sum(-1, keepdim=True).clamp_min(EPS)
 
     def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
         return self._mix(x, padding_mask, position_embeddings, naive=True)

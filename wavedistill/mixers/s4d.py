@@ -121,6 +121,17 @@ class S4D(WaveMixer):
         k = 2 * k.real.reshape(k.shape[0], -1)[:, :T]  # (C, T)
         return torch.cat([k[:, :1] + self.d_skip.to(dtype)[:, None], k[:, 1:]], dim=1)
 
+    def mixing_matrix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        """Per channel (B, C, T, T): the Toeplitz matrix M_c[t, s] = K_c(t - s) of the kernel without the skip D
+        (the same for every input), zero at pad keys, whose values are zero."""
+        T = x.shape[1]
+        ct = torch.promote_types(x.dtype, torch.float32)
+        k = self.kernel(T, ct)
+        k = torch.cat([k[:, :1] - self.d_skip.to(ct)[:, None], k[:, 1:]], dim=1)  # (C, T)
+        lag = torch.arange(T, device=x.device)[:, None] - torch.arange(T, device=x.device)[None, :]  # t - s
+        m = (k[:, lag.clamp_min(0)] * (lag >= 0))[None].expand(x.shape[0], -1, -1, -1)  # (B, C, T, T)
+        return m if padding_mask is None else m * padding_mask[:, None, None, :].to(ct)
+
     def _values(self, x: Tensor, padding_mask) -> Tensor:
         return self.zero_pads(self.v_proj(x), padding_mask)  # (B, T, C)
 

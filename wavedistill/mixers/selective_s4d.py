@@ -100,11 +100,10 @@ class SelectiveS4D(WaveMixer):
         b, c = torch.complex(bc[..., 0, :, :], bc[..., 1, :, :]), torch.complex(bc[..., 2, :, :], bc[..., 3, :, :])
         return u.unflatten(-1, (H, hd)), dt, b, c
 
-    def _parallel(self, x: Tensor, padding_mask) -> tuple[Tensor, Tensor]:
-        """(y (B, T, C) before o_proj, the final complex state (B, H, n, hd))."""
+    def _turning_frame(self, x: Tensor, padding_mask):
+        """Heads-first inputs of the parallel form: u (B, H, T, hd), real q, k (B, H, T, 2n) with Re(q~ . k~) =
+        q . k, log decays (B, H, T) and the frame's last turn e^(i omega Lambda_T) (B, H, n)."""
         ct = torch.promote_types(x.dtype, torch.float32)
-        B_, T, _ = x.shape
-        n = self.state_dim // 2
         u, dt, b, c = self._selection(x, padding_mask, ct)
         u, dt, b, c = u.transpose(1, 2), dt.transpose(1, 2), b.transpose(1, 2), c.transpose(1, 2)  # heads first
         a = self._a(ct)[:, None]  # (H, 1, n)
@@ -114,11 +113,30 @@ class SelectiveS4D(WaveMixer):
         q = c * rot
         k = b * complex_expm1(dt[..., None] * a) / a * rot.conj()
         # Re(q . k) as one real dot product: [Re q, Im q] . [Re k, -Im k].
-        o, s = decayed_linear_attention(torch.cat([q.real, q.imag], -1), torch.cat([k.real, -k.imag], -1), u,
-                                        -self.log_alpha.to(ct).exp()[:, None] * dt, self.chunk)  # (B, H, T, hd)
-        y = o + self.d_skip.to(ct).view(-1, 1, self.head_dim) * u
-        h = rot[:, :, -1, :, None] * torch.complex(s[:, :, :n], -s[:, :, n:])  # back from the turning frame
+        q, k = torch.cat([q.real, q.imag], -1), torch.cat([k.real, -k.imag], -1)
+        return u, q, k, -self.log_alpha.to(ct).exp()[:, None] * dt, rot[:, :, -1]
+
+    def _parallel(self, x: Tensor, padding_mask) -> tuple[Tensor, Tensor]:
+        """(y (B, T, C) before o_proj, the final complex state (B, H, n, hd))."""
+        B_, T, _ = x.shape
+        n = self.state_dim // 2
+        u, q, k, log_decay, last_turn = self._turning_frame(x, padding_mask)
+        o, s = decayed_linear_attention(q, k, u, log_decay, self.chunk)  # (B, H, T, hd)
+        y = o + self.d_skip.to(u.dtype).view(-1, 1, self.head_dim) * u
+        h = last_turn[..., None] * torch.complex(s[:, :, :n], -s[:, :, n:])  # back from the turning frame
         return y.transpose(1, 2).reshape(B_, T, -1), h
+
+    def mixing_matrix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
+        """Per head (B, H, T, T): M[t, s] = Re(C_t^T exp(A (Lambda_t - Lambda_s)) Bbar_s B_s) for s <= t (the
+        skip D left out), zero at pad keys, where Delta = 0."""
+        if padding_mask is not None:
+            x = torch.where(padding_mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+        _, q, k, log_decay, _ = self._turning_frame(x, padding_mask)
+        T = x.shape[1]
+        g = log_decay.cumsum(-1)  # (B, H, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        decay = (g[..., :, None] - g[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+        return decay * (q @ k.transpose(-1, -2))
 
     def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
         return self.o_proj(self._parallel(x, padding_mask)[0].to(x.dtype))

@@ -4,8 +4,10 @@ Loss per batch: ``kl_weight * mean(T^2 D_T(teacher, student)) + ce_weight * CE(n
 label-smoothed) + hidden_weight * feature loss``: the ``hidden_loss`` (MSE or 1 - cosine) between each
 student decoder-layer output and its teacher layer's (HF ``hidden_states``; the last one is after the
 final norm), through the run's learned projections where the widths differ (:mod:`wavedistill.features`);
-``+ attention_weight * attention-map loss`` of a separate student that keeps softmax attention
-(:mod:`wavedistill.attention_maps`; both models run eager attention during the stage).
+``+ attention_weight * attention-map loss``: a separate student's softmax attention maps, or a wave
+student's materialised mixing matrices (MOHAWK stage 1), against the teacher's maps, optionally over the
+first ``attention_window`` positions only (:mod:`wavedistill.attention_maps`; the models run eager
+attention during the stage).
 The temperature is constant, follows a linear / cosine schedule to ``temperature_end`` over the
 stage, or is ``dynamic``: per position, from the teacher's entropy (confident positions are softened).
 D is the stage's ``divergence`` (forward KL by default); the loss runs ``loss_chunk`` positions at a
@@ -22,11 +24,12 @@ import contextlib
 import torch
 
 from ..kd_chunked import kd_loss_chunked
-from ..attention_maps import attention_map_loss, eager_attention
+from ..attention_maps import attention_map_loss, eager_attention, mixer_inputs, mixing_matrices
 from ..features import feature_loss, matched_hidden
 from ..losses import entropy_temperature, kd_loss
 from ..loop import train_steps
 from ..schedules import scheduled_temperature
+from ..surgery import wave_attention_modules
 from ..teacher_cache import cached_kd_loss, cached_kd_loss_dense
 
 
@@ -38,6 +41,8 @@ def kd_objective(run, stage, n_steps: int):
     start = cfg.temperature if stage.temperature is None else stage.temperature
     hidden = stage.hidden_weight > 0
     maps = stage.attention_weight > 0  # run_kd puts both models in eager attention, which returns the maps
+    # A wave student's converted layers give their mixing matrices instead (MOHAWK stage 1).
+    wave_maps = maps and bool(wave_attention_modules(run.student))
 
     def loss_fn(batch: dict, step: int) -> dict:
         ids = batch["input_ids"]
@@ -45,8 +50,10 @@ def kd_objective(run, stage, n_steps: int):
             return cached(batch)
         with torch.no_grad():
             t_out = run.teacher(ids, use_cache=False, output_hidden_states=hidden, output_attentions=maps)
-        with run.autocast:
-            s_out = run.student(ids, use_cache=False, output_hidden_states=hidden, output_attentions=maps)
+        capture = mixer_inputs(run.student) if wave_maps else contextlib.nullcontext({})
+        with capture as captured, run.autocast:
+            s_out = run.student(ids, use_cache=False, output_hidden_states=hidden,
+                                output_attentions=maps and not wave_maps)
         # A separate student with a differently padded vocabulary: the rows both have (checked at the start).
         s_logits, t_logits = s_out.logits[..., :run.shared_vocab], t_out.logits[..., :run.shared_vocab]
         if stage.temperature_schedule == "dynamic":
@@ -71,9 +78,16 @@ def kd_objective(run, stage, n_steps: int):
             losses[key] = losses[key].detach()
         if maps:
             key = f"attention_{stage.attention_loss}"
-            losses[key] = attention_map_loss(s_out.attentions, t_out.attentions,
-                                             run.student_layer_map or list(range(len(s_out.attentions))),
-                                             stage.attention_loss, stage.attention_heads)
+            n_layers = len(t_out.attentions) if run.student_layer_map is None else len(run.student_layer_map)
+            layer_map = run.student_layer_map or list(range(n_layers))
+            if wave_maps:
+                s_maps, s_heads, layers = mixing_matrices(run.student, captured, stage.attention_window)
+                losses[key] = attention_map_loss(s_maps, t_out.attentions, [layer_map[i] for i in layers],
+                                                 stage.attention_loss, stage.attention_heads, student_heads=s_heads,
+                                                 window=stage.attention_window)
+            else:
+                losses[key] = attention_map_loss(s_out.attentions, t_out.attentions, layer_map, stage.attention_loss,
+                                                 stage.attention_heads, window=stage.attention_window)
             losses["loss"] = losses["loss"] + stage.attention_weight * losses[key]
             losses[key] = losses[key].detach()
         losses["temperature"] = torch.as_tensor(temperature).float().mean()
