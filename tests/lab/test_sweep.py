@@ -116,3 +116,17 @@ def test_lab_cli_runs_a_task_with_phase_embeddings(tmp_path):
         "compare-without-task", "beta-without-teacher", "unknown-preset", "teacher-not-a-seed-folder"])
 def test_bad_lab_input_is_one_line_error(tmp_path, args, needles):
     assert_one_line_error(lab(*args, "--output-dir", tmp_path / "out"), *needles)
+
+
+def test_a_student_is_sized_by_preset_and_flags_on_the_command_line(tmp_path):
+    import argparse
+
+    from wavedistill.lab.cli import add_lab_parsers, lab_changes
+    from wavedistill.lab.config import make_lab_config, resolve
+
+    parser = argparse.ArgumentParser()
+    add_lab_parsers(parser.add_subparsers())
+    args = parser.parse_args(["lab", "event_hold", "--mixer", "s4d", "--preset", "compressed", "--d-model", "16",
+                              "--state-dim", "64", "--n-layers", "2"])
+    r = resolve(make_lab_config(lab_changes(args, "event_hold")))
+    assert (r["d_model"], r["n_layers"], r["mixer_kwargs"], r["d_mlp"]) == (16, 2, {"state_dim": 64}, 128)

@@ -31,6 +31,8 @@ def lab_changes(args, task: str) -> dict:
     for name in ("mixer_kwargs", "seeds", "output_dir"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    if args.state_dim is not None:  # a shortcut for the mixer's state size (s4d, selective_s4d)
+        changes["mixer_kwargs"] = {**changes.get("mixer_kwargs", {}), "state_dim": args.state_dim}
     if args.phase_embedding:
         changes["phase_embedding"] = True
     return changes
@@ -85,6 +87,7 @@ def add_lab_parsers(sub) -> None:
     p.add_argument("--config", help="YAML file of lab config changes; flags win")
     p.add_argument("--mixer-kwargs", type=json_dict)
     p.add_argument("--phase-embedding", action="store_true", help="modular: tokens of Z_p as fixed waves")
+    p.add_argument("--state-dim", type=int, help="the mixer's state size (mixer_kwargs state_dim), e.g. for s4d")
     for name, kind in {**LAB_FLAGS, **LAB_TASK_FLAGS}.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
     p.set_defaults(fn=cmd_lab)
