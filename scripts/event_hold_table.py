@@ -18,6 +18,9 @@ ROWS = [("teacher", "teacher: selective_s4d, 6 layers, width 64, state 32", None
         ("control_compressed", "s4d compressed, ground truth only", None),
         ("kd_tiny", "s4d tiny (24 / 128 / 3), distilled", "control_tiny"),
         ("control_tiny", "s4d tiny, ground truth only", None),
+        ("kd_rawfeat_standard", "s4d standard, distilled, plain feature MSE", "control_standard"),
+        ("kd_rawfeat_compressed", "s4d compressed, distilled, plain feature MSE", "control_compressed"),
+        ("kd_rawfeat_tiny", "s4d tiny, distilled, plain feature MSE", "control_tiny"),
         ("control_tiny_selective", "selective_s4d tiny (24 / 32 / 3), ground truth only", None)]
 
 

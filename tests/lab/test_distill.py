@@ -8,7 +8,7 @@ import torch
 from wavedistill.errors import WavedistillError
 from wavedistill.features import FeatureProjection, feature_loss
 from wavedistill.lab.config import PRESETS, make_lab_config, resolve
-from wavedistill.lab.distill import data_seed, output_gap, output_loss
+from wavedistill.lab.distill import block_feature_loss, data_seed, output_gap, output_loss
 from wavedistill.lab.model import build_model
 from wavedistill.lab.tasks import build_task
 from wavedistill.lab.train import train_seed
@@ -72,6 +72,12 @@ def test_output_and_feature_losses_equal_their_naive_formulas():
             lin.weight.normal_()
     naive = sum(((h @ lin.weight.T - g) ** 2).mean() for h, g, lin in zip(hs, ht, proj.maps)) / 2
     assert torch.allclose(feature_loss(hs, ht, "mse", proj), naive)
+    assert torch.allclose(block_feature_loss(hs, ht, proj, "mse"), naive)
+    relative = sum(((h @ lin.weight.T - g) ** 2).mean() / (g**2).mean() for h, g, lin in zip(hs, ht, proj.maps)) / 2
+    assert torch.allclose(block_feature_loss(hs, ht, proj, "relative_mse"), relative)
+    # scale-free: the teacher and the student both 10 x larger give the same relative loss
+    scaled = block_feature_loss([10 * h for h in hs], [10 * g for g in ht], proj, "relative_mse")
+    assert torch.allclose(scaled, relative)
 
 
 def test_bad_teacher_input_is_a_one_line_error(tmp_path, teacher):

@@ -10,7 +10,8 @@ from ..errors import WavedistillError
 LAB_FLAGS = {"mixer": str, "steps": int, "lr": float, "weight_decay": float, "batch_size": int, "eval_every": int,
              "d_model": int, "n_layers": int, "n_heads": int, "d_mlp": int, "stop_after_grok": int, "jobs": int,
              "device": str, "preset": str, "teacher": str, "alpha": float, "beta": float, "gamma": float,
-             "temperature": float, "layer_map": str, "data_seed": int}
+             "temperature": float, "layer_map": str, "data_seed": int,
+             "feature_loss": str}
 LAB_TASK_FLAGS = {"p": int, "op": str, "train_frac": float, "data": str, "seq_len": int, "n_pairs": int,
                   "length": int, "vocab": int, "event_prob": float, "omega": float}
 

@@ -20,6 +20,7 @@ PRESETS = {"standard": dict(d_model=64, n_layers=6, n_heads=4, d_mlp=256, state_
 #: Loss weights (ground truth, teacher outputs, teacher features) with and without a teacher.
 DISTILL_WEIGHTS = dict(alpha=0.3, beta=0.5, gamma=0.2)
 PLAIN_WEIGHTS = dict(alpha=1.0, beta=0.0, gamma=0.0)
+FEATURE_LOSSES = ("relative_mse", "mse")
 
 GENERIC = dict(d_model=64, n_layers=2, n_heads=4, d_mlp=256, activation="gelu", norm="rms", steps=1000,
                batch_size=32, lr=1e-3, weight_decay=0.1, beta2=0.98, warmup_steps=50, grad_clip=1.0, eval_every=100)
@@ -52,13 +53,14 @@ class LabConfig:
     preset: str | None = None  # standard | compressed | tiny: student sizes (PRESETS); explicit fields win
     # Distillation from a trained lab model: total = alpha * task loss (ground truth) + beta * output loss
     # (MSE to the teacher's predictions for regression, T^2 KL at `temperature` otherwise) + gamma * feature
-    # MSE (block outputs of layer-mapped teacher blocks, through a learned projection where widths differ).
+    # loss (block outputs of layer-mapped teacher blocks, through a learned projection where widths differ).
     teacher: str | None = None  # a finished lab seed folder (config.yaml + model.safetensors)
     alpha: float | None = None  # None: 0.3 / 0.5 / 0.2 with a teacher, 1 / 0 / 0 without
     beta: float | None = None
     gamma: float | None = None
     temperature: float = 4.0
     layer_map: str = "uniform"  # student block i matches teacher block layer_map[i] (wavedistill.layer_map)
+    feature_loss: str = "relative_mse"  # relative_mse (MSE / the teacher block's mean square) | mse
     data_seed: int | None = None  # the task's data; None = the run seed, or the teacher's data seed with a teacher
     seeds: list[int] = field(default_factory=lambda: [0])
     jobs: int = 1  # seeds (and mixers, for `lab compare`) run in this many processes at once
@@ -114,6 +116,7 @@ def check(cfg: LabConfig) -> None:
         (bool(cfg.teacher) or r["beta"] == r["gamma"] == 0,
          "beta and gamma weigh losses against a teacher; pass --teacher SEED_FOLDER (a trained lab run's seed_<k>)"),
         (cfg.temperature > 0, "temperature must be > 0"),
+        (cfg.feature_loss in FEATURE_LOSSES, f"feature_loss must be one of {', '.join(FEATURE_LOSSES)}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -27,10 +27,10 @@ from safetensors.torch import save_file
 from .. import __version__
 from ..errors import TrainingError, WavedistillError
 from ..loop import param_groups
-from ..features import FeatureProjection, feature_loss
+from ..features import FeatureProjection
 from ..layer_map import layer_map
 from .config import LabConfig, resolve
-from .distill import data_seed, load_teacher, output_loss
+from .distill import block_feature_loss, data_seed, load_teacher, output_loss
 from .model import WaveTransformer, build_model
 from .tasks import IGNORE, build_task
 
@@ -180,7 +180,8 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
             if beta > 0:
                 terms["output"] = output_loss(task.kind, out, t_out, cfg.temperature)
             if gamma > 0:
-                terms["feature"] = feature_loss(hidden, [t_hidden[j] for j in matched], "mse", projection)
+                terms["feature"] = block_feature_loss(hidden, [t_hidden[j] for j in matched], projection,
+                                                      cfg.feature_loss)
         weights = {"task": alpha, "output": beta, "feature": gamma}
         loss = sum(weights[k] * v for k, v in terms.items())
         logged = torch.stack([terms["task"].detach(), correct.float().mean(), loss.detach()])
