@@ -4,7 +4,7 @@
 # selective_s4d student at the smallest preset trained on ground truth only (is it the size or the selectivity?).
 # usage: bash scripts/event_hold_distill.sh [RUNS_DIR]    then: python scripts/event_hold_table.py [RUNS_DIR]
 # Two processes at a time, one CPU thread each; finished seeds are reused, so the script can be rerun.
-# About 75 minutes on 2 cores.
+# About 85 minutes on 2 cores.
 # Every run uses the default lr of the task (3e-3): no choice was made on test data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,3 +21,6 @@ for p in standard compressed tiny; do
 done
 wavedistill lab event_hold --mixer selective_s4d --preset tiny --state-dim 32 "${S[@]}" \
   --alpha 1 --beta 0 --gamma 0 --output-dir "$R/control_tiny_selective"
+# Ablation on the compressed preset: no feature term (alpha 0.3, beta 0.7, gamma 0).
+wavedistill lab event_hold --mixer s4d --preset compressed "${S[@]}" --alpha 0.3 --beta 0.7 --gamma 0 \
+  --output-dir "$R/kd_nofeat_compressed"

@@ -21,6 +21,8 @@ ROWS = [("teacher", "teacher: selective_s4d, 6 layers, width 64, state 32", None
         ("kd_rawfeat_standard", "s4d standard, distilled, plain feature MSE", "control_standard"),
         ("kd_rawfeat_compressed", "s4d compressed, distilled, plain feature MSE", "control_compressed"),
         ("kd_rawfeat_tiny", "s4d tiny, distilled, plain feature MSE", "control_tiny"),
+        ("kd_nofeat_compressed", "s4d compressed, distilled without the feature term (0.3 / 0.7 / 0)",
+         "control_compressed"),
         ("control_tiny_selective", "selective_s4d tiny (24 / 32 / 3), ground truth only", None)]
 
 
