@@ -104,3 +104,27 @@ def test_fixed_buffers_stay_float32_through_a_bfloat16_cast(name):
     m.to(torch.float64)
     for n in fixed:
         assert dict(m.named_buffers())[n].dtype == torch.float64, "fixed buffers follow up-casts"
+
+
+@pytest.mark.parametrize("name", list_mixers())
+def test_float32_kept_parameters_stay_float32_and_the_weights_follow_the_cast(name):
+    # A selective SSM's Delta / decay / frequency parameters sum over the sequence: bf16 would shift phases.
+    m = build_mixer(name, D)
+    kept = getattr(m, "_float32_params", set())
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    m.to(torch.bfloat16)
+    for n, p in m.named_parameters():
+        if n in kept:
+            assert p.dtype == torch.float32 and torch.equal(p, before[n]), f"{n} was rounded by the cast"
+        else:
+            assert p.dtype == torch.bfloat16, f"{n} did not follow the cast"
+    assert m.weight_dtype == torch.bfloat16
+    with torch.no_grad():
+        assert m(torch.randn(2, 8, D, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    m.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in m.parameters()), "kept parameters follow up-casts"
+
+
+def test_selective_s4d_keeps_its_selection_in_float32():
+    m = build_mixer("selective_s4d", D)
+    assert m._float32_params == {"log_alpha", "omega", "dt_proj.weight", "dt_proj.bias"}

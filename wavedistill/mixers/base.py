@@ -70,13 +70,31 @@ class WaveMixer(nn.Module):
         self.register_buffer(name, tensor, persistent=persistent)
         self._fixed_buffers = getattr(self, "_fixed_buffers", set()) | {name}
 
+    def keep_float32(self, *names: str) -> None:
+        """Parameters (dotted names, e.g. ``"dt_proj.bias"``) that a cast to bf16 / fp16 leaves in float32.
+
+        The selection of a selective SSM (its step Delta, decay and frequencies) sums over the sequence:
+        an omega of 15 pi rounded to bf16 is off by 0.1 rad per unit of warped time, and a rounded Delta
+        bias shifts every phase after it. Like Mamba's A_log / dt_bias (and ``_keep_in_fp32_modules``
+        in transformers) they stay float32 while the projections go to the model's dtype.
+        """
+        for name in names:
+            self.get_parameter(name)  # raises on an unknown name
+        self._float32_params = getattr(self, "_float32_params", set()) | set(names)
+
     def _apply(self, fn, recurse=True):
         fixed = {n: self._buffers[n] for n in getattr(self, "_fixed_buffers", ()) if self._buffers.get(n) is not None}
+        kept = {n: self.get_parameter(n).data for n in getattr(self, "_float32_params", ())}
         super()._apply(fn, recurse)
         for n, old in fixed.items():
             moved = self._buffers[n]
             # Re-derive from the unrounded original: same device as the cast result, dtype >= float32.
             self._buffers[n] = old.to(device=moved.device, dtype=torch.promote_types(moved.dtype, torch.float32))
+        for n, old in kept.items():
+            p = self.get_parameter(n)
+            p.data = old.to(device=p.device, dtype=torch.promote_types(p.dtype, torch.float32))
+            if p.grad is not None:
+                p.grad = p.grad.to(p.dtype)
         return self
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None,
@@ -113,6 +131,14 @@ class WaveMixer(nn.Module):
         """
         raise MixerValueError(f"mixer {self.name!r} has no materialised mixing matrix; mixers that have one: "
                               f"{', '.join(mixers_with_matrix())}")
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype its weights were cast to (parameters kept float32 by :meth:`keep_float32` aside): the
+        dtype it takes inputs in."""
+        kept = {id(self.get_parameter(n)) for n in getattr(self, "_float32_params", ())}
+        ref = next((p for p in self.parameters() if id(p) not in kept), None)
+        return ref.dtype if ref is not None else torch.float32
 
     @property
     def has_state(self) -> bool:

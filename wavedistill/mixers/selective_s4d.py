@@ -24,6 +24,7 @@ float64, so long sequences lose no phase precision. :meth:`mix_naive` runs the r
 token by token, and so does decoding (O(n head_dim) per head and token).
 
 Pads: Delta = 0 there, so the state neither decays nor turns nor takes input.
+Precision: Delta, alpha and omega (and the Delta projection) stay float32 in bf16 models (:meth:`keep_float32`).
 Layout: ``out = o_proj(ssm(v_proj(x)))`` with v/o copyable from a teacher (KV heads repeated for GQA).
 """
 
@@ -81,6 +82,8 @@ class SelectiveS4D(WaveMixer):
         # S4D-Lin: A_n = -1/2 + i pi n. Decays and frequencies have no "zero" prior: no weight decay.
         self.log_alpha = no_weight_decay(nn.Parameter(torch.full((H,), math.log(0.5))))  # (H,)
         self.omega = no_weight_decay(nn.Parameter(math.pi * torch.arange(n).float().repeat(H, 1)))  # (H, n)
+        # The selection sums over the sequence (warped time, phases): its parameters stay float32 in bf16 models.
+        self.keep_float32("log_alpha", "omega", "dt_proj.weight", "dt_proj.bias")
         # Skip D starts at 0, as in s4d: a teacher-initialised v/o should start as a past average, not a copy.
         self.d_skip = nn.Parameter(torch.zeros(self.inner_dim))  # (C,)
 
@@ -95,7 +98,8 @@ class SelectiveS4D(WaveMixer):
         """(u (.., H, hd), Delta (.., H), B (.., H, n), C (.., H, n)) for x (.., D); Delta = u = 0 at pads."""
         H, hd, n = self.n_heads, self.head_dim, self.state_dim // 2
         u = self.zero_pads(self.v_proj(x), padding_mask).to(ct)
-        dt = self.zero_pads(F.softplus(self.dt_proj(x).to(ct)), padding_mask)
+        dt = F.softplus(F.linear(x.to(ct), self.dt_proj.weight.to(ct), self.dt_proj.bias.to(ct)))  # in float32
+        dt = self.zero_pads(dt, padding_mask)
         bc = self.bc_proj(x).to(ct).unflatten(-1, (4, H, n))
         b, c = torch.complex(bc[..., 0, :, :], bc[..., 1, :, :]), torch.complex(bc[..., 2, :, :], bc[..., 3, :, :])
         return u.unflatten(-1, (H, hd)), dt, b, c

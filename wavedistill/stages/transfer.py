@@ -68,7 +68,7 @@ def layer_losses(teacher: nn.Module, mixers: dict[int, nn.Module], input_ids: Te
             r = records[i]
             pad = padding_mask_from_attention_mask(r.attention_mask, r.hidden_states.shape[1])
             # float32 mixers on a low-precision teacher's activations: mix in the mixer's dtype
-            x = r.hidden_states.to(next(mixer.parameters()).dtype)
+            x = r.hidden_states.to(mixer.weight_dtype)
             pred = mixer(x, padding_mask=pad, position_embeddings=r.position_embeddings)
             out[i] = transfer_loss(pred, r.output, kind, None if pad is None else pad.float())
     return out

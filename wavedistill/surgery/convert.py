@@ -65,8 +65,9 @@ class WaveAttention(nn.Module):
 
     @property
     def mixer_dtype(self) -> torch.dtype:
-        ref = next(self.mixer.parameters(), None)
-        return ref.dtype if ref is not None else next(self.base_attn.parameters()).dtype
+        if next(self.mixer.parameters(), None) is None:
+            return next(self.base_attn.parameters()).dtype
+        return self.mixer.weight_dtype
 
     def handoff_share(self) -> Tensor | float:
         """The mixer's share w of the output while a hand-off is on."""
@@ -125,7 +126,7 @@ def add_handoff_gates(model: nn.Module) -> list[nn.Parameter]:
     gates = []
     for m in wave_attention_modules(model).values():
         ref = next(m.mixer.parameters())
-        m.handoff_logit = nn.Parameter(torch.zeros((), device=ref.device, dtype=ref.dtype))
+        m.handoff_logit = nn.Parameter(torch.zeros((), device=ref.device, dtype=m.mixer.weight_dtype))
         gates.append(m.handoff_logit)
     return gates
 
