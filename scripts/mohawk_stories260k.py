@@ -42,7 +42,7 @@ def main() -> None:
     jobs = {(arm, s): pool.submit(run, f"{root}/rotary_gla_{arm}_s{s}",
                                   [*STUDENTS["rotary_gla"], *flags, "--alpha", "0.9", "--lr", "3e-3", "--seed", str(s)])
             for arm, flags in ARMS.items() for s in SEEDS}
-    print("| arm | seeds | test top-5 overlap | test KL | test ppl | stage-1 val KL -> final selected val KL |")
+    print("| arm | seeds | test top-5 overlap | test KL | test ppl | val KL at the end of each stage (per seed) |")
     print("|---|---:|---:|---:|---:|---|")
     for arm in ARMS:
         ms = [jobs[arm, s].result() for s in SEEDS]
