@@ -34,14 +34,15 @@ SEEDS = (0, 1, 2)
 LR_SEED = 100
 
 
-def run(out: str, args: list[str]) -> dict:
+def run(out: str, args: list[str], steps: int | None = STEPS) -> dict:
+    """One `wavedistill kd` run into ``out`` (skipped if it finished); ``steps=None`` for a recipe with stages."""
     metrics = os.path.join(out, "metrics.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     if not os.path.isfile(metrics):
         resume = ["--resume"] if os.path.isdir(os.path.join(out, "checkpoint")) else []
         cmd = ["wavedistill", "kd", "--teacher", TEACHER, "--data", DATA, "--student", "compressed",
-               "--max-steps", str(STEPS), "--batch-size", "16", "--seq-len", "256", "--eval-every", "100",
-               "--save-every", "200", "--output-dir", out, *resume, *args]
+               *(["--max-steps", str(steps)] if steps else []), "--batch-size", "16", "--seq-len", "256",
+               "--eval-every", "100", "--save-every", "200", "--output-dir", out, *resume, *args]
         with open(out + ".log", "w") as log:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -74,3 +74,9 @@ def test_stage_fields_keep_their_types():
 def test_recovery_options_that_contradict_each_other_are_refused(changes, needle):
     with pytest.raises(WavedistillError, match=needle):
         make_config(changes)
+
+
+def test_max_steps_beside_stages_is_refused_rather_than_ignored():
+    with pytest.raises(WavedistillError, match="max_steps 800 has no effect on a run with stages"):
+        make_config({"max_steps": 800, "stages": [{"kind": "kd", "steps": 200}]})
+    assert recipe_stages(make_config({"stages": [{"kind": "kd", "steps": 200}]})) == [KDStage(steps=200)]
