@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_run_config
@@ -34,6 +35,8 @@ def test_the_student_has_the_preset_shape_and_saves_as_a_hugging_face_folder(stu
     assert metrics["student"] | {"params": 0} == {"layers": 1, "hidden_size": 16, "heads": 1, "kv_heads": 1,
                                                   "intermediate_size": 32, "layer_map": [1], "mixer": "attention",
                                                   "params": 0}
+    saved = yaml.safe_load((out / "config.yaml").read_text())["student"]
+    assert saved == {"preset": "compressed", "layer_map": [1]}  # the resolved map, not just "uniform"
     teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher["teacher"])
     assert metrics["student"]["params"] < sum(p.numel() for p in teacher.parameters())
     plain = AutoModelForCausalLM.from_pretrained(out / "student")  # no wavedistill code involved

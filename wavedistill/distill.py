@@ -16,6 +16,7 @@ Output folder:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -175,8 +176,11 @@ def run(cfg: DistillConfig) -> dict | None:
         if r.main:
             print(f"resuming {cfg.output_dir} at step {r.step} (stage {r.stage_index} of {len(stages)})")
     elif r.main:
+        # a separate student's map as the teacher layers it resolved to (the strategy's name alone hides them)
+        saved = cfg if student_layer_map is None else dataclasses.replace(
+            cfg, student={**cfg.student, "layer_map": list(student_layer_map)})
         with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
-            f.write(to_yaml(cfg))
+            f.write(to_yaml(saved))
         with open(os.path.join(cfg.output_dir, "data_split.json"), "w") as f:
             json.dump({**splits.summary(), "val_windows": len(r.val_windows), "test_windows": len(r.test_windows),
                        "seq_len": cfg.seq_len}, f, indent=2)
