@@ -39,3 +39,13 @@ def test_transfer_then_kd_records_each_stage_with_its_throughput(tiny_teacher, t
     for stage in metrics["stages"]:
         assert stage["tokens"] == 3 * 4 * 32 and stage["tokens_per_s"] > 0
     assert set(metrics["stages"][0]["val_layer_transfer_loss"]) == {"0", "1"}
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "jsd"])
+def test_a_divergence_other_than_forward_kl_is_logged_under_its_own_name(tiny_teacher, tmp_path, divergence):
+    out = tmp_path / divergence
+    run(tiny_run_config(tiny_teacher, out, stages=[{"kind": "kd", "steps": 2, "divergence": divergence,
+                                                    "kl_weight": 1.0, "ce_weight": 0.0}]))
+    for r in rows(out):
+        assert "kl" not in r and r[divergence] > 0
+        assert r["loss"] == pytest.approx(r[divergence], rel=1e-5)  # T = 1, kl_weight 1, nothing else

@@ -45,9 +45,14 @@ def kd_objective(run, stage, n_steps: int):
     wave_maps = maps and bool(wave_attention_modules(run.student))
 
     def loss_fn(batch: dict, step: int) -> dict:
+        losses = cached(batch) if "topk_ids" in batch else online(batch, step)
+        # logged under the divergence's own name: "kl" is the forward KL only
+        if stage.divergence != "forward_kl":
+            losses[stage.divergence] = losses.pop("kl")
+        return losses
+
+    def online(batch: dict, step: int) -> dict:
         ids = batch["input_ids"]
-        if "topk_ids" in batch:
-            return cached(batch)
         with torch.no_grad():
             t_out = run.teacher(ids, use_cache=False, output_hidden_states=hidden, output_attentions=maps)
         capture = mixer_inputs(run.student) if wave_maps else contextlib.nullcontext({})
