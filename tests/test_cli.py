@@ -383,3 +383,17 @@ def test_compare_runs_each_mixer_once_and_tabulates_their_metrics(cli_root, tmp_
     assert again.stdout.count("reusing the finished run") == 2 and tree_hashes(out / "learned_gate") == before
     other = wavedistill(*[a if a != "transfer:2,kd:2" else "kd:3" for a in args])
     assert_one_line_error(other, "other settings", "stages")
+
+
+def test_loss_flags_set_the_kd_loss_of_every_kd_stage():
+    from wavedistill.cli import build_parser, distill_config
+    from wavedistill.config import recipe_stages
+    from wavedistill.recipes import KDStage
+
+    args = build_parser().parse_args(["kd", "--teacher", "t", "--student", "tiny", "--max-steps", "5",
+                                      "--hidden-weight", "0.2", "--hidden-loss", "cosine", "--divergence", "jsd",
+                                      "--label-smoothing", "0.1", "--attention-window", "16", "--ce-weight", "0.3"])
+    cfg = distill_config(args)
+    assert cfg.loss == {"hidden_weight": 0.2, "hidden_loss": "cosine", "divergence": "jsd", "label_smoothing": 0.1,
+                        "attention_window": 16, "ce_weight": 0.3}
+    assert recipe_stages(cfg) == [KDStage(steps=5, **cfg.loss)]

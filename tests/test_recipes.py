@@ -6,7 +6,8 @@ import pytest
 
 from wavedistill.config import load_yaml, make_config, recipe_stages
 from wavedistill.errors import WavedistillError
-from wavedistill.recipes import STAGES, HandoffStage, KDStage, ProgressiveStage, make_stage, parse_stages_flag
+from wavedistill.recipes import (STAGES, HandoffStage, KDStage, ProgressiveStage, TransferStage, make_stage,
+                                 parse_stages_flag)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -80,3 +81,26 @@ def test_max_steps_beside_stages_is_refused_rather_than_ignored():
     with pytest.raises(WavedistillError, match="max_steps 800 has no effect on a run with stages"):
         make_config({"max_steps": 800, "stages": [{"kind": "kd", "steps": 200}]})
     assert recipe_stages(make_config({"stages": [{"kind": "kd", "steps": 200}]})) == [KDStage(steps=200)]
+
+
+def test_loss_settings_go_to_every_stage_trained_on_the_kd_loss():
+    loss = {"label_smoothing": 0.1, "divergence": "jsd", "hidden_weight": 0.5}
+    (default,) = recipe_stages(make_config({"max_steps": 7, "loss": loss}))
+    assert default == KDStage(steps=7, **loss)
+    stages = recipe_stages(make_config({"loss": loss, "stages": [
+        {"kind": "transfer", "steps": 2}, {"kind": "kd", "steps": 3, "label_smoothing": 0.1},
+        {"kind": "progressive", "steps_per_swap": 2}]}))
+    assert stages[0] == TransferStage(steps=2)
+    assert [(s.label_smoothing, s.divergence, s.hidden_weight) for s in stages[1:]] == [(0.1, "jsd", 0.5)] * 2
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"loss": {"attention_weight": 1.0}, "stages": [{"kind": "kd", "steps": 2, "attention_weight": 0.5}]},
+     r"stage 0 \(kd\) sets attention_weight=0.5, the loss flags attention_weight=1.0: keep one"),
+    ({"loss": {"alpha": 0.5}}, r"unknown loss settings \['alpha'\]; known: kl_weight, ce_weight"),
+    ({"loss": {"hidden_weight": 1.0}, "stages": [{"kind": "transfer", "steps": 2}]},
+     "apply to kd / progressive / handoff stages; the recipe has none"),
+])
+def test_loss_settings_that_would_be_ignored_or_overridden_are_refused(changes, needle):
+    with pytest.raises(WavedistillError, match=needle):
+        make_config(changes)

@@ -32,6 +32,22 @@ STUDENT_SIZE_FLAGS = {"--student-layers": "layers", "--student-hidden-size": "hi
                       "--student-intermediate-size": "intermediate_size"}
 
 
+LOSS_HELP = {"kl_weight": "weight of the divergence term (default: --alpha)",
+             "ce_weight": "weight of next-token CE (default: 1 - --alpha)",
+             "label_smoothing": "of the CE term, in [0, 1) (default: 0)",
+             "divergence": "forward_kl (default) | reverse_kl | jsd",
+             "temperature_schedule": "constant (default) | linear | cosine (to --temperature-end) | dynamic",
+             "temperature_end": "end of a linear / cosine schedule (default: 1)",
+             "temperature_max": "dynamic: the temperature of a fully confident teacher position (default: 4)",
+             "hidden_weight": "weight of the feature loss on mapped layer outputs (default: 0)",
+             "hidden_loss": "mse (default) | cosine, through a learned projection where widths differ",
+             "attention_weight": "weight of the attention-map loss, or a wave mixer's mixing matrix (default: 0)",
+             "attention_loss": "kl (default) | mse, per query row",
+             "attention_heads": "head (default): head h <-> teacher head h | group: <-> its GQA group's mean",
+             "attention_window": "> 0: match the maps of the first N positions only (default: 0 = all)",
+             "loss_chunk": "positions per chunk of the kd loss; 0 = dense (default: ~128 MB per chunk)"}
+
+
 def layer_map_arg(text: str) -> str | list[int]:
     return layer_list(text) if text[:1].isdigit() else text
 
@@ -58,6 +74,15 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
                    help="recompute decoder-layer activations in backward instead of storing them")
     p.add_argument("--no-train", dest="train", action="store_false", default=None,
                    help="score the teacher-initialised student without training (a baseline)")
+    from .recipes import LOSS_FIELDS, KDLoss
+
+    g = p.add_argument_group("the kd loss, set on every kd / progressive / handoff stage (a recipe stage that sets "
+                             "the same field to another value is an error)")
+    for key in LOSS_FIELDS:
+        default = getattr(KDLoss(), key)
+        kind = int if key == "loss_chunk" else float if default is None else type(default)
+        g.add_argument(f"--{key.replace('_', '-')}", dest=f"loss_{key}", metavar=key.upper(), type=kind,
+                       help=LOSS_HELP[key])
     g = p.add_argument_group("a separate, smaller student (instead of converting the teacher in place)")
     g.add_argument("--student", dest="student_base", metavar="PRESET|FOLDER",
                    help="standard | compressed | tiny (the teacher scaled in width / depth) or a local HF model folder")
@@ -87,6 +112,10 @@ def distill_changes(args: argparse.Namespace) -> dict:
             student[key] = value
     if student:
         changes["student"] = student
+    loss = dict(changes.get("loss") or {})
+    loss.update({key: getattr(args, f"loss_{key}") for key in LOSS_HELP if getattr(args, f"loss_{key}") is not None})
+    if loss:
+        changes["loss"] = loss
     return changes
 
 

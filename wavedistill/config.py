@@ -46,6 +46,7 @@ class DistillConfig:
     temperature: float = 1.0
     alpha: float = 0.9  # weight of the KL term; 1 - alpha weights next-token CE
     stages: list[dict] | None = None  # the recipe (see wavedistill.recipes); None = one kd stage of max_steps / epochs
+    loss: dict | None = None  # kd-loss fields (recipes.KDLoss) set on every kd / progressive / handoff stage
     unfreeze_mlps: bool = False
     lora_mlp: int = 0  # > 0: LoRA of this rank on every MLP projection, trained in the end-to-end stages
     lora_alpha: float = 0.0  # LoRA scale numerator; 0 = 2 * lora_mlp
@@ -151,14 +152,32 @@ def validate(cfg: DistillConfig) -> None:
 
 
 def recipe_stages(cfg: DistillConfig, default_steps: int = 1):
-    """The run's stages as dataclasses; without ``stages``, one kd stage of ``max_steps`` (else ``default_steps``)."""
-    from .recipes import KDStage, make_stage
+    """The run's stages as dataclasses; without ``stages``, one kd stage of ``max_steps`` (else ``default_steps``).
+
+    ``cfg.loss`` (the loss flags) is set on every stage whose objective is the kd loss; a stage of the recipe that
+    sets one of those fields to another value is an error, not silently overridden either way.
+    """
+    from .recipes import LOSS_FIELDS, LOSS_KINDS, make_stage
 
     if not cfg.train:
         return []
-    if cfg.stages:
-        return [make_stage(dict(s)) for s in cfg.stages]
-    return [KDStage(steps=cfg.max_steps or default_steps)]
+    specs = [dict(s) for s in cfg.stages] if cfg.stages else [{"kind": "kd", "steps": cfg.max_steps or default_steps}]
+    loss = dict(cfg.loss or {})
+    unknown = sorted(set(loss) - set(LOSS_FIELDS))
+    if unknown:
+        raise WavedistillError(f"unknown loss settings {unknown}; known: {', '.join(LOSS_FIELDS)}")
+    if loss and not any(s.get("kind") in LOSS_KINDS for s in specs):
+        raise WavedistillError(f"loss settings ({', '.join(loss)}) apply to {' / '.join(LOSS_KINDS)} stages; the "
+                               f"recipe has none")
+    for i, spec in enumerate(specs):
+        if spec.get("kind") not in LOSS_KINDS:
+            continue
+        clash = sorted(k for k in loss if k in spec and spec[k] != loss[k])
+        if clash:
+            raise WavedistillError(f"stage {i} ({spec['kind']}) sets {', '.join(f'{k}={spec[k]!r}' for k in clash)}, "
+                                   f"the loss flags {', '.join(f'{k}={loss[k]!r}' for k in clash)}: keep one")
+        spec.update(loss)
+    return [make_stage(s) for s in specs]
 
 
 def to_yaml(cfg) -> str:

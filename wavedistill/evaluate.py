@@ -200,7 +200,8 @@ def _ce_only(run_dir: str) -> bool:
     with open(path) as f:
         cfg = yaml.safe_load(f) or {}
     stages = cfg.get("stages") or [{"kind": "kd"}]
-    weights = [s.get("kl_weight", cfg.get("alpha")) for s in stages if s.get("kind") == "kd"]
+    loss = cfg.get("loss") or {}  # the loss flags, set on every kd stage
+    weights = [loss.get("kl_weight", s.get("kl_weight", cfg.get("alpha"))) for s in stages if s.get("kind") == "kd"]
     return bool(weights) and cfg.get("train", True) and all(w == 0 for w in weights)
 
 

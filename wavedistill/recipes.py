@@ -100,6 +100,9 @@ class HandoffStage(KDLoss):
 
 
 STAGES = {cls().kind: cls for cls in (FitStage, TransferStage, KDStage, ProgressiveStage, HandoffStage)}
+LOSS_KINDS = tuple(kind for kind, cls in STAGES.items() if issubclass(cls, KDLoss))  # stages trained on the kd loss
+# the KDLoss fields a run sets once for all of them (lr and temperature have run-wide flags already)
+LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(KDLoss) if f.name not in ("lr", "temperature"))
 Stage = FitStage | TransferStage | KDStage | ProgressiveStage | HandoffStage
 
 
