@@ -54,6 +54,7 @@ def layer_map_arg(text: str) -> str | list[int]:
 
 def add_distill_args(p: argparse.ArgumentParser) -> None:
     from .config import DistillConfig
+    from .recipes import LOSS_FIELDS, KDLoss
 
     defaults = DistillConfig()
     types = {"layers": layer_list, "keep_attention": layer_list, "reinit": name_list, "mixer_kwargs": json_dict,
@@ -74,8 +75,6 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
                    help="recompute decoder-layer activations in backward instead of storing them")
     p.add_argument("--no-train", dest="train", action="store_false", default=None,
                    help="score the teacher-initialised student without training (a baseline)")
-    from .recipes import LOSS_FIELDS, KDLoss
-
     g = p.add_argument_group("the kd loss, set on every kd / progressive / handoff stage (a recipe stage that sets "
                              "the same field to another value is an error)")
     for key in LOSS_FIELDS:

@@ -116,6 +116,7 @@ def validate(cfg: DistillConfig) -> None:
         (not (cfg.lora_mlp and cfg.unfreeze_mlps), "choose one recovery: lora_mlp or unfreeze_mlps, not both"),
         (not cfg.lora_merge or cfg.lora_mlp > 0, "lora_merge needs lora_mlp > 0"),
         (cfg.stages is None or isinstance(cfg.stages, list), "stages must be a list of stage mappings"),
+        (cfg.loss is None or isinstance(cfg.loss, dict), "loss must be a mapping of kd-loss fields"),
         # each stage sets its own steps, so a max_steps beside them would be silently ignored
         (not (cfg.stages and cfg.max_steps > 0), f"max_steps {cfg.max_steps} has no effect on a run with stages (each "
          "stage sets its own steps): drop --max-steps, or change the stages' steps"),
