@@ -12,14 +12,12 @@ Reported on the test split; finished runs are skipped, so the script can be reru
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
-from student_stories260k import STUDENTS, run
+from student_stories260k import STUDENTS, mean_sd, run, runs_root_and_pool
 
 SEEDS = (0, 1, 2)
 # arm: (flags, --max-steps); the mohawk recipe's stages set its 200 + 800 steps
@@ -34,12 +32,7 @@ def attention_kl(out: str) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("runs", nargs="?", default="runs")
-    p.add_argument("--jobs", type=int, default=2)
-    a = p.parse_args()
-    root = os.path.join(a.runs, "student_stories260k")
-    pool = ThreadPoolExecutor(a.jobs)
+    root, pool = runs_root_and_pool()
     jobs = {(arm, s): pool.submit(run, f"{root}/rotary_gla_{arm}_s{s}",
                                   [*STUDENTS["rotary_gla"], *flags, "--alpha", "0.9", "--lr", "3e-3", "--seed", str(s)],
                                   steps)
@@ -48,14 +41,9 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---|")
     for arm in ARMS:
         ms = [jobs[arm, s].result() for s in SEEDS]
-
-        def cell(key, fmt, ms=ms):
-            xs = [m[key] for m in ms]
-            return f"{statistics.mean(xs):{fmt}} ± {statistics.stdev(xs):{fmt}}"
-
         vals = "; ".join(" -> ".join(f"{st['val_kl']:.3f}" for st in m["stages"]) for m in ms)
-        print(f"| {arm} | {len(ms)} | {cell('top5_overlap', '.3f')} | {cell('kl', '.3f')} | "
-              f"{cell('ppl_student', '.2f')} | {vals} |")
+        print(f"| {arm} | {len(ms)} | {mean_sd(ms, 'top5_overlap', '.3f')} | {mean_sd(ms, 'kl', '.3f')} | "
+              f"{mean_sd(ms, 'ppl_student', '.2f')} | {vals} |")
     print("\nper seed (top-5 / KL / ppl):")
     for (arm, s), job in jobs.items():
         m = job.result()

@@ -50,14 +50,24 @@ def run(out: str, args: list[str], steps: int | None = STEPS) -> dict:
         return json.load(f)
 
 
-def main() -> None:
+def runs_root_and_pool() -> tuple[str, ThreadPoolExecutor]:
+    """The command line ``[RUNS_DIR] [--jobs N]``: the folder of the runs and a pool of N concurrent runs."""
     p = argparse.ArgumentParser()
     p.add_argument("runs", nargs="?", default="runs")
     p.add_argument("--jobs", type=int, default=2)
     a = p.parse_args()
     root = os.path.join(a.runs, "student_stories260k")
     os.makedirs(root, exist_ok=True)
-    pool = ThreadPoolExecutor(a.jobs)
+    return root, ThreadPoolExecutor(a.jobs)
+
+
+def mean_sd(metrics: list[dict], key: str, fmt: str) -> str:
+    xs = [m[key] for m in metrics]
+    return f"{statistics.mean(xs):{fmt}} ± {statistics.stdev(xs):{fmt}}"
+
+
+def main() -> None:
+    root, pool = runs_root_and_pool()
 
     # 1. lr per objective, on val, seed 100 (attention student); the untrained student for reference.
     sweep = {(obj, lr): pool.submit(run, f"{root}/lr/{obj}_lr{lr}", [*OBJECTIVES[obj], "--lr", lr,
@@ -85,13 +95,8 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for st, obj in arms:
         ms = [jobs[st, obj, s].result() for s in SEEDS]
-
-        def cell(key, fmt):
-            xs = [m[key] for m in ms]
-            return f"{statistics.mean(xs):{fmt}} ± {statistics.stdev(xs):{fmt}}"
-
-        print(f"| {st} | {obj} | {chosen[obj]} | {len(ms)} | {cell('top5_overlap', '.3f')} | {cell('kl', '.3f')} | "
-              f"{cell('ppl_student', '.2f')} | {ms[0]['student']['params']:,} |")
+        print(f"| {st} | {obj} | {chosen[obj]} | {len(ms)} | {mean_sd(ms, 'top5_overlap', '.3f')} | "
+              f"{mean_sd(ms, 'kl', '.3f')} | {mean_sd(ms, 'ppl_student', '.2f')} | {ms[0]['student']['params']:,} |")
     print("\nper seed (top-5 / KL / ppl):")
     for (st, obj, s), job in jobs.items():
         m = job.result()

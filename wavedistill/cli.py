@@ -77,8 +77,9 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
                    help="score the teacher-initialised student without training (a baseline)")
     g = p.add_argument_group("the kd loss, set on every kd / progressive / handoff stage (a recipe stage that sets "
                              "the same field to another value is an error)")
+    loss_defaults = KDLoss()
     for key in LOSS_FIELDS:
-        default = getattr(KDLoss(), key)
+        default = getattr(loss_defaults, key)
         kind = int if key == "loss_chunk" else float if default is None else type(default)
         g.add_argument(f"--{key.replace('_', '-')}", dest=f"loss_{key}", metavar=key.upper(), type=kind,
                        help=LOSS_HELP[key])
@@ -96,6 +97,7 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
 def distill_changes(args: argparse.Namespace) -> dict:
     """Config changes from --config / --recipe and the flags given (flags win)."""
     from .config import load_yaml
+    from .recipes import LOSS_FIELDS
 
     changes = load_yaml(args.config) if args.config else {}
     for name in list(DISTILL_FLAGS.values()) + ["resume", "unfreeze_mlps", "lora_merge", "train", "grad_checkpointing"]:
@@ -112,7 +114,7 @@ def distill_changes(args: argparse.Namespace) -> dict:
     if student:
         changes["student"] = student
     loss = dict(changes.get("loss") or {})
-    loss.update({key: getattr(args, f"loss_{key}") for key in LOSS_HELP if getattr(args, f"loss_{key}") is not None})
+    loss.update({key: getattr(args, f"loss_{key}") for key in LOSS_FIELDS if getattr(args, f"loss_{key}") is not None})
     if loss:
         changes["loss"] = loss
     return changes
