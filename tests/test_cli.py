@@ -259,7 +259,14 @@ def test_resumed_log_has_each_step_once(resumed):
 
 
 @pytest.fixture(scope="session")
-def bad_inputs(cli_root, finished_run, other_base) -> dict:
+def run_tasks(cli_root, finished_run) -> tuple[Path, subprocess.CompletedProcess]:
+    """lm-eval tasks made from the finished run's held-out documents (its data, split and tokenizer)."""
+    out = cli_root["root"] / "tasks"
+    return out, ok(wavedistill("make-tasks", "--model", finished_run[0], "--output-dir", out))
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(cli_root, finished_run, other_base, run_tasks) -> dict:
     root = cli_root["root"] / "bad_inputs"
     root.mkdir()
     short = root / "short.txt"
@@ -271,8 +278,13 @@ def bad_inputs(cli_root, finished_run, other_base) -> dict:
     corrupt = root / "corrupt_student"
     shutil.copytree(finished_run[0] / "adapter", corrupt / "adapter")
     (corrupt / "adapter" / "adapter_model.safetensors").write_bytes(b"this is not safetensors" * 20)
+    tasks = root / "tasks_other_tokenizer"
+    shutil.copytree(run_tasks[0], tasks)
+    manifest = json.loads((tasks / "wavedistill_tasks.json").read_text())
+    (tasks / "wavedistill_tasks.json").write_text(json.dumps({**manifest, "tokenizer": "0" * 16, "model": "another"}))
     return {"root": root, "short": short, "broken": broken, "config": config, "corrupt": corrupt,
-            "gpt2": write_tiny_gpt2(root / "gpt2", cli_root["corpus"]), "other": other_base}
+            "gpt2": write_tiny_gpt2(root / "gpt2", cli_root["corpus"]), "other": other_base, "tasks": tasks,
+            "run_tasks": run_tasks[0]}
 
 
 # name -> (argv from (cli_root, finished run folder, bad_inputs, fresh output dir), substrings of the error)
@@ -304,14 +316,43 @@ BAD_INPUTS = {
     "adapter-for-other-base": (lambda c, run, b, o: ["eval", "--student", run, "--base", b["other"], "--data",
                                                      c["corpus"], "--seq-len", 32, "--output-dir", o],
                                ["fingerprint"]),
+    "unknown-lm-eval-task": (lambda c, run, b, o: ["lm-eval", run, "--tasks", "story_endng", "--include-path",
+                                                   b["run_tasks"], "--output-dir", o],
+                             ["'story_endng'", "final_word, story_ending", "hellaswag"]),
+    "lm-eval-limit-0": (lambda c, run, b, o: ["lm-eval", run, "--tasks", "story_ending", "--include-path",
+                                              b["run_tasks"], "--limit", 0, "--output-dir", o], ["--limit", ">= 1"]),
+    "lm-eval-tasks-of-another-tokenizer": (lambda c, run, b, o: ["lm-eval", run, "--tasks", "story_ending",
+                                                                 "--include-path", b["tasks"], "--output-dir", o],
+                                           ["tokenizer of another", "make-tasks --model"]),
+    "lm-eval-no-mixing-of-a-plain-model": (lambda c, run, b, o: ["lm-eval", c["teacher"], "--tasks", "story_ending",
+                                                                 "--include-path", b["run_tasks"], "--with-no-mixing",
+                                                                 "--output-dir", o], ["plain model"]),
+    "suite-probe-longer-than-the-context": (lambda c, run, b, o: ["eval", "--student", run, "--suite", "recall",
+                                                                  "--induction-lengths", 100, "--output-dir", o],
+                                            ["induction", "201", "context of 128"]),
+    "unknown-suite-part": (lambda c, run, b, o: ["eval", "--student", run, "--suite", "recal", "--output-dir", o],
+                           ["'recal'", "recall, length, lm-eval"]),
+    "suite-length-past-the-held-out-text": (lambda c, run, b, o: ["eval", "--student", run, "--suite", "length",
+                                                                  "--lengths", 100000, "--output-dir", o],
+                                            ["fewer than one window of 100000"]),
+    "make-tasks-into-a-folder-with-other-files": (lambda c, run, b, o: ["make-tasks", "--model", run, "--output-dir",
+                                                                        b["root"]], ["holds other files"]),
 }
+
+
+# Known gap (issue 18): the fit stage checks its mixer only when it starts, after config.yaml and the log exist.
+CHECKED_AFTER_WRITING = {"fit-stage-on-a-mixer-without-a-kernel"}
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_one_line_error(case, cli_root, finished_run, bad_inputs, tmp_path):
     make_argv, needles = BAD_INPUTS[case]
+    before = tree_hashes(finished_run[0])
     proc = wavedistill_here(*make_argv(cli_root, finished_run[0], bad_inputs, tmp_path / "out"))
     assert_one_line_error(proc, *needles)
+    assert tree_hashes(finished_run[0]) == before
+    if case not in CHECKED_AFTER_WRITING:
+        assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_distill_refuses_to_overwrite_a_finished_run_and_touches_nothing(cli_root, finished_run):
@@ -397,3 +438,64 @@ def test_loss_flags_set_the_kd_loss_of_every_kd_stage():
     assert cfg.loss == {"hidden_weight": 0.2, "hidden_loss": "cosine", "divergence": "jsd", "label_smoothing": 0.1,
                         "attention_window": 16, "ce_weight": 0.3}
     assert recipe_stages(cfg) == [KDStage(steps=5, **cfg.loss)]
+
+
+def test_make_tasks_draws_from_the_runs_test_split_and_says_where(run_tasks, finished_run):
+    out, proc = run_tasks
+    manifest = json.loads((out / "wavedistill_tasks.json").read_text())
+    split = json.loads((finished_run[0] / "data_split.json").read_text())
+    assert manifest["split"] == "test" and manifest["documents"] == split["documents"]["test"]
+    assert all(n > 0 for n in manifest["tasks"].values())
+    assert f"written to {out}" in proc.stdout and "--include-path" in proc.stdout
+
+
+def test_lm_eval_scores_student_teacher_and_no_mixing_on_the_same_examples(finished_run, run_tasks, tmp_path):
+    out = tmp_path / "lm"
+    proc = ok(wavedistill("lm-eval", finished_run[0], "--tasks", "story_ending,final_word", "--include-path",
+                          run_tasks[0], "--limit", 3, "--with-teacher", "--with-no-mixing", "--batch-size", 4,
+                          "--output-dir", out))
+    for name in ("teacher", "no_mixing", "student"):
+        samples = [json.loads(line) for line in (out / f"{name}_samples.jsonl").read_text().splitlines()]
+        assert sorted((r["task"], r["doc_id"]) for r in samples) == sorted(
+            (t, i) for t in ("story_ending", "final_word") for i in range(3))
+    table = (out / "table.md").read_text()
+    assert "| story_ending | acc_norm ↑ | 3 |" in table and "| final_word | perplexity ↓ | 3 |" in table
+    assert f"written to {out}" in proc.stdout
+    # the same evaluation again replaces its own files; another one in the same folder is refused
+    ok(wavedistill("lm-eval", finished_run[0], "--tasks", "story_ending,final_word", "--include-path",
+                   run_tasks[0], "--limit", 3, "--with-teacher", "--with-no-mixing", "--batch-size", 4,
+                   "--output-dir", out))
+    before = tree_hashes(out)
+    other = wavedistill_here("lm-eval", finished_run[0], "--tasks", "final_word", "--include-path", run_tasks[0],
+                             "--limit", 2, "--output-dir", out)
+    assert_one_line_error(other, "another evaluation", "--overwrite")
+    assert tree_hashes(out) == before
+
+
+def test_eval_suite_writes_recall_length_and_lm_eval_and_report_shows_them(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    before = (run / "metrics.json").read_text()
+    proc = ok(wavedistill("eval", "--student", run, "--suite", "recall,length,lm-eval", "--sequences", 4,
+                          "--passages", 4, "--decode-tokens", 2, "--lm-eval-limit", 3))
+    suite = run / "suite"
+    assert f"written to {suite}" in proc.stdout
+    assert (run / "metrics.json").read_text() == before  # the run's own results are untouched
+    recall = json.loads((suite / "recall.json").read_text())
+    assert list(recall["induction"]["lengths"]) == ["16", "32"]  # 2L + 1 <= 128, the tiny teacher's context
+    assert recall["induction"]["skipped_lengths"] == [64, 128, 256]
+    assert set(recall["copy_positions"]["agreement"]) == {"no_mixing", "student"}
+    length = json.loads((suite / "length.json").read_text())
+    assert list(length["profile"]["lengths"]) == ["32", "64", "128", "256"]  # 1x, 2x, 4x, 2x the context
+    assert length["profile"]["lengths"]["256"]["kl"][-1] is None  # past the teacher's context
+    lm = json.loads((suite / "lm_eval.json").read_text())
+    assert set(lm["headline"]) == {"teacher", "no_mixing", "student"}
+    assert (suite / "tasks" / "story_ending.yaml").exists() and (suite / "lm_eval" / "student.json").exists()
+    md = (suite / "suite.md").read_text()
+    for heading in ("## Recall", "### Induction", "### Copy positions", "### Repeated held-out passages",
+                    "## Context length", "**Decode**", "## lm-eval"):
+        assert heading in md
+    assert (suite / "copy_distance.png").stat().st_size > 1000 and (suite / "length_ppl.png").stat().st_size > 1000
+    report = ok(wavedistill("report", run)).stdout
+    assert "induction acc L=32" in report and "story_ending acc_norm (teacher)" in report
+    assert "suite/suite.md" in report

@@ -8,11 +8,19 @@ import json
 from .errors import WavedistillError
 
 
-def layer_list(text: str) -> list[int]:
+def _ints(text: str, what: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 0,3, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+
+def layer_list(text: str) -> list[int]:
+    return _ints(text, "layer indices such as 0,3")
+
+
+def int_list(text: str) -> list[int]:
+    return _ints(text, "integers such as 32,64")
 
 
 def name_list(text: str) -> list[str]:

@@ -1,5 +1,5 @@
-"""``wavedistill`` command line: distill, kd, cache-teacher, layers, compare, lab, analyze, eval, generate, report,
-bench, demo, mixers."""
+"""``wavedistill`` command line: distill, kd, cache-teacher, layers, compare, lab, analyze, eval, lm-eval, make-tasks,
+generate, report, bench, demo, mixers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from .argtypes import device_map_arg, json_dict, layer_list, name_list, stages_list
+from .argtypes import device_map_arg, int_list, json_dict, layer_list, name_list, stages_list
 from .errors import WavedistillError
 
 DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from DistillConfig
@@ -165,71 +165,85 @@ def cmd_compare(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .data import eval_windows, read_documents, run_splits
     from .distill import resolve_device
-    from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
-    from .io import adapter_dir, apply_adapter, load_teacher, read_adapter_config, student_and_teacher
+    from .evals.suite import PARTS, SuiteSettings, parse_parts, run_suite
     from .loop import DTYPES
+    from .runs import held_out
 
     device = resolve_device(args.device)
-    adapter = adapter_dir(args.student)
-    run_config = os.path.join(args.student, "config.yaml")
-    if os.path.isfile(run_config):
-        # Score the same held-out split the run was trained around, unless told otherwise.
-        import yaml
+    names = ["agreement", *PARTS] if args.suite == "all" else [p.strip() for p in args.suite.split(",") if p.strip()]
+    parts = parse_parts(",".join(p for p in names if p != "agreement")) if set(names) - {"agreement"} else []
+    if "agreement" not in names and not parts:
+        raise WavedistillError(f"--suite names no part; known: agreement, {', '.join(PARTS)}, all")
+    held = held_out(args.student, args.data, args.split, val_frac=args.val_frac, test_frac=args.test_frac,
+                    seq_len=args.seq_len, n_samples=args.n_samples)
+    if "agreement" in names:
+        eval_agreement(args, held, device)
+    if parts:
+        settings = SuiteSettings(batch_size=args.batch_size, decode_tokens=args.decode_tokens,
+                                 lm_eval_limit=args.lm_eval_limit, sequences=args.sequences, passages=args.passages,
+                                 max_windows=args.max_windows, **{k: tuple(getattr(args, k)) for k in
+                                                                  ("induction_lengths", "passage_lengths", "lengths")
+                                                                  if getattr(args, k)})
+        folder = run_suite(args.student, parts, held, settings, output_dir=args.output_dir, base=args.base,
+                           teacher=args.teacher, device=device, dtype=DTYPES[args.dtype], mixer_attrs=args.mixer_attrs)
+        print(f"suite ({', '.join(parts)}) written to {folder}: suite.md, *.json, plots")
 
-        with open(run_config) as f:
-            trained = yaml.safe_load(f)
-        for key in ("val_frac", "test_frac", "seq_len"):
-            if getattr(args, key) is None:
-                setattr(args, key, trained[key])
-        if args.n_samples is None and args.data == trained["data"]:
-            args.n_samples = trained["n_samples"]  # the run's documents, so the split is the run's split
-    args.val_frac = 0.05 if args.val_frac is None else args.val_frac
-    args.test_frac = 0.10 if args.test_frac is None else args.test_frac
-    args.seq_len = 256 if args.seq_len is None else args.seq_len
-    config = read_adapter_config(adapter)
-    model, tokenizer = load_teacher(args.base or config["base_model"], dtype=DTYPES[args.dtype], device=device)
-    if config.get("teacher_model"):  # a separate student: its base is its own initial state, not the teacher
-        student = apply_adapter(model, adapter)
-        teacher, _ = load_teacher(args.teacher or config["teacher_model"], dtype=DTYPES[args.dtype], device=device)
-    else:
-        student, teacher = student_and_teacher(model, adapter)
-    student.eval()
-    if args.mixer_attrs:
-        set_mixer_attrs(student, args.mixer_attrs)
-    if args.split == "all":
-        from .data import tokenize_documents
 
-        stream = tokenize_documents(read_documents(args.data, args.n_samples or 0), tokenizer)
-    else:
-        splits = run_splits(args.data, tokenizer, n_samples=args.n_samples or 0, val_frac=args.val_frac,
-                            test_frac=args.test_frac)
-        stream = getattr(splits, args.split)
-    windows = eval_windows(stream, args.seq_len, args.max_windows)
+def eval_agreement(args, held, device: str) -> None:
+    """Top-k agreement, KL and perplexities over every held-out window, plus side-by-side generations."""
+    from .data import eval_windows
+    from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
+    from .loop import DTYPES
+    from .runs import load_run_models
+
+    models = load_run_models(args.student, base=args.base, teacher=args.teacher, dtype=DTYPES[args.dtype],
+                             device=device, mixer_attrs=args.mixer_attrs)
+    stream = held.stream(models.tokenizer)
+    windows = eval_windows(stream, held.seq_len, args.max_windows)
     if len(windows) == 0:
-        raise WavedistillError(f"the {args.split} text has {len(stream)} tokens, fewer than one window of "
-                               f"{args.seq_len}; pass more text or a smaller --seq-len")
-    prompts = window_prompts(stream, args.seq_len, min(4, len(windows)))
-    metrics, rows = evaluate_student(teacher, student, tokenizer, windows, prompts, device=device,
-                                     batch_size=args.batch_size)
-    metrics.update({"split": args.split, "data": args.data, "seq_len": args.seq_len,
+        raise WavedistillError(f"the {held.split} text has {len(stream)} tokens, fewer than one window of "
+                               f"{held.seq_len}; pass more text or a smaller --seq-len")
+    prompts = window_prompts(stream, held.seq_len, min(4, len(windows)))
+    metrics, rows = evaluate_student(models.teacher, models.student, models.tokenizer, windows, prompts,
+                                     device=device, batch_size=args.batch_size, vocab=models.vocab)
+    metrics.update({"split": held.split, "data": held.data, "seq_len": held.seq_len,
                     "mixer_attrs": args.mixer_attrs or None})
     out = args.output_dir or args.student
     # Next to a finished run, eval_* files leave the run's own metrics.json / samples.md untouched.
-    write_evaluation(out, metrics, rows, prefix="eval_" if out == args.student else "")
-    print_metrics(metrics, title=f"{args.split} split of {args.data}: {metrics['positions']} positions")
+    same = os.path.realpath(out) == os.path.realpath(args.student)
+    write_evaluation(out, metrics, rows, prefix="eval_" if same else "")
+    print_metrics(metrics, title=f"{held.split} split of {held.data}: {metrics['positions']} positions")
 
 
-def set_mixer_attrs(model, attrs: dict) -> None:
-    """Set attributes on every converted layer's mixer (branch switches of a hybrid, for ablations)."""
-    from .surgery import wave_attention_modules
+def cmd_lm_eval(args) -> None:
+    from .distill import resolve_device
+    from .evals.harness import run_lm_eval
+    from .loop import DTYPES
 
-    for i, m in wave_attention_modules(model).items():
-        for name, value in attrs.items():
-            if not hasattr(m.mixer, name) or callable(getattr(m.mixer, name)):
-                raise WavedistillError(f"--mixer-attrs: the {m.mixer.name} mixer of layer {i} has no setting {name!r}")
-            setattr(m.mixer, name, value)
+    result = run_lm_eval(args.model, args.tasks, include_path=args.include_path, num_fewshot=args.num_fewshot,
+                         limit=args.limit, batch_size=args.batch_size, device=resolve_device(args.device),
+                         dtype=DTYPES[args.dtype], with_teacher=args.with_teacher, teacher=args.teacher,
+                         with_no_mixing=args.with_no_mixing, output_dir=args.output_dir, base=args.base,
+                         mixer_attrs=args.mixer_attrs, overwrite=args.overwrite)
+    print(result["table"])
+    print(f"lm-eval results written to {result['output_dir']}: table.md, <model>.json, <model>_samples.jsonl")
+
+
+def cmd_make_tasks(args) -> None:
+    from .evals.tasks import make_tasks
+    from .io import load_tokenizer
+    from .runs import held_out, is_student, teacher_name
+
+    run = args.model if is_student(args.model) else None
+    held = held_out(run, args.data, args.split, val_frac=args.val_frac, test_frac=args.test_frac,
+                    n_samples=args.n_samples)
+    tokenizer, context = load_tokenizer(teacher_name(run) if run else args.model)
+    manifest = make_tasks(held, tokenizer, args.output_dir, model=args.model, max_context=context,
+                          n_choices=args.choices, seed=args.seed, max_examples=args.max_examples)
+    counts = ", ".join(f"{k} {v} examples" for k, v in manifest["tasks"].items())
+    print(f"tasks from {held.describe()}, {manifest['documents']} documents: {counts}; written to {args.output_dir} "
+          f"(lm-eval: --include-path {args.output_dir} --tasks {','.join(manifest['tasks'])})")
 
 
 def cmd_generate(args) -> None:
@@ -260,16 +274,28 @@ def cmd_mixers(args) -> None:
 
 
 def cmd_report(args) -> None:
-    rows = []
-    for run_dir in args.runs:
-        path = os.path.join(run_dir, "metrics.json")
-        if not os.path.isfile(path):
-            raise WavedistillError(f"{run_dir!r} has no metrics.json; finish the run or pass another folder")
-        with open(path) as f:
-            rows.append((run_dir, json.load(f)))
-    from .evaluate import report_table
+    from .evals.report import SUITE, load_suite, suite_comparison, suite_table
 
-    table = report_table(rows)
+    if args.suite:
+        folders = [os.path.join(d, "suite") for d in args.runs]
+        missing = [d for d, f in zip(args.runs, folders) if not os.path.isfile(os.path.join(f, SUITE))]
+        if missing:
+            raise WavedistillError(f"{missing[0]!r} has no suite/{SUITE}; run wavedistill eval --suite on it first")
+        table = suite_comparison([(os.path.basename(os.path.normpath(d)), load_suite(f))
+                                  for d, f in zip(args.runs, folders)])
+    else:
+        rows = []
+        for run_dir in args.runs:
+            path = os.path.join(run_dir, "metrics.json")
+            if not os.path.isfile(path):
+                raise WavedistillError(f"{run_dir!r} has no metrics.json; finish the run or pass another folder")
+            with open(path) as f:
+                rows.append((run_dir, json.load(f)))
+        from .evaluate import report_table
+
+        table = report_table(rows)
+        suite = suite_table(args.runs)
+        table += f"\n{suite}" if suite else ""
     if args.output:
         with open(args.output, "w") as f:
             f.write(table)
@@ -340,9 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lab_parsers(sub)
 
-    p = sub.add_parser("eval", help="score a student against its teacher on held-out text")
+    p = sub.add_parser("eval", help="score a student against its teacher on held-out text: agreement, recall, "
+                       "context length, lm-eval")
     p.add_argument("--student", required=True, help="run folder (with adapter/) or adapter folder")
-    p.add_argument("--data", required=True, help="local .txt/.jsonl/.parquet file or hub dataset")
+    p.add_argument("--data", help="local .txt/.jsonl/.parquet file or hub dataset (default: the run's --data)")
     p.add_argument("--split", default="test", choices=["test", "val", "all"],
                    help="which part of --data to score: the distill run's test split (default) or all of it")
     p.add_argument("--val-frac", type=float, help="default: the run's config.yaml, else 0.05")
@@ -359,7 +386,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--mixer-attrs", type=json_dict, default=None,
                    help='set attributes of every mixer before scoring, e.g. \'{"use_linear": false}\' (ablations)')
+    g = p.add_argument_group("the suite (results in OUTPUT_DIR/suite or STUDENT/suite: suite.md, JSON, plots)")
+    g.add_argument("--suite", default="agreement",
+                   help="comma-separated parts: agreement (top-k / KL / perplexity, the default), recall, length, "
+                        "lm-eval; or all")
+    g.add_argument("--induction-lengths", type=int_list, help="recall: L of the repeated random tokens "
+                   "(default: 16,32,64,128,256 where they fit the context)")
+    g.add_argument("--passage-lengths", type=int_list, help="recall: L of the repeated held-out passages "
+                   "(default: 32,64,128,256 where they fit)")
+    g.add_argument("--sequences", type=int, default=100, help="recall: random sequences per length (default: 100)")
+    g.add_argument("--passages", type=int, default=128, help="recall: held-out passages per length (default: 128)")
+    g.add_argument("--lengths", type=int_list, help="length: window lengths (default: 1x, 2x, 4x --seq-len, the "
+                   "teacher's context and twice it)")
+    g.add_argument("--decode-tokens", type=int, default=32, help="length: timed decode steps per length (default: 32)")
+    g.add_argument("--lm-eval-limit", type=float, help="lm-eval: examples per task (default: all)")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("lm-eval", help="lm-evaluation-harness tasks on a student run (or any model), its teacher and "
+                       "the no-mixing baseline: lm-eval's JSON and one teacher-vs-student table")
+    p.add_argument("model", metavar="RUN|MODEL", help="a student run or adapter folder, or a Hugging Face model "
+                   "folder or hub id")
+    p.add_argument("--tasks", required=True, type=name_list, help="lm-eval task names, e.g. piqa,arc_easy,hellaswag,"
+                   "lambada_openai (hub) or story_ending,final_word (make-tasks)")
+    p.add_argument("--include-path", help="a folder of task YAMLs (make-tasks output)")
+    p.add_argument("--num-fewshot", type=int)
+    p.add_argument("--limit", type=float, help="examples per task (>= 1), or a fraction in (0, 1) (default: all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--with-teacher", action="store_true", help="also the run's teacher, on the same examples")
+    p.add_argument("--teacher", help="compare with this model instead of the run's teacher (implies --with-teacher)")
+    p.add_argument("--with-no-mixing", action="store_true", help="also the teacher with attention zeroed (a run only)")
+    p.add_argument("--output-dir", help="default: RUN/lm_eval (required for a plain model)")
+    p.add_argument("--overwrite", action="store_true", help="replace another evaluation's results in --output-dir")
+    p.add_argument("--base", help="base model of the adapter (default: the one it names)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--mixer-attrs", type=json_dict, default=None, help="as for eval (needs --output-dir)")
+    p.set_defaults(fn=cmd_lm_eval)
+
+    p = sub.add_parser("make-tasks", help="lm-eval task YAMLs + JSONL (story_ending, final_word) from the held-out "
+                       "documents of your own text")
+    p.add_argument("--model", required=True, help="the student run (its data split and tokenizer) or a model folder "
+                   "/ hub id (its tokenizer and context)")
+    p.add_argument("--data", help="local .txt/.jsonl/.parquet file or hub dataset (default: the run's --data)")
+    p.add_argument("--output-dir", required=True, help="a new folder for the tasks (lm-eval --include-path)")
+    p.add_argument("--split", default="test", choices=["test", "val"], help="held-out split to draw from "
+                   "(default: test)")
+    p.add_argument("--val-frac", type=float, help="default: the run's config.yaml, else 0.05")
+    p.add_argument("--test-frac", type=float, help="default: the run's config.yaml, else 0.10")
+    p.add_argument("--n-samples", type=int, help="documents to read (default: the run's)")
+    p.add_argument("--choices", type=int, default=4, help="story_ending: endings per example (default: 4)")
+    p.add_argument("--max-examples", type=int, default=0, help="per task; 0 = all (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_make_tasks)
 
     p = sub.add_parser("generate", help="sample from a student")
     p.add_argument("--student", required=True)
@@ -375,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one Markdown table from the metrics.json of several runs")
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--output", help="also write the table to this file")
+    p.add_argument("--suite", action="store_true", help="instead: the runs' eval suites side by side (recall, "
+                   "context length, lm-eval), teacher and no-mixing rows from the first")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("mixers", help="list registered mixers")

@@ -101,23 +101,32 @@ def tokenize_documents(docs: list[str], tokenizer) -> Tensor:
     return torch.tensor([t for ids in enc for t in ids + eos], dtype=torch.long)
 
 
-def split_documents(docs: list[str], tokenizer, val_frac: float, test_frac: float) -> Splits:
+def split_texts(docs: list[str], val_frac: float, test_frac: float) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) documents: the last ``test_frac`` are test, the ``val_frac`` before them val."""
     n = len(docs)
     n_test = max(1, round(n * test_frac))
     n_val = max(1, round(n * val_frac))
     if n - n_test - n_val < 1:
         raise DataError(f"only {n} documents: too few for a train / val / test split; pass more text with --data")
-    train, val, test = docs[: n - n_val - n_test], docs[n - n_val - n_test: n - n_test], docs[n - n_test:]
+    return docs[: n - n_val - n_test], docs[n - n_val - n_test: n - n_test], docs[n - n_test:]
+
+
+def split_documents(docs: list[str], tokenizer, val_frac: float, test_frac: float) -> Splits:
+    train, val, test = split_texts(docs, val_frac, test_frac)
     return Splits(tokenize_documents(train, tokenizer), tokenize_documents(val, tokenizer),
                   tokenize_documents(test, tokenizer), (len(train), len(val), len(test)))
 
 
+def run_documents(data: str, n_samples: int = 0) -> list[str]:
+    """The documents a run reads from ``data``: a hub source its first ``n_samples`` (20,000 if 0)."""
+    local = os.path.exists(data) or os.path.splitext(data)[1].lower() in LOCAL_FORMATS
+    return read_documents(data, n_samples or (0 if local else 20000))
+
+
 def run_splits(data: str, tokenizer, *, n_samples: int = 0, val_frac: float = 0.05, test_frac: float = 0.10) -> Splits:
     """The train / val / test split of a run's data, the same for every command that reads a run
-    (distill, eval, layers, demo): a hub source reads its first ``n_samples`` documents (20,000 if 0)."""
-    local = os.path.exists(data) or os.path.splitext(data)[1].lower() in LOCAL_FORMATS
-    docs = read_documents(data, n_samples or (0 if local else 20000))
-    return split_documents(docs, tokenizer, val_frac, test_frac)
+    (distill, eval, layers, demo, make-tasks)."""
+    return split_documents(run_documents(data, n_samples), tokenizer, val_frac, test_frac)
 
 
 def check_lengths(splits: Splits, seq_len: int) -> None:

@@ -39,10 +39,7 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    looks_local = os.path.isabs(name_or_path) or name_or_path.startswith(".") or os.path.exists(name_or_path)
-    if looks_local and not os.path.isdir(name_or_path):
-        raise ModelLoadError(f"teacher path {name_or_path!r} does not exist; pass a model folder or a hub id "
-                             "with --teacher")
+    _check_local(name_or_path)
     placed = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory,
                                             "offload_folder": offload_folder}
     try:
@@ -53,6 +50,26 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
     if device_map is None:
         model = model.to(device)
     return model.eval().requires_grad_(False), tokenizer
+
+
+def _check_local(name_or_path: str) -> None:
+    looks_local = os.path.isabs(name_or_path) or name_or_path.startswith(".") or os.path.exists(name_or_path)
+    if looks_local and not os.path.isdir(name_or_path):
+        raise ModelLoadError(f"model path {name_or_path!r} does not exist; pass a model folder or a hub id")
+
+
+def load_tokenizer(name_or_path: str):
+    """(tokenizer, context length or None) of a model folder or hub id, without loading its weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    _check_local(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load {name_or_path!r}: {str(e).splitlines()[0][:300]}") from None
+    config = getattr(config, "text_config", None) or config
+    return tokenizer, getattr(config, "max_position_embeddings", None)
 
 
 def check_device_map(device_map) -> None:
@@ -183,6 +200,14 @@ def write_adapter_files(model: nn.Module, directory: str, base_model: str, teach
     save_file(sd, os.path.join(directory, ADAPTER_WEIGHTS))
     with open(os.path.join(directory, ADAPTER_CONFIG), "w") as f:
         json.dump(config, f, indent=2)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a text file through a temporary file beside it: an interrupted write never leaves half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def replace_dir(src: str, dst: str) -> None:

@@ -1,0 +1,127 @@
+"""Recall probes against models whose answers are known: an exact copy oracle and a constant model."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from wavedistill.errors import WavedistillError
+from wavedistill.evals import recall
+from wavedistill.runs import RunModels
+
+V = 600
+
+
+class FakeTokenizer:
+    """Ordinary tokens w2..w(V-3), two special ones, and two byte-fallback pieces the probes must skip."""
+
+    bos_token_id = 1
+    all_special_ids = [0, 1]
+
+    def get_vocab(self):
+        vocab = {"<pad>": 0, "<s>": 1, "<0x41>": V - 2, "<0x0A>": V - 1}
+        vocab.update({f"w{i}": i for i in range(2, V - 2)})
+        return vocab
+
+
+class CopyOracle(nn.Module):
+    """At each position, predicts the token that followed the last earlier occurrence of the current token
+    (an exact induction head); with no earlier occurrence, token 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids, use_cache=False):
+        B, T = ids.shape
+        logits = torch.zeros(B, T, V)
+        for b in range(B):
+            last: dict[int, int] = {}
+            for t in range(T):
+                tok = ids[b, t].item()
+                logits[b, t, ids[b, last[tok] + 1] if tok in last else 0] = 10.0
+                last[tok] = t
+        return SimpleNamespace(logits=logits)
+
+
+class Constant(nn.Module):
+    """Uniform logits: argmax is token 0, the loss of any target log(V)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids, use_cache=False):
+        return SimpleNamespace(logits=torch.zeros(*ids.shape, V))
+
+
+def models(student, teacher=None):
+    return RunModels(student, teacher if teacher is not None else CopyOracle(), FakeTokenizer(), {}, None)
+
+
+def test_ordinary_tokens_leave_out_special_and_byte_pieces():
+    assert recall.ordinary_tokens(FakeTokenizer()) == list(range(2, V - 2))
+
+
+def test_induction_scores_the_second_copy_only():
+    m = models(CopyOracle())
+    out = recall.induction(m, FakeTokenizer(), ["teacher", "student"], lengths=(8, 16), n_sequences=20, context=64,
+                           batch_size=7)
+    assert out["chance"] == pytest.approx(1 / (V - 4))
+    for L in ("8", "16"):
+        acc = out["lengths"][L]["student"]["accuracy"]
+        # repeats inside one random half are rare (596 tokens): the oracle copies almost every target
+        assert acc["value"] > 0.95 and acc["n"] == 20
+    flat = recall.induction(models(Constant()), FakeTokenizer(), ["student"], lengths=(8,), n_sequences=5, context=64)
+    row = flat["lengths"]["8"]["student"]
+    assert row["accuracy"]["value"] == 0.0  # token 0 is special: never a target
+    assert row["loss"]["value"] == pytest.approx(math.log(V))
+
+
+def test_induction_skips_lengths_past_the_context_and_refuses_when_none_fit():
+    out = recall.induction(models(Constant()), FakeTokenizer(), ["student"], lengths=(8, 64), n_sequences=2, context=40)
+    assert list(out["lengths"]) == ["8"] and out["skipped_lengths"] == [64]
+    with pytest.raises(WavedistillError, match="context of 10"):
+        recall.induction(models(Constant()), FakeTokenizer(), ["student"], lengths=(8,), n_sequences=2, context=10)
+
+
+def test_last_occurrence_distance_matches_a_direct_search():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 6, (3, 40), generator=g)
+    predicted = torch.randint(0, 6, (3, 40), generator=g)
+    dist = recall.last_occurrence_distance(ids, predicted)
+    for b in range(3):
+        for t in range(40):
+            earlier = [j for j in range(t + 1) if ids[b, j] == predicted[b, t]]
+            assert dist[b, t].item() == (t + 1 - earlier[-1] if earlier else 0)
+
+
+def test_copy_positions_agreement_and_buckets():
+    g = torch.Generator().manual_seed(1)
+    # A small alphabet (copies at short distances), then 150 distinct tokens twice (copies 150 back).
+    far = torch.stack([torch.randperm(400, generator=g)[:150] + 100 for _ in range(6)])
+    windows = torch.cat([torch.randint(2, 40, (6, 60), generator=g), far, far], dim=1)
+    same = recall.copy_positions(models(CopyOracle()), windows, ["teacher", "student"], batch_size=4)
+    assert same["agreement"]["student"]["all"]["value"] == 1.0
+    flat = recall.copy_positions(models(Constant()), windows, ["teacher", "student"], batch_size=4)
+    top = CopyOracle()(windows).logits.argmax(-1)
+    dist = recall.last_occurrence_distance(windows, top)
+    agree = flat["agreement"]["student"]
+    assert agree["all"]["value"] == pytest.approx((top == 0).float().mean().item())
+    counts = [agree[b]["n"] for b in flat["buckets"]]
+    assert sum(counts) == (dist > 0).sum().item() and all(c > 0 for c in counts)
+    assert flat["copy_share"]["value"] == pytest.approx((dist > 0).float().mean().item())
+
+
+def test_repeated_passages_gain_is_second_copy_minus_first():
+    stream = torch.arange(2, 2 + 8 * 32)  # distinct tokens: nothing to copy in the first copy, all in the second
+    out = recall.repeated_passages(models(CopyOracle()), stream, ["student"], lengths=(32,), n_passages=8, context=64)
+    row = out["lengths"]["32"]["student"]
+    assert (row["first"]["value"], row["second"]["value"], row["gain"]["value"]) == (0.0, 1.0, 1.0)
+    assert row["gain"]["n"] == 8
+    with pytest.raises(WavedistillError, match="too few for two passages"):
+        recall.repeated_passages(models(CopyOracle()), stream[:40], ["student"], lengths=(32,), context=64)

@@ -1,0 +1,151 @@
+"""Recall probes: does the student keep the teacher's ability to copy from its own context?
+
+Attention looks up any earlier token exactly; a recurrence with a decaying, fixed-size state cannot hold
+them all, and copying is what published conversions lose first. Three probes, each reported for the
+teacher, the no-mixing baseline and the student, with standard errors and counts:
+
+* ``induction`` -- L random tokens, then the same L again (after BOS). Accuracy and loss of predicting
+  tokens 2..L of the second copy: the classic test of the copy circuit (induction heads). Tokens are drawn
+  uniformly from the tokenizer's ordinary tokens (special and byte-fallback tokens left out), so chance
+  accuracy is 1 / their number; a small teacher may be at chance here (it never learned a general copy).
+* ``copy_positions`` -- on held-out windows, the positions whose *teacher* top-1 token occurs earlier in the
+  window, bucketed by the distance back to its last occurrence (1-8, 9-32, 33-128, > 128): the student's
+  top-1 agreement with the teacher there, next to its agreement over all positions. Standard errors
+  treat windows as clusters.
+* ``repeated_passages`` -- a held-out passage of L tokens followed by the same passage: top-1 accuracy
+  (true next token) on the second copy against the first, per passage, and the gain; natural text
+  carries a copy signal even for a teacher too small to copy random tokens.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..errors import WavedistillError
+from .scoring import logits
+from .stats import estimate, mean_se, ratio_se
+
+DISTANCE_BUCKETS = ((1, 8), (9, 32), (33, 128), (129, None))
+INDUCTION_LENGTHS = (16, 32, 64, 128, 256)
+PASSAGE_LENGTHS = (32, 64, 128, 256)
+BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+
+
+def ordinary_tokens(tokenizer) -> list[int]:
+    """Token ids a random sequence draws from: not special, not a byte-fallback piece."""
+    special = set(tokenizer.all_special_ids)
+    return sorted(i for t, i in tokenizer.get_vocab().items() if i not in special and not BYTE_TOKEN.match(t))
+
+
+def fitting(lengths, need, context: int | None, probe: str) -> tuple[list[int], list[int]]:
+    """(lengths whose sequence of ``need(L)`` tokens fits the context, those that do not); none fitting is an error."""
+    fit = [L for L in lengths if context is None or need(L) <= context]
+    if not fit:
+        raise WavedistillError(f"the {probe} probe needs {need(min(lengths))} positions at L = {min(lengths)}, more "
+                               f"than the model's context of {context}; pass shorter --recall-lengths")
+    return fit, [L for L in lengths if L not in fit]
+
+
+@torch.no_grad()
+def induction(models, tokenizer, names, lengths=INDUCTION_LENGTHS, n_sequences: int = 100, context: int | None = None,
+              batch_size: int = 16, seed: int = 0) -> dict:
+    """Random tokens repeated once: accuracy / loss on tokens 2..L of the second copy, per L and model."""
+    pool = torch.tensor(ordinary_tokens(tokenizer))
+    if len(pool) < 2:
+        raise WavedistillError("the tokenizer has fewer than two ordinary tokens to draw random sequences from")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    fit, skipped = fitting(lengths, lambda L: len(bos) + 2 * L, context, "induction")
+    g = torch.Generator().manual_seed(seed)
+    out = {"chance": 1 / len(pool), "tokens_drawn_from": len(pool), "sequences": n_sequences,
+           "skipped_lengths": skipped, "lengths": {}}
+    for L in fit:
+        half = pool[torch.randint(0, len(pool), (n_sequences, L), generator=g)]
+        ids = torch.cat([torch.tensor(bos, dtype=torch.long).expand(n_sequences, len(bos)), half, half], dim=1)
+        start = len(bos) + L  # the first token of the second copy; its successors are the targets
+        targets = ids[:, start + 1:]  # (N, L - 1)
+        row = {}
+        for name in names:
+            acc, loss = [], []
+            for i in range(0, n_sequences, batch_size):
+                z = logits(models, name, ids[i: i + batch_size])[:, start: -1]  # predicts targets
+                t = targets[i: i + batch_size]
+                acc += (z.argmax(-1) == t).float().mean(1).tolist()
+                loss += torch.nn.functional.cross_entropy(z.transpose(1, 2), t, reduction="none").mean(1).tolist()
+            row[name] = {"accuracy": estimate(*mean_se(acc), len(acc)), "loss": estimate(*mean_se(loss), len(loss))}
+        out["lengths"][str(L)] = row
+    return out
+
+
+def last_occurrence_distance(ids: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """(B, T) distance from position t + 1 back to the last j <= t with ids[j] == predicted[t]; 0 where none."""
+    T = ids.shape[1]
+    same = ids[:, None, :] == predicted[:, :, None]  # (B, T, T): [b, t, j]
+    same &= torch.ones(T, T, dtype=torch.bool).tril()  # j <= t only
+    j = torch.arange(T)
+    last = torch.where(same, j, -1).amax(-1)  # (B, T)
+    return torch.where(last >= 0, j + 1 - last, 0)
+
+
+@torch.no_grad()
+def copy_positions(models, windows: torch.Tensor, names, batch_size: int = 8) -> dict:
+    """Top-1 agreement with the teacher on held-out windows (N, T): all positions, and the positions whose
+    teacher top-1 token occurs earlier in the window, by distance bucket (windows are the clusters)."""
+    others = [n for n in names if n != "teacher"]
+    per = {n: {"all": ([], []), **{b: ([], []) for b in DISTANCE_BUCKETS}} for n in others}
+    copies, positions = [], []
+    for i in range(0, len(windows), batch_size):
+        ids = windows[i: i + batch_size]
+        top = logits(models, "teacher", ids).argmax(-1)  # (B, T)
+        dist = last_occurrence_distance(ids, top)
+        copies += (dist > 0).sum(1).tolist()
+        positions += [ids.shape[1]] * len(ids)
+        for n in others:
+            agree = logits(models, n, ids).argmax(-1) == top
+            per[n]["all"][0].extend(agree.sum(1).tolist())
+            per[n]["all"][1].extend([ids.shape[1]] * len(ids))
+            for lo, hi in DISTANCE_BUCKETS:
+                inside = (dist >= lo) & (dist <= (hi or ids.shape[1]))
+                per[n][(lo, hi)][0].extend((agree & inside).sum(1).tolist())
+                per[n][(lo, hi)][1].extend(inside.sum(1).tolist())
+    out = {"windows": len(windows), "seq_len": windows.shape[1], "copy_share": estimate(*ratio_se(copies, positions)),
+           "buckets": [bucket_name(b) for b in DISTANCE_BUCKETS], "agreement": {}}
+    for n in others:
+        out["agreement"][n] = {"all": estimate(*ratio_se(*per[n]["all"])),
+                               **{bucket_name(b): estimate(*ratio_se(*per[n][b])) for b in DISTANCE_BUCKETS}}
+    return out
+
+
+def bucket_name(bucket: tuple[int, int | None]) -> str:
+    lo, hi = bucket
+    return f"{lo}-{hi}" if hi else f">{lo - 1}"
+
+
+@torch.no_grad()
+def repeated_passages(models, stream: torch.Tensor, names, lengths=PASSAGE_LENGTHS, n_passages: int = 128,
+                      context: int | None = None, batch_size: int = 16) -> dict:
+    """Held-out passages of L tokens, each followed by itself: top-1 accuracy on copy 1 vs copy 2 (tokens 2..L of
+    each, the true next token), and the per-passage gain, per L and model."""
+    fit, skipped = fitting(lengths, lambda L: 2 * L, context, "repeated-passage")
+    out = {"skipped_lengths": skipped, "lengths": {}}
+    for L in fit:
+        n = min(n_passages, len(stream) // L)
+        if n < 2:
+            raise WavedistillError(f"the held-out text has {len(stream)} tokens, too few for two passages of {L}; "
+                                   "pass more text or shorter --recall-lengths")
+        half = stream[: n * L].view(n, L)
+        ids = torch.cat([half, half], dim=1)  # (n, 2L)
+        row = {}
+        for name in names:
+            first, second = [], []
+            for i in range(0, n, batch_size):
+                top = logits(models, name, ids[i: i + batch_size]).argmax(-1)  # (B, 2L): top[:, t] predicts t + 1
+                h = half[i: i + batch_size]
+                first += (top[:, : L - 1] == h[:, 1:]).float().mean(1).tolist()
+                second += (top[:, L: 2 * L - 1] == h[:, 1:]).float().mean(1).tolist()
+            gains = [b - a for a, b in zip(first, second)]
+            row[name] = {"first": estimate(*mean_se(first), n), "second": estimate(*mean_se(second), n),
+                         "gain": estimate(*mean_se(gains), n)}
+        out["lengths"][str(L)] = row
+    return out

@@ -1,0 +1,158 @@
+"""A finished run as the evaluation commands read it: its settings, its held-out text, and its models.
+
+``eval``, ``lm-eval`` and ``make-tasks`` take a run folder (with ``adapter/`` and ``config.yaml``), a bare
+adapter folder, or -- where it makes sense -- a plain Hugging Face model. They all score the run's own
+held-out split: the documents, ``n_samples``, ``val_frac`` / ``test_frac`` and ``seq_len`` of its
+``config.yaml`` unless told otherwise, so no evaluation can drift onto the text the student trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import DistillConfig
+from .errors import WavedistillError
+from .io import ADAPTER_CONFIG, adapter_dir, apply_adapter, load_teacher, read_adapter_config, student_and_teacher
+
+SPLITS = ("test", "val", "all")
+
+
+def read_run_config(path: str) -> dict | None:
+    """The run's ``config.yaml`` as a dict; None for a bare adapter folder or a model."""
+    import yaml
+
+    config = os.path.join(path, "config.yaml")
+    if not os.path.isfile(config):
+        return None
+    with open(config) as f:
+        return yaml.safe_load(f) or {}
+
+
+def is_student(path: str) -> bool:
+    """Is ``path`` a run folder or an adapter folder (rather than a plain model)?"""
+    return os.path.isfile(os.path.join(adapter_dir(path), ADAPTER_CONFIG))
+
+
+@dataclass
+class HeldOut:
+    """Which text an evaluation scores: the ``split`` of ``data``'s documents as a run splits them."""
+
+    data: str
+    split: str = "test"
+    n_samples: int = 0
+    val_frac: float = DistillConfig.val_frac
+    test_frac: float = DistillConfig.test_frac
+    seq_len: int = DistillConfig.seq_len
+
+    def describe(self) -> str:
+        return (f"the {self.split} split of {self.data} (documents split {1 - self.val_frac - self.test_frac:.2f} / "
+                f"{self.val_frac:.2f} / {self.test_frac:.2f}{f', first {self.n_samples}' if self.n_samples else ''})")
+
+    def documents(self) -> list[str]:
+        from .data import run_documents, split_texts
+
+        docs = run_documents(self.data, self.n_samples)
+        if self.split == "all":
+            return docs
+        train, val, test = split_texts(docs, self.val_frac, self.test_frac)
+        return {"val": val, "test": test}[self.split]
+
+    def stream(self, tokenizer) -> torch.Tensor:
+        """The split's token ids, one stream with each document's BOS (as training saw them)."""
+        from .data import tokenize_documents
+
+        return tokenize_documents(self.documents(), tokenizer)
+
+
+def held_out(run: str | None, data: str | None = None, split: str = "test", **given) -> HeldOut:
+    """The held-out text of ``run``: every setting not ``given`` (None) from its config.yaml, else the defaults.
+
+    ``n_samples`` comes from the run only when ``data`` is the run's data, so the split is the run's split.
+    """
+    if split not in SPLITS:
+        raise WavedistillError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    trained = (read_run_config(run) if run else None) or {}
+    data = data or trained.get("data")
+    if not data:
+        raise WavedistillError("no --data given and no run config.yaml to take it from; pass --data FILE")
+    settings = {k: v for k, v in given.items() if v is not None}
+    for key in ("val_frac", "test_frac", "seq_len"):
+        if key not in settings and key in trained:
+            settings[key] = trained[key]
+    if "n_samples" not in settings and data == trained.get("data"):
+        settings["n_samples"] = trained.get("n_samples", 0)
+    unknown = set(settings) - {f.name for f in dataclasses.fields(HeldOut)}
+    if unknown:
+        raise TypeError(f"unknown held-out settings {sorted(unknown)}")
+    return HeldOut(data=data, split=split, **settings)
+
+
+@dataclass
+class RunModels:
+    """A student and its teacher, loaded for scoring. ``vocab``: the logit rows they share (a separate
+    student with another padded vocabulary), else None."""
+
+    student: nn.Module
+    teacher: nn.Module
+    tokenizer: object
+    adapter_config: dict
+    vocab: int | None = None
+
+
+def load_run_models(path: str, base: str | None = None, teacher: str | None = None,
+                    dtype: torch.dtype = torch.float32, device: str = "cpu",
+                    mixer_attrs: dict | None = None) -> RunModels:
+    """The student of a run (or adapter) folder and its teacher, in eval mode.
+
+    A converted student and its teacher share one copy of the base (the teacher is a view of it); a separate
+    student's teacher is loaded beside it (``teacher`` overrides the one its adapter names).
+    """
+    adapter = adapter_dir(path)
+    config = read_adapter_config(adapter)
+    model, tokenizer = load_teacher(base or config["base_model"], dtype=dtype, device=device)
+    vocab = None
+    if config.get("teacher_model"):  # a separate student: its base is its own initial state, not the teacher
+        from .student import shared_vocab
+
+        student = apply_adapter(model, adapter)
+        teacher_model, teacher_tokenizer = load_teacher(teacher or config["teacher_model"], dtype=dtype,
+                                                        device=device)
+        rows_t, rows_s = teacher_model.config.vocab_size, student.config.vocab_size
+        vocab = shared_vocab(teacher_tokenizer, tokenizer, rows_t, rows_s) if rows_t != rows_s else None
+    else:
+        student, teacher_model = student_and_teacher(model, adapter)
+    student.eval()
+    if mixer_attrs:
+        set_mixer_attrs(student, mixer_attrs)
+    return RunModels(student, teacher_model, tokenizer, config, vocab)
+
+
+def teacher_name(path: str) -> str:
+    """The model a student run was distilled from (its adapter's teacher, else its base)."""
+    config = read_adapter_config(adapter_dir(path))
+    return config.get("teacher_model") or config["base_model"]
+
+
+def set_mixer_attrs(model: nn.Module, attrs: dict) -> None:
+    """Set attributes on every converted layer's mixer (branch switches of a hybrid, for ablations)."""
+    from .surgery import wave_attention_modules
+
+    for i, m in wave_attention_modules(model).items():
+        for name, value in attrs.items():
+            if not hasattr(m.mixer, name) or callable(getattr(m.mixer, name)):
+                raise WavedistillError(f"--mixer-attrs: the {m.mixer.name} mixer of layer {i} has no setting {name!r}")
+            setattr(m.mixer, name, value)
+
+
+def max_context(model: nn.Module) -> int | None:
+    """The context a model was trained for (``max_position_embeddings``), None when its config has none."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return None
