@@ -330,6 +330,8 @@ BAD_INPUTS = {
     "suite-probe-longer-than-the-context": (lambda c, run, b, o: ["eval", "--student", run, "--suite", "recall",
                                                                   "--induction-lengths", 100, "--output-dir", o],
                                             ["induction", "201", "context of 128"]),
+    "suite-zero-trials": (lambda c, run, b, o: ["eval", "--student", run, "--suite", "recall", "--trials", 0,
+                                                "--output-dir", o], ["--trials must be at least 1"]),
     "unknown-suite-part": (lambda c, run, b, o: ["eval", "--student", run, "--suite", "recal", "--output-dir", o],
                            ["'recal'", "recall, length, lm-eval"]),
     "suite-length-past-the-held-out-text": (lambda c, run, b, o: ["eval", "--student", run, "--suite", "length",
@@ -477,7 +479,7 @@ def test_eval_suite_writes_recall_length_and_lm_eval_and_report_shows_them(finis
     shutil.copytree(finished_run[0], run)
     before = (run / "metrics.json").read_text()
     proc = ok(wavedistill("eval", "--student", run, "--suite", "recall,length,lm-eval", "--sequences", 4,
-                          "--passages", 4, "--decode-tokens", 2, "--lm-eval-limit", 3))
+                          "--passages", 4, "--trials", 3, "--decode-tokens", 2, "--lm-eval-limit", 3))
     suite = run / "suite"
     assert f"written to {suite}" in proc.stdout
     assert (run / "metrics.json").read_text() == before  # the run's own results are untouched
@@ -485,6 +487,7 @@ def test_eval_suite_writes_recall_length_and_lm_eval_and_report_shows_them(finis
     assert list(recall["induction"]["lengths"]) == ["16", "32"]  # 2L + 1 <= 128, the tiny teacher's context
     assert recall["induction"]["skipped_lengths"] == [64, 128, 256]
     assert set(recall["copy_positions"]["agreement"]) == {"no_mixing", "student"}
+    assert recall["passkey"]["forms"]["name"]["fillers"]["0"]["teacher"]["n"] == 3
     length = json.loads((suite / "length.json").read_text())
     assert list(length["profile"]["lengths"]) == ["32", "64", "128", "256"]  # 1x, 2x, 4x, 2x the context
     assert length["profile"]["lengths"]["256"]["kl"][-1] is None  # past the teacher's context
@@ -492,7 +495,7 @@ def test_eval_suite_writes_recall_length_and_lm_eval_and_report_shows_them(finis
     assert set(lm["headline"]) == {"teacher", "no_mixing", "student"}
     assert (suite / "tasks" / "story_ending.yaml").exists() and (suite / "lm_eval" / "student.json").exists()
     md = (suite / "suite.md").read_text()
-    for heading in ("## Recall", "### Induction", "### Copy positions", "### Repeated held-out passages",
+    for heading in ("## Recall", "### Induction", "### Copy positions", "### Repeated held-out passages", "### Passkey",
                     "## Context length", "**Decode**", "## lm-eval"):
         assert heading in md
     assert (suite / "copy_distance.png").stat().st_size > 1000 and (suite / "length_ppl.png").stat().st_size > 1000

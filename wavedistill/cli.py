@@ -182,9 +182,9 @@ def cmd_eval(args) -> None:
     if parts:
         settings = SuiteSettings(batch_size=args.batch_size, decode_tokens=args.decode_tokens,
                                  lm_eval_limit=args.lm_eval_limit, sequences=args.sequences, passages=args.passages,
-                                 max_windows=args.max_windows, **{k: tuple(getattr(args, k)) for k in
-                                                                  ("induction_lengths", "passage_lengths", "lengths")
-                                                                  if getattr(args, k)})
+                                 trials=args.trials, max_windows=args.max_windows,
+                                 **{k: tuple(getattr(args, k)) for k in
+                                    ("induction_lengths", "passage_lengths", "fillers", "lengths") if getattr(args, k)})
         folder = run_suite(args.student, parts, held, settings, output_dir=args.output_dir, base=args.base,
                            teacher=args.teacher, device=device, dtype=DTYPES[args.dtype], mixer_attrs=args.mixer_attrs)
         print(f"suite ({', '.join(parts)}) written to {folder}: suite.md, *.json, plots")
@@ -396,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: 32,64,128,256 where they fit)")
     g.add_argument("--sequences", type=int, default=100, help="recall: random sequences per length (default: 100)")
     g.add_argument("--passages", type=int, default=128, help="recall: held-out passages per length (default: 128)")
+    g.add_argument("--fillers", type=int_list, help="recall: passkey filler lengths (default: 0,32,64,128,256)")
+    g.add_argument("--trials", type=int, default=100, help="recall: passkey trials per form and filler (default: 100)")
     g.add_argument("--lengths", type=int_list, help="length: window lengths (default: 1x, 2x, 4x --seq-len, the "
                    "teacher's context and twice it)")
     g.add_argument("--decode-tokens", type=int, default=32, help="length: timed decode steps per length (default: 32)")

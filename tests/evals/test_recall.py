@@ -125,3 +125,33 @@ def test_repeated_passages_gain_is_second_copy_minus_first():
     assert row["gain"]["n"] == 8
     with pytest.raises(WavedistillError, match="too few for two passages"):
         recall.repeated_passages(models(CopyOracle()), stream[:40], ["student"], lengths=(32,), context=64)
+
+
+class WordTokenizer(FakeTokenizer):
+    """Whitespace words to ids (w<i> is id i, a few words of the passkey forms after them)."""
+
+    WORDS = {w: V - 20 + i for i, w in enumerate("the pass key is . remember it what ? girl's name was once upon a "
+                                                   "time , there girl named".split())}
+
+    def __call__(self, text, add_special_tokens=True):
+        words = text.replace(".", " .").replace(",", " ,").replace("?", " ?").lower().split()
+        ids = [self.WORDS[w] if w in self.WORDS else int(w[1:]) if w[0] == "w" else 100 + int(w) for w in words]
+        return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
+
+def test_passkey_scores_the_stated_key_against_the_other_candidates(monkeypatch):
+    monkeypatch.setattr(recall, "PASSKEY_FORMS", {"number": ("The pass key is {key}. Remember it.",
+                                                             " What was the pass key? The pass key is",
+                                                             [str(n) for n in range(10, 40)])})
+    stream = torch.randint(2, 90, (2000,), generator=torch.Generator().manual_seed(0))  # filler: no form words
+    tok = WordTokenizer()
+    oracle = recall.passkey(models(CopyOracle()), tok, stream, ["student"], fillers=(0, 40), trials=12, choices=4,
+                            context=80, batch_size=5)
+    row = oracle["forms"]["number"]
+    assert row["skipped_fillers"] == [] and oracle["chance"] == 0.25
+    # "is" last occurred right before the stated key: the copy oracle always finds it
+    assert all(row["fillers"][F]["student"]["value"] == 1.0 for F in ("0", "40"))
+    flat = recall.passkey(models(Constant()), tok, stream, ["student"], fillers=(0,), trials=12, choices=4, context=80)
+    assert flat["forms"]["number"]["fillers"]["0"]["student"]["value"] == pytest.approx(0.25)  # ties share the hit
+    short = recall.passkey(models(Constant()), tok, stream, ["student"], fillers=(0, 100), trials=2, context=80)
+    assert short["forms"]["number"]["skipped_fillers"] == [100]

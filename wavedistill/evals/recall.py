@@ -15,6 +15,10 @@ teacher, the no-mixing baseline and the student, with standard errors and counts
 * ``repeated_passages`` -- a held-out passage of L tokens followed by the same passage: top-1 accuracy
   (true next token) on the second copy against the first, per passage, and the gain; natural text
   carries a copy signal even for a teacher too small to copy random tokens.
+* ``passkey`` -- a key stated once ("The pass key is 48." / "... a girl named Mia."), F tokens of held-out
+  text, then the question ("The pass key is" / "The girl's name was"): is the stated key the likeliest of
+  ``choices`` candidates (log-likelihood of each continuation; a tie shares the hit)? Chance is
+  1 / ``choices``; the ``name`` form is the one a small story model can answer at all.
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ from .stats import estimate, mean_se, ratio_se
 DISTANCE_BUCKETS = ((1, 8), (9, 32), (33, 128), (129, None))
 INDUCTION_LENGTHS = (16, 32, 64, 128, 256)
 PASSAGE_LENGTHS = (32, 64, 128, 256)
+FILLER_LENGTHS = (0, 32, 64, 128, 256)
+PASSKEY_FORMS = {  # form -> (needle with {key}, question, keys drawn from)
+    "number": ("The pass key is {key}. Remember it.", " What is the pass key? The pass key is",
+               [str(n) for n in range(10, 100)]),
+    "name": ("Once upon a time, there was a girl named {key}.", " The girl's name was",
+             ["Lily", "Tom", "Ben", "Mia", "Sue", "Max", "Anna", "Sam", "Zoe", "Leo", "Tim", "Lucy", "Jack", "Amy"]),
+}
 BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
@@ -148,4 +159,56 @@ def repeated_passages(models, stream: torch.Tensor, names, lengths=PASSAGE_LENGT
             row[name] = {"first": estimate(*mean_se(first), n), "second": estimate(*mean_se(second), n),
                          "gain": estimate(*mean_se(gains), n)}
         out["lengths"][str(L)] = row
+    return out
+
+
+def _continuation(tokenizer, question: str, key: str) -> list[int]:
+    """The ids ``" " + key`` adds after ``question`` (both without special tokens)."""
+    q = tokenizer(question, add_special_tokens=False)["input_ids"]
+    both = tokenizer(question + " " + key, add_special_tokens=False)["input_ids"]
+    if both[: len(q)] != q:
+        raise WavedistillError(f"the tokenizer merges {key!r} into the question; the passkey probe cannot score it")
+    return both[len(q):]
+
+
+@torch.no_grad()
+def passkey(models, tokenizer, stream: torch.Tensor, names, fillers=FILLER_LENGTHS, trials: int = 100,
+            choices: int = 5, context: int | None = None, batch_size: int = 8, seed: int = 0) -> dict:
+    """Per form and filler length F: how often the stated key is the likeliest of ``choices`` candidates."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    text = stream[stream != tokenizer.bos_token_id] if bos else stream  # filler without document starts
+    out = {"chance": 1 / choices, "trials": trials, "forms": {}}
+    for form, (needle, question, keys) in PASSKEY_FORMS.items():
+        q_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+        conts = {k: _continuation(tokenizer, question, k) for k in keys}
+        needles = {k: bos + tokenizer(needle.format(key=k), add_special_tokens=False)["input_ids"] for k in keys}
+        longest = max(len(n) for n in needles.values()) + len(q_ids) + max(len(c) for c in conts.values())
+        fit, skipped = fitting(fillers, lambda F: F + longest, context, "passkey")
+        rng = torch.Generator().manual_seed(seed)
+        rows = {}
+        for F in fit:
+            # One row per (trial, candidate): the stated key is candidate 0 of its trial.
+            seqs, spans = [], []
+            for _ in range(trials):
+                picked = [keys[i] for i in torch.randperm(len(keys), generator=rng)[:choices].tolist()]
+                start = torch.randint(0, len(text) - F + 1, (1,), generator=rng).item()
+                prefix = needles[picked[0]] + text[start: start + F].tolist() + q_ids
+                seqs += [prefix + conts[k] for k in picked]
+                spans += [(len(prefix), len(prefix) + len(conts[k])) for k in picked]
+            ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)  # right padding: causal models
+            for i, seq in enumerate(seqs):
+                ids[i, : len(seq)] = torch.tensor(seq)
+            hits = {}
+            for n in names:
+                scores = []
+                for i in range(0, len(seqs), batch_size * choices):
+                    logp = logits(models, n, ids[i: i + batch_size * choices]).log_softmax(-1)
+                    for r, (lo, hi) in enumerate(spans[i: i + batch_size * choices]):
+                        scores.append(logp[r, lo - 1: hi - 1].gather(-1, ids[i + r, lo: hi, None]).sum().item())
+                per_trial = torch.tensor(scores, dtype=torch.float64).view(trials, choices)
+                # a tie for the top shares the hit: random tie-breaking's expected accuracy
+                top = per_trial == per_trial.amax(1, keepdim=True)
+                hits[n] = (top[:, 0] / top.sum(1)).tolist()
+            rows[str(F)] = {n: estimate(*mean_se(h), len(h)) for n, h in hits.items()}
+        out["forms"][form] = {"fillers": rows, "skipped_fillers": skipped}
     return out

@@ -51,6 +51,17 @@ def recall_markdown(r: dict) -> list[str]:
         out.append(f"| {LABELS[n]} | " + " | ".join(
             f"{c['first']['value']:.3f} → {c['second']['value']:.3f} ({c['gain']['value']:+.3f} ± {c['gain']['se']:.3f})"
             for c in cells) + " |")
+    pk = r["passkey"]
+    for form, row in pk["forms"].items():
+        Fs = list(row["fillers"])
+        out += ["", f"### Passkey ({form} form): {pk['trials']} trials per filler length",
+                f"How often the stated key is the likeliest of {round(1 / pk['chance'])} candidates after F held-out "
+                f"tokens of filler (chance {pk['chance']:.2f})" + (f"; F = {', '.join(map(str, row['skipped_fillers']))}"
+                                                                    " does not fit the context"
+                                                                    if row["skipped_fillers"] else "") + ".\n",
+                "| model | " + " | ".join(f"F = {F}" for F in Fs) + " |", "|---|" + "---:|" * len(Fs)]
+        for n in row["fillers"][Fs[0]]:
+            out.append(f"| {LABELS[n]} | " + " | ".join(_pm(row["fillers"][F][n], 2) for F in Fs) + " |")
     return out
 
 
@@ -114,6 +125,9 @@ def headline(suite: dict) -> dict:
         rep = suite["recall"]["repeated_passages"]["lengths"]
         L = "64" if "64" in rep else list(rep)[0]
         h[f"repeat gain L={L} (teacher)"] = (rep[L]["student"]["gain"]["value"], rep[L]["teacher"]["gain"]["value"])
+        name = suite["recall"]["passkey"]["forms"]["name"]["fillers"]
+        F = "64" if "64" in name else list(name)[-1]
+        h[f"passkey name F={F} (teacher)"] = (name[F]["student"]["value"], name[F]["teacher"]["value"])
     if "length" in suite:
         prof = suite["length"]["profile"]["lengths"]
         L = list(prof)[-1]
@@ -238,6 +252,15 @@ def suite_comparison(runs: list[tuple[str, dict]]) -> str:
             cells += [_v(cp["all"]) if cp else "1", *(_v(cp[b]) if cp else "1" for b in buckets)]
             cells += [f"{r['repeated_passages']['lengths'][L][who]['gain']['value']:+.3f}" for L in Lr]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
+        pk = first["recall"]["passkey"]
+        for form, row in pk["forms"].items():
+            Fs = list(row["fillers"])
+            out += ["", f"**Passkey, {form} form** ({pk['trials']} trials per filler length F; chance "
+                    f"{pk['chance']:.2f})\n", "| model | " + " | ".join(f"F={F}" for F in Fs) + " |",
+                    "|---|" + "---:|" * len(Fs)]
+            for label, who, suite in rows:
+                cells = suite["recall"]["passkey"]["forms"][form]["fillers"]
+                out.append(f"| {label} | " + " | ".join(_pm(cells[F][who], 2) for F in Fs) + " |")
         out.append("")
     if all("length" in s for _, s in runs):
         prof = first["length"]["profile"]

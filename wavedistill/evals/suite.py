@@ -6,7 +6,7 @@ its JSON into the suite folder (``RUN/suite`` or ``OUTPUT_DIR/suite``); after ev
 student, its mixer attributes and the held-out text, so a folder is never filled with another student's
 results.
 
-* ``recall``: :mod:`wavedistill.evals.recall` (induction, copy positions, repeated passages);
+* ``recall``: :mod:`wavedistill.evals.recall` (induction, copy positions, repeated passages, passkey);
 * ``length``: :mod:`wavedistill.evals.length` (perplexity / KL by position at 1x-4x the training length and
   past the teacher's context, decode time per token);
 * ``lm-eval``: ``story_ending`` and ``final_word`` (:mod:`wavedistill.evals.tasks`) made from the same
@@ -35,6 +35,8 @@ class SuiteSettings:
     passage_lengths: tuple[int, ...] = recall_probe.PASSAGE_LENGTHS
     sequences: int = 100  # random sequences per induction length
     passages: int = 128  # held-out passages per repeated-passage length
+    fillers: tuple[int, ...] = recall_probe.FILLER_LENGTHS  # passkey: held-out tokens between key and question
+    trials: int = 100  # passkey trials per form and filler length
     lengths: tuple[int, ...] | None = None  # window lengths of the length part; None = length.default_lengths
     max_windows: int = 0  # per length; 0 = every held-out window
     decode_tokens: int = 32
@@ -77,6 +79,9 @@ def run_suite(student: str, parts: list[str], held, settings: SuiteSettings, *, 
 
     from ..runs import load_run_models, max_context
 
+    small = [k for k in ("sequences", "passages", "trials", "decode_tokens", "batch_size") if getattr(settings, k) < 1]
+    if small:
+        raise WavedistillError(f"--{small[0].replace('_', '-')} must be at least 1, got {getattr(settings, small[0])}")
     if mixer_attrs and output_dir is None:
         raise WavedistillError("--mixer-attrs changes the student: pass --output-dir for its results")
     directory = suite_dir(student, output_dir)
@@ -113,7 +118,10 @@ def run_suite(student: str, parts: list[str], held, settings: SuiteSettings, *, 
                                                     settings.sequences, context, settings.batch_size, settings.seed),
                 "copy_positions": recall_probe.copy_positions(models, windows, names, settings.batch_size),
                 "repeated_passages": recall_probe.repeated_passages(models, stream, names, settings.passage_lengths,
-                                                                    settings.passages, context, settings.batch_size)}
+                                                                    settings.passages, context, settings.batch_size),
+                "passkey": recall_probe.passkey(models, models.tokenizer, stream, names, settings.fillers,
+                                                settings.trials, context=context, batch_size=settings.batch_size,
+                                                seed=settings.seed)}
         elif part == "length":
             results[part] = {
                 "profile": length_probe.position_profile(models, stream, names, lengths, context,
