@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Regenerates the "What the students keep and lose" section of docs/results.md (issue 17).
-# usage: bash scripts/keep_lose_stories260k.sh [RUNS_DIR]      (needs ../shared beside the checkout)
-# 1. trains the students of that section with the recipes of the earlier sections (finished runs are skipped,
-#    killed ones resumed); 2. scores each with the evaluation suite (recall probes, context length, lm-eval on
-#    tasks generated from the test split), teacher and no-mixing baseline beside them.
+# usage: bash scripts/keep_lose_stories260k.sh [RUNS_DIR]      (needs ../shared beside the checkout; ~4 hours on 2 cores)
+# 1. trains the students of that section with the recipes of the earlier sections, and writes their untrained
+#    (teacher-initialised) starts; 2. scores each with the evaluation suite (recall probes, context length, lm-eval
+#    on tasks made from the test split; the teacher and no-mixing baseline come with every suite), the hybrid also
+#    with its wave branch switched off; 3. the side-by-side tables. Finished steps are skipped, killed runs resumed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs}/keep_lose
@@ -17,16 +18,40 @@ train() {  # train NAME COMMAND [flags]: one run into $R/NAME unless it is finis
   local resume=(); [ -d "$R/$name/checkpoint" ] && resume=(--resume)
   wavedistill "$cmd" --teacher $T --data $D --output-dir "$R/$name" "${resume[@]}" "$@" > "$R/$name.log" 2>&1
 }
+suite() {  # suite RUN [OUTPUT_DIR FLAGS...]: the evaluation suite of a finished run unless it is done
+  local run=$1 out=${2:-$1}; shift; [ $# -gt 0 ] && shift
+  [ -f "$R/$out/suite/lm_eval.json" ] && return 0
+  local where=(); [ "$out" != "$run" ] && where=(--output-dir "$R/$out")
+  wavedistill eval --student "$R/$run" --suite recall,length,lm-eval "${where[@]}" "$@" > "$R/$out.suite.log" 2>&1
+}
 TKD=(--recipe configs/transfer_kd.yaml)  # transfer 500 (lr 0.01) -> kd 1,500: 2,000 steps of 16 x 256 tokens
 FD='{"feature_dim": 64}'
-# The students, each with the recipe its earlier section reports (docs/results.md).
+HYB='{"window": 16, "feature_dim": 64}'
+COMPRESSED=(--student compressed --batch-size 16 --seq-len 256 --seed 0)
+# 1. The students, each with the recipe its earlier section reports (docs/results.md), and their untrained starts.
 train learned_gate distill "${TKD[@]}" --wave-type learned_gate &
 train frequency_band distill --wave-type frequency_band --max-steps 2000 --batch-size 16 --seq-len 256 &
 wait
 train rotary_gla distill "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs "$FD" --alpha 1.0 &
 train gated_delta_net distill "${TKD[@]}" --wave-type gated_delta_net &
 wait
-train hybrid16 distill "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs '{"window": 16, "feature_dim": 64}' --alpha 1.0 &
-train compressed_attention kd --student compressed --max-steps 800 --batch-size 16 --seq-len 256 --lr 3e-3 \
-  --alpha 0.9 --eval-every 100 --save-every 200 --seed 0 &
+train hybrid16 distill "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs "$HYB" --alpha 1.0 &
+train compressed_attention kd "${COMPRESSED[@]}" --max-steps 800 --lr 3e-3 --alpha 0.9 --eval-every 100 --save-every 200 &
 wait
+for m in learned_gate frequency_band gated_delta_net; do train ${m}_untrained distill --wave-type $m --no-train; done
+train rotary_gla_untrained distill --wave-type rotary_gla --mixer-kwargs "$FD" --no-train
+train hybrid16_untrained distill --wave-type rotary_gla --mixer-kwargs "$HYB" --no-train
+train compressed_attention_untrained kd "${COMPRESSED[@]}" --no-train
+# 2. The suite, two at a time (one CPU thread each).
+STUDENTS=(learned_gate frequency_band rotary_gla gated_delta_net hybrid16 compressed_attention)
+for run in "${STUDENTS[@]}" "${STUDENTS[@]/%/_untrained}"; do
+  suite "$run" &
+  [ "$(jobs -r | wc -l)" -ge 2 ] && wait -n
+done
+suite hybrid16 hybrid16/wave_branch_off --mixer-attrs '{"use_linear": false}' &
+wait
+# 3. Tables: the usual report (top-5 / KL and the suite's headline numbers) and the suites side by side.
+wavedistill report "${STUDENTS[@]/#/$R/}" $(for s in "${STUDENTS[@]}"; do echo "$R/${s}_untrained"; done) --output "$R/report.md" > /dev/null
+wavedistill report --suite "${STUDENTS[@]/#/$R/}" "$R/hybrid16/wave_branch_off" --output "$R/suite_trained.md" > /dev/null
+wavedistill report --suite $(for s in "${STUDENTS[@]}"; do echo "$R/${s}_untrained"; done) --output "$R/suite_untrained.md" > /dev/null
+echo "tables: $R/report.md, $R/suite_trained.md, $R/suite_untrained.md"

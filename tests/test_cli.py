@@ -502,3 +502,13 @@ def test_eval_suite_writes_recall_length_and_lm_eval_and_report_shows_them(finis
     report = ok(wavedistill("report", run)).stdout
     assert "induction acc L=32" in report and "story_ending acc_norm (teacher)" in report
     assert "suite/suite.md" in report
+
+
+@pytest.mark.parametrize("command", ["lm-eval", "suite"])
+def test_without_lm_eval_the_commands_say_how_to_install_it(command, finished_run, run_tasks, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` now fails as if it were not installed
+    argv = (["lm-eval", finished_run[0], "--tasks", "story_ending", "--include-path", run_tasks[0]]
+            if command == "lm-eval" else ["eval", "--student", finished_run[0], "--suite", "recall,lm-eval"])
+    proc = wavedistill_here(*argv, "--output-dir", tmp_path / "out")
+    assert_one_line_error(proc, "lm-eval is not installed", 'pip install -e ".[eval]"')
+    assert not (tmp_path / "out").exists()

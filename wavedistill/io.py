@@ -68,8 +68,16 @@ def load_tokenizer(name_or_path: str):
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load {name_or_path!r}: {str(e).splitlines()[0][:300]}") from None
+    return tokenizer, context_length(config)
+
+
+def context_length(config) -> int | None:
+    """The context a model was trained for, from its HF config (a VLM's text config); None when it names none."""
     config = getattr(config, "text_config", None) or config
-    return tokenizer, getattr(config, "max_position_embeddings", None)
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return None
 
 
 def check_device_map(device_map) -> None:

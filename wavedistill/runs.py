@@ -147,12 +147,3 @@ def set_mixer_attrs(model: nn.Module, attrs: dict) -> None:
             if not hasattr(m.mixer, name) or callable(getattr(m.mixer, name)):
                 raise WavedistillError(f"--mixer-attrs: the {m.mixer.name} mixer of layer {i} has no setting {name!r}")
             setattr(m.mixer, name, value)
-
-
-def max_context(model: nn.Module) -> int | None:
-    """The context a model was trained for (``max_position_embeddings``), None when its config has none."""
-    config = model.config
-    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-        if getattr(config, key, None):
-            return int(getattr(config, key))
-    return None

@@ -92,33 +92,37 @@ def decode_speed(models, stream: torch.Tensor, names, lengths: list[int], decode
     warm-up step), through each model's own cache: attention's keys / values, a wave mixer's state."""
     import warnings
 
-    from transformers import DynamicCache
-
-    # transformers 5.2x renames the forward's past_key_values to cache; the old name works in every 5.x.
-    warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
-
     if decode_tokens < 1:
         raise WavedistillError(f"--decode-tokens must be at least 1, got {decode_tokens}")
     out = {"decode_tokens": decode_tokens, "threads": torch.get_num_threads(), "ms_per_token": {}}
-    for n in names:
-        row = {}
-        with as_model(n, models.student, models.teacher) as model:
-            device = next(model.parameters()).device
-            for L in lengths:
-                if len(stream) < L:
-                    raise WavedistillError(f"the held-out text has {len(stream)} tokens, fewer than a prompt of {L}")
-                cache = DynamicCache(config=model.config)
-                out_ = model(stream[None, :L].to(device), past_key_values=cache, use_cache=True)
-                token = out_.logits[:, -1:].argmax(-1)
-                times = []
-                for _ in range(decode_tokens + 1):
-                    t0 = time.perf_counter()
-                    out_ = model(token, past_key_values=cache, use_cache=True)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    times.append((time.perf_counter() - t0) * 1000)
-                    token = out_.logits[:, -1:].argmax(-1)
-                steps = sorted(times[1:])
-                row[str(L)] = {"median": steps[len(steps) // 2], "min": steps[0], "max": steps[-1]}
-        out["ms_per_token"][n] = row
+    with warnings.catch_warnings():
+        # transformers 5.2x renames the forward's past_key_values to cache; the old name works in every 5.x.
+        warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
+        for n in names:
+            out["ms_per_token"][n] = _decode_times(models, n, stream, lengths, decode_tokens)
     return out
+
+
+def _decode_times(models, name: str, stream: torch.Tensor, lengths: list[int], decode_tokens: int) -> dict:
+    from transformers import DynamicCache
+
+    row = {}
+    with as_model(name, models.student, models.teacher) as model:
+        device = next(model.parameters()).device
+        for L in lengths:
+            if len(stream) < L:
+                raise WavedistillError(f"the held-out text has {len(stream)} tokens, fewer than a prompt of {L}")
+            cache = DynamicCache(config=model.config)
+            out = model(stream[None, :L].to(device), past_key_values=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+            times = []
+            for _ in range(decode_tokens + 1):  # the first step is a warm-up
+                t0 = time.perf_counter()
+                out = model(token, past_key_values=cache, use_cache=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append((time.perf_counter() - t0) * 1000)
+                token = out.logits[:, -1:].argmax(-1)
+            steps = sorted(times[1:])
+            row[str(L)] = {"median": steps[len(steps) // 2], "min": steps[0], "max": steps[-1]}
+    return row

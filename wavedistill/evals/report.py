@@ -166,11 +166,12 @@ def plot_suite(suite: dict, directory: str) -> None:
     if "length" in suite:
         prof = suite["length"]["profile"]
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        styles = {"teacher": "-", "no_mixing": ":", "student": "--"}
+        colors = {"teacher": "C0", "no_mixing": "C7", "student": "C3"}  # colour: the model; line: the window
+        styles = ["-", "--", ":", "-."]
         for i, (L, row) in enumerate(prof["lengths"].items()):
             mids = [(int(b.split("-")[0]) + int(b.split("-")[1])) / 2 for b in row["buckets"]]
             for n, cells in row["ppl"].items():
-                ax.plot(mids, [c["value"] for c in cells], styles[n], marker="o", color=f"C{i}",
+                ax.plot(mids, [c["value"] for c in cells], styles[i % len(styles)], marker="o", color=colors[n],
                         label=f"{LABELS[n]}, windows of {L}")
         if prof["teacher_context"]:
             ax.axvline(prof["teacher_context"], color="gray", alpha=0.5)

@@ -77,7 +77,8 @@ def run_suite(student: str, parts: list[str], held, settings: SuiteSettings, *, 
     """Run ``parts`` for the student at ``student`` on ``held`` (:class:`wavedistill.runs.HeldOut`); the folder."""
     import torch
 
-    from ..runs import load_run_models, max_context
+    from ..io import context_length
+    from ..runs import load_run_models
 
     small = [k for k in ("sequences", "passages", "trials", "decode_tokens", "batch_size") if getattr(settings, k) < 1]
     if small:
@@ -95,7 +96,7 @@ def run_suite(student: str, parts: list[str], held, settings: SuiteSettings, *, 
         require_lm_eval()
     models = load_run_models(student, base=base, teacher=teacher, dtype=dtype or torch.float32, device=device,
                              mixer_attrs=mixer_attrs)
-    context = max_context(models.teacher)
+    context = context_length(models.teacher.config)
     stream = held.stream(models.tokenizer)
     results = {}
     # Check the lengths of every part before the first one runs: nothing is written for a request that must fail.
