@@ -324,6 +324,17 @@ def cmd_demo(args) -> None:
     run_demo(args)
 
 
+def add_held_out_args(p: argparse.ArgumentParser, splits: list[str]) -> None:
+    """Which held-out text a command reads: a split of --data's documents, split as the run split them."""
+    p.add_argument("--split", default="test", choices=splits,
+                   help="which part of --data: the run's test split (default)" + (" or all of it" if "all" in splits
+                                                                                   else ""))
+    p.add_argument("--val-frac", type=float, help="default: the run's config.yaml, else 0.05")
+    p.add_argument("--test-frac", type=float, help="default: the run's config.yaml, else 0.10")
+    p.add_argument("--n-samples", type=int, help="documents to read (0 = all; hub: 20000); default: the run's when "
+                   "--data is the run's data")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wavedistill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -370,13 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "context length, lm-eval")
     p.add_argument("--student", required=True, help="run folder (with adapter/) or adapter folder")
     p.add_argument("--data", help="local .txt/.jsonl/.parquet file or hub dataset (default: the run's --data)")
-    p.add_argument("--split", default="test", choices=["test", "val", "all"],
-                   help="which part of --data to score: the distill run's test split (default) or all of it")
-    p.add_argument("--val-frac", type=float, help="default: the run's config.yaml, else 0.05")
-    p.add_argument("--test-frac", type=float, help="default: the run's config.yaml, else 0.10")
+    add_held_out_args(p, ["test", "val", "all"])
     p.add_argument("--seq-len", type=int, help="default: the run's config.yaml, else 256")
-    p.add_argument("--n-samples", type=int, help="documents to read (0 = all; hub: 20000); default: the run's when "
-                   "--data is the run's data")
     p.add_argument("--max-windows", type=int, default=0, help="0 = every window")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--base", help="base model (default: the one named in the adapter)")
@@ -431,11 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "/ hub id (its tokenizer and context)")
     p.add_argument("--data", help="local .txt/.jsonl/.parquet file or hub dataset (default: the run's --data)")
     p.add_argument("--output-dir", required=True, help="a new folder for the tasks (lm-eval --include-path)")
-    p.add_argument("--split", default="test", choices=["test", "val"], help="held-out split to draw from "
-                   "(default: test)")
-    p.add_argument("--val-frac", type=float, help="default: the run's config.yaml, else 0.05")
-    p.add_argument("--test-frac", type=float, help="default: the run's config.yaml, else 0.10")
-    p.add_argument("--n-samples", type=int, help="documents to read (default: the run's)")
+    add_held_out_args(p, ["test", "val"])
     p.add_argument("--choices", type=int, default=4, help="story_ending: endings per example (default: 4)")
     p.add_argument("--max-examples", type=int, default=0, help="per task; 0 = all (default)")
     p.add_argument("--seed", type=int, default=0)
