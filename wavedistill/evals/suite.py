@@ -26,7 +26,6 @@ from . import recall as recall_probe
 from .report import SUITE, load_suite, plot_suite, suite_markdown
 from .scoring import MODELS
 
-PARTS = ("recall", "length", "lm-eval")
 
 
 @dataclass
@@ -86,7 +85,8 @@ def run_suite(student: str, parts: list[str], held, settings: SuiteSettings, *, 
     if mixer_attrs and output_dir is None:
         raise WavedistillError("--mixer-attrs changes the student: pass --output-dir for its results")
     directory = suite_dir(student, output_dir)
-    identity = {"student": os.path.abspath(student), "mixer_attrs": mixer_attrs or None, "data": held.data,
+    data = os.path.abspath(held.data) if os.path.exists(held.data) else held.data
+    identity = {"student": os.path.abspath(student), "mixer_attrs": mixer_attrs or None, "data": data,
                 "split": held.split, "n_samples": held.n_samples, "val_frac": held.val_frac,
                 "test_frac": held.test_frac}
     check_suite_dir(directory, identity)
@@ -98,7 +98,6 @@ def run_suite(student: str, parts: list[str], held, settings: SuiteSettings, *, 
                              mixer_attrs=mixer_attrs)
     context = context_length(models.teacher.config)
     stream = held.stream(models.tokenizer)
-    results = {}
     # Check the lengths of every part before the first one runs: nothing is written for a request that must fail.
     lengths = list(settings.lengths or length_probe.default_lengths(held.seq_len, context))
     if "recall" in parts:
@@ -107,57 +106,77 @@ def run_suite(student: str, parts: list[str], held, settings: SuiteSettings, *, 
     if "length" in parts and len(stream) < max(lengths):
         raise WavedistillError(f"{held.describe()} has {len(stream)} tokens, fewer than one window of {max(lengths)}; "
                                "pass more text (--data) or shorter --lengths")
-    names = list(MODELS)
+    inputs = SuiteInputs(student, held, settings, models, stream, context, lengths, directory)
     for part in parts:
         print(f"suite: {part} ({held.describe()})", flush=True)
-        if part == "recall":
-            from ..data import eval_windows
-
-            windows = eval_windows(stream, held.seq_len, settings.max_windows)
-            results[part] = {
-                "induction": recall_probe.induction(models, models.tokenizer, names, settings.induction_lengths,
-                                                    settings.sequences, context, settings.batch_size, settings.seed),
-                "copy_positions": recall_probe.copy_positions(models, windows, names, settings.batch_size),
-                "repeated_passages": recall_probe.repeated_passages(models, stream, names, settings.passage_lengths,
-                                                                    settings.passages, context, settings.batch_size),
-                "passkey": recall_probe.passkey(models, models.tokenizer, stream, names, settings.fillers,
-                                                settings.trials, context=context, batch_size=settings.batch_size,
-                                                seed=settings.seed)}
-        elif part == "length":
-            results[part] = {
-                "profile": length_probe.position_profile(models, stream, names, lengths, context,
-                                                         settings.max_windows, max(1, settings.batch_size // 2)),
-                "decode": length_probe.decode_speed(models, stream, ["teacher", "student"], lengths,
-                                                    settings.decode_tokens)}
-        else:
-            results[part] = run_lm_eval_part(student, held, models, directory, settings, context)
-        results[part]["held_out"] = {"text": held.describe(), "tokens": len(stream), "seq_len": held.seq_len}
-        write_part(directory, part, results[part], identity, settings)
+        result = PARTS[part](inputs)
+        result["held_out"] = {"text": held.describe(), "tokens": len(stream), "seq_len": held.seq_len}
+        write_part(directory, part, result, identity, settings)
     return directory
 
 
-def run_lm_eval_part(student: str, held, models, directory: str, settings: SuiteSettings, context) -> dict:
+@dataclass
+class SuiteInputs:
+    """What every part scores with: the loaded models, the held-out stream and the teacher's context."""
+
+    student: str
+    held: object  # wavedistill.runs.HeldOut
+    settings: SuiteSettings
+    models: object  # wavedistill.runs.RunModels
+    stream: object  # (N,) held-out token ids
+    context: int | None
+    lengths: list[int]
+    directory: str
+
+
+def run_recall(x: SuiteInputs) -> dict:
+    from ..data import eval_windows
+
+    s, names = x.settings, list(MODELS)
+    windows = eval_windows(x.stream, x.held.seq_len, s.max_windows)
+    return {"induction": recall_probe.induction(x.models, x.models.tokenizer, names, s.induction_lengths, s.sequences,
+                                                x.context, s.batch_size, s.seed),
+            "copy_positions": recall_probe.copy_positions(x.models, windows, names, s.batch_size),
+            "repeated_passages": recall_probe.repeated_passages(x.models, x.stream, names, s.passage_lengths,
+                                                                s.passages, x.context, s.batch_size),
+            "passkey": recall_probe.passkey(x.models, x.models.tokenizer, x.stream, names, s.fillers, s.trials,
+                                            context=x.context, batch_size=s.batch_size, seed=s.seed)}
+
+
+def run_length(x: SuiteInputs) -> dict:
+    s = x.settings
+    return {"profile": length_probe.position_profile(x.models, x.stream, list(MODELS), x.lengths, x.context,
+                                                     s.max_windows, max(1, s.batch_size // 2)),
+            "decode": length_probe.decode_speed(x.models, x.stream, ["teacher", "student"], x.lengths,
+                                                s.decode_tokens)}
+
+
+def run_lm_eval_part(x: SuiteInputs) -> dict:
     """Tasks made from the held-out documents, scored by lm-eval for teacher, no mixing and student."""
     from .harness import (check_limit, evaluate, headline, load_task_data, table_markdown, task_manager,
                           write_results)
     from .scoring import as_model
     from .tasks import TASKS, make_tasks
 
-    limit = check_limit(settings.lm_eval_limit)
-    tasks_dir = os.path.join(directory, "tasks")
-    manifest = make_tasks(held, models.tokenizer, tasks_dir, model=student, max_context=context, seed=settings.seed)
+    limit = check_limit(x.settings.lm_eval_limit)
+    tasks_dir = os.path.join(x.directory, "tasks")
+    manifest = make_tasks(x.held, x.models.tokenizer, tasks_dir, model=x.student, max_context=x.context,
+                          seed=x.settings.seed)
     manager = task_manager(tasks_dir, list(TASKS))
     load_task_data(list(TASKS), manager)
     results = {}
     for name in MODELS:
         print(f"lm-eval: {name} on {', '.join(TASKS)}", flush=True)
-        with as_model(name, models.student, models.teacher) as model:
-            results[name] = evaluate(model, models.tokenizer, list(TASKS), manager, num_fewshot=None, limit=limit,
-                                     batch_size=settings.lm_eval_batch_size, max_length=None)
-        write_results(os.path.join(directory, "lm_eval"), name, results[name])
+        with as_model(name, x.models.student, x.models.teacher) as model:
+            results[name] = evaluate(model, x.models.tokenizer, list(TASKS), manager, num_fewshot=None, limit=limit,
+                                     batch_size=x.settings.lm_eval_batch_size, max_length=None)
+        write_results(os.path.join(x.directory, "lm_eval"), name, results[name])
     table = table_markdown(results, {n: r.get("samples", {}) for n, r in results.items()})
     return {"tasks": manifest["tasks"], "choices": manifest["choices"], "limit": limit, "table": table,
             "headline": {n: headline(r) for n, r in results.items()}}
+
+
+PARTS = {"recall": run_recall, "length": run_length, "lm-eval": run_lm_eval_part}
 
 
 def write_part(directory: str, part: str, result: dict, identity: dict, settings: SuiteSettings) -> None:
