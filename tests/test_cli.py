@@ -486,7 +486,7 @@ def test_eval_suite_writes_recall_length_and_lm_eval_and_report_shows_them(finis
     recall = json.loads((suite / "recall.json").read_text())
     assert list(recall["induction"]["lengths"]) == ["16", "32"]  # 2L + 1 <= 128, the tiny teacher's context
     assert recall["induction"]["skipped_lengths"] == [64, 128, 256]
-    assert set(recall["copy_positions"]["agreement"]) == {"no_mixing", "student"}
+    assert set(recall["copy_positions"]["agreement_needs_context"]) == {"no_mixing", "student"}
     assert recall["passkey"]["forms"]["name"]["fillers"]["0"]["teacher"]["n"] == 3
     length = json.loads((suite / "length.json").read_text())
     assert list(length["profile"]["lengths"]) == ["32", "64", "128", "256"]  # 1x, 2x, 4x, 2x the context

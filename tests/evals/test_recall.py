@@ -106,15 +106,43 @@ def test_copy_positions_agreement_and_buckets():
     far = torch.stack([torch.randperm(400, generator=g)[:150] + 100 for _ in range(6)])
     windows = torch.cat([torch.randint(2, 40, (6, 60), generator=g), far, far], dim=1)
     same = recall.copy_positions(models(CopyOracle()), windows, ["teacher", "student"], batch_size=4)
-    assert same["agreement"]["student"]["all"]["value"] == 1.0
+    assert same["agreement_all"]["student"]["value"] == 1.0
+    assert list(same["shares"]) == ["copy"]  # no baseline among the models: no needs-context subset
     flat = recall.copy_positions(models(Constant()), windows, ["teacher", "student"], batch_size=4)
     top = CopyOracle()(windows).logits.argmax(-1)
     dist = recall.last_occurrence_distance(windows, top)
-    agree = flat["agreement"]["student"]
-    assert agree["all"]["value"] == pytest.approx((top == 0).float().mean().item())
+    assert flat["agreement_all"]["student"]["value"] == pytest.approx((top == 0).float().mean().item())
+    agree = flat["agreement_copy"]["student"]
     counts = [agree[b]["n"] for b in flat["buckets"]]
     assert sum(counts) == (dist > 0).sum().item() and all(c > 0 for c in counts)
-    assert flat["copy_share"]["value"] == pytest.approx((dist > 0).float().mean().item())
+    assert flat["shares"]["copy"]["value"] == pytest.approx((dist > 0).float().mean().item())
+
+
+def test_copies_that_need_the_context_are_those_the_no_mixing_baseline_misses():
+    from tests.conftest import tiny_model
+    from wavedistill.evaluate import attention_zeroed
+    from wavedistill.surgery import TeacherView, convert
+
+    student = tiny_model("llama")
+    convert(student, "learned_gate")
+    m = RunModels(student, TeacherView(student), None, {}, None)
+    windows = torch.randint(0, 20, (3, 48), generator=torch.Generator().manual_seed(0))
+    out = recall.copy_positions(m, windows, ["teacher", "no_mixing", "student"], batch_size=2)
+    with torch.no_grad():
+        top = m.teacher(windows).logits.argmax(-1)
+        with attention_zeroed(m.teacher):
+            base = m.teacher(windows).logits.argmax(-1)
+        mine = student(windows).logits.argmax(-1)
+    dist = recall.last_occurrence_distance(windows, top)
+    need = (dist > 0) & (base != top)
+    assert out["shares"]["needs_context"]["n"] == 3 * 48
+    assert out["shares"]["needs_context"]["value"] == pytest.approx(need.float().mean().item())
+    hits = sum(out["agreement_needs_context"]["student"][b]["value"] * out["agreement_needs_context"]["student"][b]["n"]
+               for b in out["buckets"] if out["agreement_needs_context"]["student"][b]["n"])
+    assert hits == pytest.approx(((mine == top) & need).sum().item())
+    for b in out["buckets"]:  # there, by definition, the baseline never agrees with the teacher
+        cell = out["agreement_needs_context"]["no_mixing"][b]
+        assert cell["n"] == 0 or cell["value"] == 0.0
 
 
 def test_repeated_passages_gain_is_second_copy_minus_first():

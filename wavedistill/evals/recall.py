@@ -10,8 +10,9 @@ teacher, the no-mixing baseline and the student, with standard errors and counts
   accuracy is 1 / their number; a small teacher may be at chance here (it never learned a general copy).
 * ``copy_positions`` -- on held-out windows, the positions whose *teacher* top-1 token occurs earlier in the
   window, bucketed by the distance back to its last occurrence (1-8, 9-32, 33-128, > 128): the student's
-  top-1 agreement with the teacher there, next to its agreement over all positions. Standard errors
-  treat windows as clusters.
+  top-1 agreement with the teacher there, next to its agreement over all positions; and the same over the
+  copies that need the context (the no-mixing baseline predicts another token). Standard errors treat
+  windows as clusters.
 * ``repeated_passages`` -- a held-out passage of L tokens followed by the same passage: top-1 accuracy
   (true next token) on the second copy against the first, per passage, and the gain; natural text
   carries a copy signal even for a teacher too small to copy random tokens.
@@ -102,30 +103,47 @@ def last_occurrence_distance(ids: torch.Tensor, predicted: torch.Tensor) -> torc
 @torch.no_grad()
 def copy_positions(models, windows: torch.Tensor, names, batch_size: int = 8) -> dict:
     """Top-1 agreement with the teacher on held-out windows (N, T): all positions, and the positions whose
-    teacher top-1 token occurs earlier in the window, by distance bucket (windows are the clusters)."""
+    teacher top-1 token occurs earlier in the window, by distance bucket (windows are the clusters).
+
+    With the no-mixing baseline among ``names``, also the stricter subset of those positions where the
+    baseline's top-1 differs from the teacher's: copies the current token alone does not predict (frequent
+    tokens such as "the" or "." occur earlier in almost every window and dominate the plain selection).
+    """
     others = [n for n in names if n != "teacher"]
-    per = {n: {"all": ([], []), **{b: ([], []) for b in DISTANCE_BUCKETS}} for n in others}
-    copies, positions = [], []
+    selections = ["copy", "needs_context"] if "no_mixing" in names else ["copy"]
+    keys = [(sel, b) for sel in selections for b in DISTANCE_BUCKETS]
+    per = {n: {k: ([], []) for k in ["all", *keys]} for n in others}
+    shares = {sel: [] for sel in selections}
+    positions = []
     for i in range(0, len(windows), batch_size):
         ids = windows[i: i + batch_size]
         top = logits(models, "teacher", ids).argmax(-1)  # (B, T)
         dist = last_occurrence_distance(ids, top)
-        copies += (dist > 0).sum(1).tolist()
+        tops = {n: logits(models, n, ids).argmax(-1) for n in others}
+        masks = {"copy": dist > 0}
+        if "needs_context" in selections:
+            masks["needs_context"] = masks["copy"] & (tops["no_mixing"] != top)
         positions += [ids.shape[1]] * len(ids)
+        for sel in selections:
+            shares[sel] += masks[sel].sum(1).tolist()
         for n in others:
-            agree = logits(models, n, ids).argmax(-1) == top
-            per[n]["all"][0].extend(agree.sum(1).tolist())
-            per[n]["all"][1].extend([ids.shape[1]] * len(ids))
-            for lo, hi in DISTANCE_BUCKETS:
-                inside = (dist >= lo) & (dist <= (hi or ids.shape[1]))
-                per[n][(lo, hi)][0].extend((agree & inside).sum(1).tolist())
-                per[n][(lo, hi)][1].extend(inside.sum(1).tolist())
-    out = {"windows": len(windows), "seq_len": windows.shape[1], "copy_share": estimate(*ratio_se(copies, positions)),
-           "buckets": [bucket_name(b) for b in DISTANCE_BUCKETS], "agreement": {}}
-    for n in others:
-        out["agreement"][n] = {"all": estimate(*ratio_se(*per[n]["all"])),
-                               **{bucket_name(b): estimate(*ratio_se(*per[n][b])) for b in DISTANCE_BUCKETS}}
+            agree = tops[n] == top
+            _add_rate(per[n]["all"], agree, torch.ones_like(agree))
+            for sel, (lo, hi) in keys:
+                _add_rate(per[n][sel, (lo, hi)], agree, masks[sel] & (dist >= lo) & (dist <= (hi or ids.shape[1])))
+    out = {"windows": len(windows), "seq_len": windows.shape[1], "buckets": [bucket_name(b) for b in DISTANCE_BUCKETS],
+           "shares": {sel: estimate(*ratio_se(shares[sel], positions)) for sel in selections}}
+    for sel in selections:
+        out[f"agreement_{sel}"] = {n: {bucket_name(b): estimate(*ratio_se(*per[n][sel, b])) for b in DISTANCE_BUCKETS}
+                                   for n in others}
+    out["agreement_all"] = {n: estimate(*ratio_se(*per[n]["all"])) for n in others}
     return out
+
+
+def _add_rate(acc: tuple[list, list], hits: torch.Tensor, inside: torch.Tensor) -> None:
+    """Per window (row): the hits inside the selection and the selection's size."""
+    acc[0].extend((hits & inside).sum(1).tolist())
+    acc[1].extend(inside.sum(1).tolist())
 
 
 def bucket_name(bucket: tuple[int, int | None]) -> str:

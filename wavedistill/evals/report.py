@@ -31,14 +31,23 @@ def recall_markdown(r: dict) -> list[str]:
         out.append(f"| {LABELS[n]} | " + " | ".join(_pm(ind["lengths"][L][n]["accuracy"]) for L in Ls) + " |")
     buckets = cp["buckets"]
     out += ["", f"### Copy positions: {cp['windows']} held-out windows of {cp['seq_len']} tokens",
-            f"Top-1 agreement with the teacher over all positions, and over the positions whose teacher top-1 token "
-            f"occurs earlier in the window ({_pm(cp['copy_share'])} of all), by the distance back to its last "
-            "occurrence. Standard errors over windows.\n",
-            "| model | all | " + " | ".join(f"distance {b}" for b in buckets) + " |", "|---|" + "---:|" * (1 + len(buckets))]
-    for n, row in cp["agreement"].items():
-        out.append(f"| {LABELS[n]} | {_pm(row['all'])} | " + " | ".join(_pm(row[b]) for b in buckets) + " |")
-    first = next(iter(cp["agreement"].values()))
-    out.append("| positions | " + " | ".join(f"{first[k]['n']:,}" for k in ["all", *buckets]) + " |")
+            "Top-1 agreement with the teacher over all positions, and over the positions whose teacher top-1 token "
+            f"occurs earlier in the window ({_pm(cp['shares']['copy'])} of all), by the distance back to its last "
+            "occurrence"]
+    if "needs_context" in cp["shares"]:
+        out[-1] += (f"; below them, the copies that need the context: the no-mixing baseline predicts another "
+                    f"token ({_pm(cp['shares']['needs_context'])} of all positions)")
+    out[-1] += ". Standard errors over windows.\n"
+    out += ["| model | selection | all positions | " + " | ".join(f"distance {b}" for b in buckets) + " |",
+            "|---|---|" + "---:|" * (1 + len(buckets))]
+    for sel in cp["shares"]:
+        rows = cp[f"agreement_{sel}"]
+        for n, row in rows.items():
+            first = _pm(cp["agreement_all"][n]) if sel == "copy" else ""
+            out.append(f"| {LABELS[n]} | {sel.replace('_', ' ')} | {first} | "
+                       + " | ".join(_pm(row[b]) for b in buckets) + " |")
+        out.append(f"| positions | {sel.replace('_', ' ')} | {cp['agreement_all'][n]['n'] if sel == 'copy' else ''} | "
+                   + " | ".join(f"{next(iter(rows.values()))[b]['n']:,}" for b in buckets) + " |")
     Ls = list(rep["lengths"])
     n_pass = {L: next(iter(rep["lengths"][L].values()))["gain"]["n"] for L in Ls}
     out += ["", "### Repeated held-out passages",
@@ -118,10 +127,11 @@ def headline(suite: dict) -> dict:
         ind = suite["recall"]["induction"]["lengths"]
         L = "64" if "64" in ind else list(ind)[-1]
         h[f"induction acc L={L}"] = ind[L]["student"]["accuracy"]["value"]
-        cp = suite["recall"]["copy_positions"]["agreement"]["student"]
-        far = suite["recall"]["copy_positions"]["buckets"][-1]
-        h["copy top-1 all"] = cp["all"]["value"]
-        h[f"copy top-1 {far}"] = cp[far]["value"]
+        cp = suite["recall"]["copy_positions"]
+        far = cp["buckets"][-1]
+        h["top-1 all"] = cp["agreement_all"]["student"]["value"]
+        sel = "needs_context" if "needs_context" in cp["shares"] else "copy"
+        h[f"top-1 {sel.replace('_', ' ')} {far}"] = cp[f"agreement_{sel}"]["student"][far]["value"]
         rep = suite["recall"]["repeated_passages"]["lengths"]
         L = "64" if "64" in rep else list(rep)[0]
         h[f"repeat gain L={L} (teacher)"] = (rep[L]["student"]["gain"]["value"], rep[L]["teacher"]["gain"]["value"])
@@ -150,12 +160,14 @@ def plot_suite(suite: dict, directory: str) -> None:
 
     if "recall" in suite:
         cp = suite["recall"]["copy_positions"]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        keys = ["all", *cp["buckets"]]
-        for n, row in cp["agreement"].items():
-            ax.errorbar(range(len(keys)), [row[k]["value"] for k in keys], yerr=[row[k]["se"] for k in keys],
-                        marker="o", capsize=3, label=LABELS[n])
-        ax.set_xticks(range(len(keys)), ["all positions", *(f"copy, d {b}" for b in cp["buckets"])], fontsize=8)
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        x = range(len(cp["buckets"]))
+        for sel, style in zip(cp["shares"], ("-", "--")):
+            for n, row in cp[f"agreement_{sel}"].items():
+                ax.errorbar(x, [row[b]["value"] for b in cp["buckets"]], yerr=[row[b]["se"] for b in cp["buckets"]],
+                            marker="o", capsize=3, linestyle=style, color="C7" if n == "no_mixing" else "C3",
+                            label=f"{LABELS[n]}, {sel.replace('_', ' ')}")
+        ax.set_xticks(x, [f"distance {b}" for b in cp["buckets"]], fontsize=8)
         ax.set_ylabel("top-1 agreement with the teacher")
         ax.set_title("copy positions by distance to the last occurrence")
         ax.grid(alpha=0.3)
@@ -240,17 +252,24 @@ def suite_comparison(runs: list[tuple[str, dict]]) -> str:
     if all("recall" in s for _, s in runs):
         ind, rep = first["recall"]["induction"], first["recall"]["repeated_passages"]
         Li, Lr, buckets = list(ind["lengths"]), list(rep["lengths"]), first["recall"]["copy_positions"]["buckets"]
+        what = ("the copies that need the context (teacher's top-1 earlier in the window, the no-mixing baseline "
+                "predicting another)" if "needs_context" in first["recall"]["copy_positions"]["shares"]
+                else "positions whose teacher top-1 occurs earlier in the window")
         out += [f"**Recall** — induction: top-1 accuracy on the repeated random tokens (chance {ind['chance']:.4f}); "
-                "copy: top-1 agreement with the teacher, all positions and by copy distance; repeat: accuracy gain "
-                "of the second copy of a held-out passage over the first.\n",
-                "| model | " + " | ".join(f"induction L={L}" for L in Li) + " | copy all | "
-                + " | ".join(f"copy {b}" for b in buckets) + " | " + " | ".join(f"repeat L={L}" for L in Lr) + " |",
+                f"top-1: agreement with the teacher over all positions, and over {what}, by distance to the last "
+                "occurrence; repeat: accuracy gain of the second copy of a held-out passage over the first.\n",
+                "| model | " + " | ".join(f"induction L={L}" for L in Li) + " | top-1 all | "
+                + " | ".join(f"copy d {b}" for b in buckets) + " | " + " | ".join(f"repeat L={L}" for L in Lr) + " |",
                 "|---|" + "---:|" * (len(Li) + 1 + len(buckets) + len(Lr))]
+        sel = "needs_context" if "needs_context" in first["recall"]["copy_positions"]["shares"] else "copy"
         for label, who, suite in rows:
             r = suite["recall"]
-            cp = r["copy_positions"]["agreement"].get(who)
+            cp = r["copy_positions"]
             cells = [_v(r["induction"]["lengths"][L][who]["accuracy"]) for L in Li]
-            cells += [_v(cp["all"]) if cp else "1", *(_v(cp[b]) if cp else "1" for b in buckets)]
+            if who == "teacher":
+                cells += ["1"] * (1 + len(buckets))
+            else:
+                cells += [_v(cp["agreement_all"][who]), *(_v(cp[f"agreement_{sel}"][who][b]) for b in buckets)]
             cells += [f"{r['repeated_passages']['lengths'][L][who]['gain']['value']:+.3f}" for L in Lr]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
         pk = first["recall"]["passkey"]
