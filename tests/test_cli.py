@@ -332,6 +332,8 @@ BAD_INPUTS = {
                                             ["induction", "201", "context of 128"]),
     "suite-zero-trials": (lambda c, run, b, o: ["eval", "--student", run, "--suite", "recall", "--trials", 0,
                                                 "--output-dir", o], ["--trials must be at least 1"]),
+    "report-suite-of-a-run-without-one": (lambda c, run, b, o: ["report", "--suite", run], ["no suite/suite.json",
+                                                                                          "eval --suite"]),
     "unknown-suite-part": (lambda c, run, b, o: ["eval", "--student", run, "--suite", "recal", "--output-dir", o],
                            ["'recal'", "recall, length, lm-eval"]),
     "suite-length-past-the-held-out-text": (lambda c, run, b, o: ["eval", "--student", run, "--suite", "length",
@@ -502,6 +504,11 @@ def test_eval_suite_writes_recall_length_and_lm_eval_and_report_shows_them(finis
     report = ok(wavedistill("report", run)).stdout
     assert "induction acc L=32" in report and "story_ending acc_norm (teacher)" in report
     assert "suite/suite.md" in report
+    side_by_side = ok(wavedistill("report", "--suite", run, run)).stdout
+    for heading in ("**Recall**", "**Passkey, name form**", "**Perplexity by position, windows of 256 tokens**",
+                    "**Decode**", "**lm-eval**", "final_word acc − teacher (paired)"):
+        assert heading in side_by_side
+    assert side_by_side.count("| run |") == 2 * side_by_side.count("| teacher |")  # a student row per run per table
 
 
 @pytest.mark.parametrize("command", ["lm-eval", "suite"])

@@ -203,7 +203,7 @@ def load_suite(directory: str) -> dict:
     """{"identity": ..., part: result} of a suite folder (the parts it holds)."""
     with open(os.path.join(directory, SUITE)) as f:
         suite = json.load(f)
-    out = {"identity": suite["identity"]}
+    out = {"identity": suite["identity"], "directory": directory}
     for part in suite["parts"]:
         with open(os.path.join(directory, f"{part.replace('-', '_')}.json")) as f:
             out[part] = json.load(f)
@@ -239,6 +239,21 @@ def suite_table(run_dirs: list[str]) -> str:
 
 def _v(e, digits: int = 3) -> str:
     return "—" if not e else f"{e['value']:.{digits}f}"
+
+
+def _paired(suite: dict, who: str, task: str, metric: str) -> str:
+    """``who`` − teacher on the examples both scored, ± its standard error, from the suite's per-example records."""
+    from .harness import paired_difference
+
+    if who == "teacher":
+        return "—"
+    samples = {}
+    for name in ("teacher", who):
+        path = os.path.join(suite["directory"], "lm_eval", f"{name}_samples.jsonl")
+        with open(path) as f:
+            samples[name] = [r for r in map(json.loads, f) if r["task"] == task]
+    d = paired_difference(samples["teacher"], samples[who], metric)
+    return f"{d[0]:+.3f} ± {d[1]:.3f}" if d else "—"
 
 
 def suite_comparison(runs: list[tuple[str, dict]]) -> str:
@@ -312,10 +327,14 @@ def suite_comparison(runs: list[tuple[str, dict]]) -> str:
                 f"chance {1 / first['lm-eval']['choices']:.2f}; final_word: {n['final_word']}); ± lm-eval's "
                 "standard error\n",
                 "| model | " + " | ".join(f"{t} {m}" for t, m in keys) + " |", "|---|" + "---:|" * len(keys)]
+        paired = [("story_ending", "acc_norm"), ("final_word", "acc")]
+        out[-2] += " ".join(f"{t} {m} − teacher (paired) |" for t, m in paired)
+        out[-1] += "---:|" * len(paired)
         for label, who, suite in rows:
             h = suite["lm-eval"]["headline"][who]
-            out.append(f"| {label} | " + " | ".join(
-                f"{h[t][m]:.3f} ± {h[t][m + '_stderr']:.3f}" if m != "perplexity" else f"{h[t][m]:.2f}"
-                for t, m in keys) + " |")
+            cells = [f"{h[t][m]:.3f} ± {h[t][m + '_stderr']:.3f}" if m != "perplexity" else f"{h[t][m]:.2f}"
+                     for t, m in keys]
+            cells += [_paired(suite, who, t, m) for t, m in paired]
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
