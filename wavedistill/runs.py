@@ -114,6 +114,9 @@ def load_run_models(path: str, base: str | None = None, teacher: str | None = No
     """
     adapter = adapter_dir(path)
     config = read_adapter_config(adapter)
+    if teacher and not config.get("teacher_model"):
+        raise WavedistillError(f"--teacher is for a separate student; {path!r} converts its base in place, so its "
+                               "teacher is that base (pass it with --base)")
     model, tokenizer = load_teacher(base or config["base_model"], dtype=dtype, device=device)
     vocab = None
     if config.get("teacher_model"):  # a separate student: its base is its own initial state, not the teacher
