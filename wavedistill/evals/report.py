@@ -74,28 +74,29 @@ def recall_markdown(r: dict) -> list[str]:
     return out
 
 
+def _decode_cell(dec: dict, who: str, L: str) -> str:
+    cell = dec["ms_per_token"].get(who, {}).get(L)
+    return f"{cell['median']:.2f} ({cell['min']:.2f}–{cell['max']:.2f})" if cell else "—"
+
+
 def length_markdown(r: dict) -> list[str]:
     prof, dec = r["profile"], r["decode"]
     ctx = prof["teacher_context"]
     out = [f"Perplexity by position bucket (position p: the prediction from the window's first p tokens); the "
-           f"teacher's context is {ctx} tokens, and KL to the teacher is given only inside it.\n"]
+           f"teacher's context is {ctx} tokens, and KL to the teacher is given only inside it. Last column: ms per "
+           f"token decoded after a prompt of the window's length (median of {dec['decode_tokens']} steps, min–max, "
+           f"{dec['threads']} CPU thread(s)).\n"]
     for L, row in prof["lengths"].items():
         out += [f"**Windows of {L} tokens** ({row['windows']} windows)\n",
-                "| model | " + " | ".join(row["buckets"]) + " |", "|---|" + "---:|" * len(row["buckets"])]
+                "| model | " + " | ".join(row["buckets"]) + f" | decode ms / token after {L} |",
+                "|---|" + "---:|" * (len(row["buckets"]) + 1)]
         for n, cells in row["ppl"].items():
             # ppl = exp(mean loss): its standard error is ppl x the loss's (the delta method)
             out.append(f"| {LABELS[n]} ppl | " + " | ".join(f"{c['value']:.2f} ± {c['value'] * c['se']:.2f}"
-                                                           for c in cells) + " |")
+                                                           for c in cells) + f" | {_decode_cell(dec, n, L)} |")
         if "kl" in row:
-            out.append("| student KL | " + " | ".join(_pm(c) for c in row["kl"]) + " |")
+            out.append("| student KL | " + " | ".join(_pm(c) for c in row["kl"]) + " | |")
         out.append("")
-    Ls = list(next(iter(dec["ms_per_token"].values())))
-    out += [f"**Decode**: ms per generated token after a prompt of L tokens (median of {dec['decode_tokens']} steps; "
-            f"min–max; {dec['threads']} CPU thread(s))\n",
-            "| model | " + " | ".join(f"L = {L}" for L in Ls) + " |", "|---|" + "---:|" * len(Ls)]
-    for n, row in dec["ms_per_token"].items():
-        out.append(f"| {LABELS[n]} | " + " | ".join(f"{row[L]['median']:.2f} ({row[L]['min']:.2f}–{row[L]['max']:.2f})"
-                                                    for L in Ls) + " |")
     return out
 
 
@@ -299,26 +300,22 @@ def suite_comparison(runs: list[tuple[str, dict]]) -> str:
         out.append("")
     if all("length" in s for _, s in runs):
         prof = first["length"]["profile"]
+        dec = first["length"]["decode"]
         for L, row in prof["lengths"].items():
             out += [f"**Perplexity by position, windows of {L} tokens** (teacher's context {prof['teacher_context']}; "
-                    "KL to the teacher in brackets where the teacher is inside its context)\n",
-                    "| model | " + " | ".join(row["buckets"]) + " |", "|---|" + "---:|" * len(row["buckets"])]
+                    "KL to the teacher in brackets where the teacher is inside its context; last column: ms per token "
+                    f"decoded after a prompt of {L}, median of {dec['decode_tokens']} steps, {dec['threads']} "
+                    "thread(s))\n",
+                    "| model | " + " | ".join(row["buckets"]) + " | decode ms |", "|---|" + "---:|" * (len(row["buckets"]) + 1)]
             for label, who, suite in rows:
                 r = suite["length"]["profile"]["lengths"][L]
                 cells = [f"{c['value']:.2f}" for c in r["ppl"][who]]
                 if who == "student":
                     cells = [c + (f" ({k['value']:.3f})" if k else "") for c, k in zip(cells, r["kl"])]
+                cell = suite["length"]["decode"]["ms_per_token"].get(who, {}).get(L)
+                cells.append(f"{cell['median']:.2f}" if cell else "—")
                 out.append(f"| {label} | " + " | ".join(cells) + " |")
             out.append("")
-        dec = first["length"]["decode"]
-        Ls = list(dec["ms_per_token"]["teacher"])
-        out += [f"**Decode**: ms per token after a prompt of L tokens (median of {dec['decode_tokens']}, "
-                f"{dec['threads']} thread(s))\n", "| model | " + " | ".join(f"L={L}" for L in Ls) + " |",
-                "|---|" + "---:|" * len(Ls)]
-        for label, who, suite in [rows[0], *rows[2:]]:
-            cells = suite["length"]["decode"]["ms_per_token"][who]
-            out.append(f"| {label} | " + " | ".join(f"{cells[L]['median']:.2f}" for L in Ls) + " |")
-        out.append("")
     if all("lm-eval" in s for _, s in runs):
         keys = [("story_ending", "acc"), ("story_ending", "acc_norm"), ("final_word", "acc"),
                 ("final_word", "perplexity")]
