@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import time
 
 from ..errors import WavedistillError
 from ..io import write_text
@@ -109,7 +110,9 @@ def load_task_data(names: list[str], manager) -> None:
 
 def evaluate(model, tokenizer, names: list[str], manager, *, num_fewshot: int | None, limit, batch_size: int,
              max_length: int | None) -> dict:
-    """lm-eval's ``simple_evaluate`` over ``HFLM(model)``: its results dict, per-example samples included."""
+    """lm-eval's ``simple_evaluate`` over ``HFLM(model)``: its results dict, per-example samples included, and
+    under ``wavedistill`` the wall time of the evaluation (model loading excluded), batch size and device."""
+    import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -119,8 +122,13 @@ def evaluate(model, tokenizer, names: list[str], manager, *, num_fewshot: int | 
     quiet.setLevel(logging.ERROR)
     try:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
-        return simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-                               log_samples=True)
+        start = time.perf_counter()
+        results = simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
+                                  log_samples=True)
+        results["wavedistill"] = {"evaluate_wall_s": round(time.perf_counter() - start, 2), "batch_size": batch_size,
+                                  "device": str(next(model.parameters()).device),
+                                  "threads": torch.get_num_threads()}
+        return results
     finally:
         quiet.setLevel(level)
 
@@ -253,6 +261,7 @@ def run_lm_eval(target: str, tasks: list[str], *, include_path: str | None = Non
         with as_model("student" if name == "model" else name, student, teacher_model) as model:
             results[name] = evaluate(model, tokenizer, tasks, manager, num_fewshot=num_fewshot, limit=limit,
                                      batch_size=batch_size, max_length=None)
+        print(f"lm-eval: {name} took {results[name]['wavedistill']['evaluate_wall_s']} s", flush=True)
     os.makedirs(out, exist_ok=True)
     for name, r in results.items():
         write_results(out, name, r)
