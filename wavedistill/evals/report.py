@@ -325,7 +325,7 @@ def suite_comparison(runs: list[tuple[str, dict]]) -> str:
                 "standard error\n",
                 "| model | " + " | ".join(f"{t} {m}" for t, m in keys) + " |", "|---|" + "---:|" * len(keys)]
         paired = [("story_ending", "acc_norm"), ("final_word", "acc")]
-        out[-2] += " ".join(f"{t} {m} − teacher (paired) |" for t, m in paired)
+        out[-2] += "".join(f" {t} {m} − teacher (paired) |" for t, m in paired)
         out[-1] += "---:|" * len(paired)
         for label, who, suite in rows:
             h = suite["lm-eval"]["headline"][who]
