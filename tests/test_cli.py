@@ -170,6 +170,9 @@ def test_eval_sets_mixer_attributes_for_ablations_and_refuses_unknown_ones(finis
                    "--mixer-attrs", '{"short_len": 1}'))
     ablated = json.loads((out / "metrics.json").read_text())
     assert ablated["mixer_attrs"] == {"short_len": 1} and ablated["kl"] != metrics["kl"]
+    assert ablated["mixer"] == "learned_gate" and ablated["student_run"] == str(run)
+    row = ok(wavedistill("report", out)).stdout.splitlines()[2]
+    assert f'eval of {run} with mixers set to {{"short_len": 1}}' in row and "| learned_gate |" in row
     proc = wavedistill_here("eval", "--student", run, "--data", cli_root["corpus"], "--output-dir", tmp_path / "bad",
                             "--mixer-attrs", '{"use_band": false}')
     assert_one_line_error(proc, "no setting 'use_band'")

@@ -207,8 +207,8 @@ def eval_agreement(args, held, device: str) -> None:
     prompts = window_prompts(stream, held.seq_len, min(4, len(windows)))
     metrics, rows = evaluate_student(models.teacher, models.student, models.tokenizer, windows, prompts,
                                      device=device, batch_size=args.batch_size, vocab=models.vocab)
-    metrics.update({"split": held.split, "data": held.data, "seq_len": held.seq_len,
-                    "mixer_attrs": args.mixer_attrs or None})
+    metrics.update({"split": held.split, "data": held.data, "seq_len": held.seq_len, "student_run": args.student,
+                    "mixer": models.adapter_config["mixer"] or "attention", "mixer_attrs": args.mixer_attrs or None})
     out = args.output_dir or args.student
     # Next to a finished run, eval_* files leave the run's own metrics.json / samples.md untouched.
     same = os.path.realpath(out) == os.path.realpath(args.student)

@@ -219,6 +219,8 @@ def report_table(rows: list[tuple[str, dict]]) -> str:
     lines = [head, "|" + "---|" * 4 + "---:|" * 17]
     for run_dir, m in rows:
         recipe = " → ".join(m.get("recipe") or []) or ("kd" if m.get("steps") else "untrained")
+        if m.get("mixer_attrs"):  # `eval --mixer-attrs` of a trained student: an ablation, not a run of its own
+            recipe = f"eval of {m.get('student_run', 'a student')} with mixers set to {json.dumps(m['mixer_attrs'])}"
         if m.get("lora"):
             recipe += f" + LoRA r{m['lora']['r']}{' (merged)' if m['lora']['merged'] else ''}"
         elif (m.get("trainable_params") or {}).get("mlp") and not m.get("student"):
