@@ -50,8 +50,11 @@ for run in "${STUDENTS[@]}" "${STUDENTS[@]/%/_untrained}"; do
 done
 suite hybrid16 hybrid16/wave_branch_off --mixer-attrs '{"use_linear": false}' &
 wait
+[ -f "$R/hybrid16/wave_branch_off/metrics.json" ] || wavedistill eval --student "$R/hybrid16" \
+  --output-dir "$R/hybrid16/wave_branch_off" --mixer-attrs '{"use_linear": false}' > "$R/hybrid16_branch_off.log" 2>&1
 # 3. Tables: the usual report (top-5 / KL and the suite's headline numbers) and the suites side by side.
-wavedistill report "${STUDENTS[@]/#/$R/}" $(for s in "${STUDENTS[@]}"; do echo "$R/${s}_untrained"; done) --output "$R/report.md" > /dev/null
+wavedistill report "${STUDENTS[@]/#/$R/}" "$R/hybrid16/wave_branch_off" \
+  $(for s in "${STUDENTS[@]}"; do echo "$R/${s}_untrained"; done) --output "$R/report.md" > /dev/null
 wavedistill report --suite "${STUDENTS[@]/#/$R/}" "$R/hybrid16/wave_branch_off" --output "$R/suite_trained.md" > /dev/null
 wavedistill report --suite $(for s in "${STUDENTS[@]}"; do echo "$R/${s}_untrained"; done) --output "$R/suite_untrained.md" > /dev/null
 echo "tables: $R/report.md, $R/suite_trained.md, $R/suite_untrained.md"
