@@ -85,7 +85,7 @@ def test_induction_scores_the_second_copy_only():
 def test_induction_skips_lengths_past_the_context_and_refuses_when_none_fit():
     out = recall.induction(models(Constant()), FakeTokenizer(), ["student"], lengths=(8, 64), n_sequences=2, context=40)
     assert list(out["lengths"]) == ["8"] and out["skipped_lengths"] == [64]
-    with pytest.raises(WavedistillError, match="context of 10"):
+    with pytest.raises(WavedistillError, match="context of 10; pass shorter --induction-lengths"):
         recall.induction(models(Constant()), FakeTokenizer(), ["student"], lengths=(8,), n_sequences=2, context=10)
 
 

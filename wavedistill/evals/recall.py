@@ -51,12 +51,16 @@ def ordinary_tokens(tokenizer) -> list[int]:
     return sorted(i for t, i in tokenizer.get_vocab().items() if i not in special and not BYTE_TOKEN.match(t))
 
 
+# the eval flag that sets each probe's lengths, for the error that asks for shorter ones
+LENGTH_FLAGS = {"induction": "--induction-lengths", "repeated-passage": "--passage-lengths", "passkey": "--fillers"}
+
+
 def fitting(lengths, need, context: int | None, probe: str) -> tuple[list[int], list[int]]:
     """(lengths whose sequence of ``need(L)`` tokens fits the context, those that do not); none fitting is an error."""
     fit = [L for L in lengths if context is None or need(L) <= context]
     if not fit:
         raise WavedistillError(f"the {probe} probe needs {need(min(lengths))} positions at L = {min(lengths)}, more "
-                               f"than the model's context of {context}; pass shorter --recall-lengths")
+                               f"than the model's context of {context}; pass shorter {LENGTH_FLAGS[probe]}")
     return fit, [L for L in lengths if L not in fit]
 
 
@@ -162,7 +166,7 @@ def repeated_passages(models, stream: torch.Tensor, names, lengths=PASSAGE_LENGT
         n = min(n_passages, len(stream) // L)
         if n < 2:
             raise WavedistillError(f"the held-out text has {len(stream)} tokens, too few for two passages of {L}; "
-                                   "pass more text or shorter --recall-lengths")
+                                   "pass more text or shorter --passage-lengths")
         half = stream[: n * L].view(n, L)
         ids = torch.cat([half, half], dim=1)  # (n, 2L)
         row = {}
