@@ -74,7 +74,7 @@ def measure_model(name: str, d_model: int, n_layers: int, prompt: int, n_tokens:
     ids = torch.randint(0, model.config.vocab_size, (1, prompt + n_tokens + 1), generator=g)
     cache = DynamicCache(config=model.config)
     t0 = time.perf_counter()
-    model(ids[:, :prompt], past_key_values=cache, use_cache=True)
+    model(ids[:, :prompt], cache=cache, use_cache=True)
     prefill_s = time.perf_counter() - t0
     memory = 0
     for layer in cache.layers:
@@ -86,7 +86,7 @@ def measure_model(name: str, d_model: int, n_layers: int, prompt: int, n_tokens:
     times = []
     for t in range(prompt, prompt + n_tokens + 1):
         t0 = time.perf_counter()
-        model(ids[:, t: t + 1], past_key_values=cache, use_cache=True)
+        model(ids[:, t: t + 1], cache=cache, use_cache=True)
         times.append((time.perf_counter() - t0) * 1000)
     return {"ms_per_token": sorted(times[1:])[n_tokens // 2], "state_mb": memory / 2**20, "prefill_s": prefill_s}
 

@@ -248,15 +248,15 @@ def test_cache_crop_rolls_back_the_wave_state(family):
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         cache = DynamicCache(config=model.config)
-        model(ids[:, :9], past_key_values=cache, use_cache=True)
+        model(ids[:, :9], cache=cache, use_cache=True)
         cache.activate_past_recording()
-        model(ids[:, 9:11], past_key_values=cache, use_cache=True)  # two draft tokens, then rejected
+        model(ids[:, 9:11], cache=cache, use_cache=True)  # two draft tokens, then rejected
         cache.crop(-2)
         assert cache.get_seq_length() == 9
         for i in WAVE_LAYERS:
             assert cache.layers[i].x is None, "a stateful mixer keeps no input history"
             assert cache.layers[i].state["pos"].tolist() == [9], f"wave layer {i} still holds the rejected tokens"
-        resumed = model(ids[:, 9:12], past_key_values=cache, use_cache=True).logits
+        resumed = model(ids[:, 9:12], cache=cache, use_cache=True).logits
         with pytest.raises(ValueError, match="roll a recurrent wave state back"):
             cache.crop(-5)  # further back than the last call reaches
     torch.testing.assert_close(resumed, full[:, 9:12], atol=1e-6, rtol=0)

@@ -90,16 +90,12 @@ def _ppl(mean_loss: float, se: float, n: int) -> dict:
 def decode_speed(models, stream: torch.Tensor, names, lengths: list[int], decode_tokens: int = 32) -> dict:
     """Milliseconds per greedy token after a prompt of each length (median of ``decode_tokens`` steps after one
     warm-up step), through each model's own cache: attention's keys / values, a wave mixer's state."""
-    import warnings
-
+    
     if decode_tokens < 1:
         raise WavedistillError(f"--decode-tokens must be at least 1, got {decode_tokens}")
     out = {"decode_tokens": decode_tokens, "threads": torch.get_num_threads(), "ms_per_token": {}}
-    with warnings.catch_warnings():
-        # transformers 5.2x renames the forward's past_key_values to cache; the old name works in every 5.x.
-        warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
-        for n in names:
-            out["ms_per_token"][n] = _decode_times(models, n, stream, lengths, decode_tokens)
+    for n in names:
+        out["ms_per_token"][n] = _decode_times(models, n, stream, lengths, decode_tokens)
     return out
 
 
@@ -113,12 +109,12 @@ def _decode_times(models, name: str, stream: torch.Tensor, lengths: list[int], d
             if len(stream) < L:
                 raise WavedistillError(f"the held-out text has {len(stream)} tokens, fewer than a prompt of {L}")
             cache = DynamicCache(config=model.config)
-            out = model(stream[None, :L].to(device), past_key_values=cache, use_cache=True)
+            out = model(stream[None, :L].to(device), cache=cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
             times = []
             for _ in range(decode_tokens + 1):  # the first step is a warm-up
                 t0 = time.perf_counter()
-                out = model(token, past_key_values=cache, use_cache=True)
+                out = model(token, cache=cache, use_cache=True)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 times.append((time.perf_counter() - t0) * 1000)
