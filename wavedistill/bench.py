@@ -93,6 +93,9 @@ def run_bench(args) -> list[dict]:
         raise WavedistillError(f"--device {args.device} asked for, but CUDA is not available; pass --device cpu")
     seq_lens = [int(t) for t in args.seq_lens.split(",")]
     os.makedirs(args.output_dir, exist_ok=True)
+    print(f"bench: {len(names)} mixers x {len(seq_lens)} lengths (up to {max(seq_lens):,} tokens), {args.repeats} "
+          f"repeats each, one subprocess per cell; results in {args.output_dir}/bench.md. Long lengths take minutes "
+          "on CPU: --seq-lens 256,1024 and --mixers NAME,... make it short", flush=True)
     rows = []
     # Length outermost: the cells a ratio compares run back to back, under the same machine load.
     for T in seq_lens:
@@ -104,7 +107,8 @@ def run_bench(args) -> list[dict]:
                 row.update(run_cell("wavedistill.bench", name, args.d_model, T, args.batch_size, args.device,
                                     args.repeats))
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            took = f"fwd+bwd {row['fwdbwd_ms']:.1f} ms" if row.get("status") == "ok" else row["status"]
+            print(f"bench: {name} T={T}: {took}", flush=True)
     meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(),
             "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
@@ -121,7 +125,7 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
     names = list(dict.fromkeys(r["mixer"] for r in rows))
     lines = [f"device: {meta['device']} ({meta['gpu'] or meta['cpu']}), torch {meta['torch']}, "
              f"{meta['threads']} threads; d_model {rows[0]['d_model']}, batch {rows[0]['batch']}\n",
-             "| mixer | T | fwd ms | fwd+bwd ms | × attention (fwd+bwd) | peak MB (fwd+bwd) | status |",
+             "| mixer | T | fwd ms | fwd+bwd ms | speed-up vs attention (fwd+bwd; > 1 faster) | peak MB (fwd+bwd) | status |",
              "|---|---:|---:|---:|---:|---:|---|"]
     base = {r["seq_len"]: r["fwdbwd_ms"] for r in rows if r["mixer"] == "attention" and r["status"] == "ok"}
     for r in sorted(rows, key=lambda r: (names.index(r["mixer"]), r["seq_len"])):
