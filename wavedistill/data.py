@@ -41,30 +41,63 @@ def read_documents(source: str, n_samples: int = 0, text_field: str = "text") ->
 
 
 def _read_local(path: str, ext: str, text_field: str) -> list[str]:
+    """Read in this process (json / pyarrow): nothing is copied into the datasets cache."""
+    if os.path.isdir(path):
+        raise DataError(f"--data {path!r} is a folder; pass a .txt, .jsonl or .parquet file")
     if not os.path.isfile(path):
         raise DataError(f"data file {path!r} does not exist; pass an existing .txt, .jsonl or .parquet file")
     if ext not in LOCAL_FORMATS:
         raise DataError(f"unsupported data file {path!r}; use .txt, .jsonl or .parquet")
-    if ext == ".txt":
-        with open(path, encoding="utf-8") as f:
-            return f.read().split("\n\n")
     if os.path.getsize(path) == 0:
         raise DataError(f"data file {path!r} is empty; pass a file with text")
-    import datasets
-
-    verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
-        ds = datasets.load_dataset(LOCAL_FORMATS[ext], data_files={"train": path}, split="train")
-    except Exception as e:  # datasets wraps parser errors (pyarrow, json) in its own exception types
-        cause = e.__cause__ or e
-        raise DataError(f"could not read {path!r} as {ext[1:]}: {type(cause).__name__}: "
-                        f"{str(cause).splitlines()[0][:200] if str(cause) else ''}") from None
-    finally:
-        datasets.logging.set_verbosity(verbosity)
-    if text_field not in ds.column_names:
-        raise DataError(f"{path!r} has no {text_field!r} column (columns: {ds.column_names})")
-    return list(ds[text_field])
+        if ext == ".txt":
+            with open(path, encoding="utf-8") as f:
+                return f.read().split("\n\n")
+        if ext in (".jsonl", ".json"):
+            return _read_jsonl(path, text_field)
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        if text_field not in names:
+            raise DataError(f"{path!r} has no {text_field!r} column (columns: {names})")
+        return [t for t in pq.read_table(path, columns=[text_field]).column(text_field).to_pylist()
+                if isinstance(t, str)]
+    except UnicodeDecodeError as e:
+        raise DataError(f"data file {path!r} is not UTF-8 text (byte {e.start}); pass text encoded as UTF-8") from None
+    except DataError:
+        raise
+    except Exception as e:  # pyarrow's parser errors (ArrowInvalid, ...): a damaged or mislabelled file
+        raise DataError(f"could not read {path!r} as {ext[1:]}: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''}") from None
+
+
+def _read_jsonl(path: str, text_field: str) -> list[str]:
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):  # a .json file holding one list of objects
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"could not read {path!r} as json: line {e.lineno}: {e.msg}") from None
+        return [r[text_field] for r in rows if isinstance(r, dict) and isinstance(r.get(text_field), str)]
+    docs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"could not read {path!r} as jsonl: line {n}: {e.msg}") from None
+        if not isinstance(row, dict) or text_field not in row:
+            fields = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f"{path!r} line {n} has no {text_field!r} field (it has: {fields}); pass a file whose "
+                            "lines are JSON objects with one")
+        if isinstance(row[text_field], str):
+            docs.append(row[text_field])
+    return docs
 
 
 def _read_hub(name: str, n_samples: int, text_field: str) -> list[str]:
