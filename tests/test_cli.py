@@ -285,9 +285,38 @@ def bad_inputs(cli_root, finished_run, other_base, run_tasks) -> dict:
     shutil.copytree(run_tasks[0], tasks)
     manifest = json.loads((tasks / "wavedistill_tasks.json").read_text())
     (tasks / "wavedistill_tasks.json").write_text(json.dumps({**manifest, "tokenizer": "0" * 16, "model": "another"}))
+    for name, text in BAD_YAML.items():
+        (root / f"{name}.yaml").write_text(text[0])
+    binary = root / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 40)
+    a_file = root / "a_file"
+    a_file.write_text("not a folder")
+    foreign = root / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("my notes")
+    wrong_types = root / "wrong_types"
+    shutil.copytree(finished_run[0] / "adapter", wrong_types / "adapter")
+    adapter_config = json.loads((wrong_types / "adapter" / "adapter_config.json").read_text())
+    (wrong_types / "adapter" / "adapter_config.json").write_text(json.dumps({**adapter_config, "layers": "0,1"}))
     return {"root": root, "short": short, "broken": broken, "config": config, "corrupt": corrupt,
             "gpt2": write_tiny_gpt2(root / "gpt2", cli_root["corpus"]), "other": other_base, "tasks": tasks,
-            "run_tasks": run_tasks[0]}
+            "run_tasks": run_tasks[0], "binary": binary, "a_file": a_file, "foreign": foreign,
+            "wrong_types": wrong_types}
+
+
+# name -> (YAML text, substrings of the error): values of the wrong type, as a config file can hold them
+BAD_YAML = {
+    "lr-fast": ("lr: fast\n", ["lr must be a finite number", "'fast'"]),
+    "seq-len-string": ('seq_len: "32"\n', ["seq_len must be an integer", "'32'"]),
+    "batch-size-list": ("batch_size: [1, 2]\n", ["batch_size must be an integer"]),
+    "layers-int": ("layers: 3\n", ["layers must be a list of integers"]),
+    "mixer-kwargs-int": ("mixer_kwargs: 5\n", ["mixer_kwargs must be a mapping"]),
+    "numeric-key": ("1: 2\n", ["keys that are not names", "[1]"]),
+    "loss-weight-string": ("loss:\n  kl_weight: x\n", ["kl_weight must be a finite number", "'x'"]),
+    "epochs-nan": ("epochs: .nan\n", ["epochs must be a finite number"]),
+    "max-steps-float": ("max_steps: 2.5\n", ["max_steps must be an integer", "2.5"]),
+    "deep-nesting": ("a: " + "[" * 5000 + "]" * 5000 + "\n", ["nested too deeply"]),
+}
 
 
 # name -> (argv from (cli_root, finished run folder, bad_inputs, fresh output dir), substrings of the error)
@@ -347,30 +376,136 @@ BAD_INPUTS = {
                                             ["fewer than one window of 100000"]),
     "make-tasks-into-a-folder-with-other-files": (lambda c, run, b, o: ["make-tasks", "--model", run, "--output-dir",
                                                                         b["root"]], ["holds other files"]),
+    **{f"yaml-{name}": ((lambda name: lambda c, run, b, o: ["distill", "--teacher", c["teacher"], "--data",
+                                                             c["corpus"], "--output-dir", o, "--config",
+                                                             b["root"] / f"{name}.yaml"])(name), needles)
+       for name, (_, needles) in BAD_YAML.items()},
+    "save-every-0": (lambda c, run, b, o: distill_args(c, o, "--save-every", 0), ["save_every", ">= 1"]),
+    "eval-every-0": (lambda c, run, b, o: distill_args(c, o, "--eval-every", 0), ["eval_every", ">= 1"]),
+    "generate-zero-tokens": (lambda c, run, b, o: ["generate", "--student", run, "--prompt", "once",
+                                                   "--max-new-tokens", 0], ["--max-new-tokens must be at least 1"]),
+    "generate-negative-tokens": (lambda c, run, b, o: ["generate", "--student", run, "--prompt", "once",
+                                                       "--max-new-tokens", -1], ["--max-new-tokens", "-1"]),
+    "generate-negative-temperature": (lambda c, run, b, o: ["generate", "--student", run, "--prompt", "once",
+                                                            "--temperature", -1], ["--temperature must be >= 0"]),
+    "output-dir-is-a-file": (lambda c, run, b, o: distill_args(c, b["a_file"]), ["is a file, not a folder"]),
+    "output-dir-with-foreign-files": (lambda c, run, b, o: distill_args(c, b["foreign"]),
+                                      ["did not write (notes.txt)", "--overwrite"]),
+    "data-is-a-folder": (lambda c, run, b, o: ["distill", "--teacher", c["teacher"], "--data", b["root"],
+                                               "--output-dir", o, *SHORT_RUN], ["is a folder"]),
+    "data-not-utf8": (lambda c, run, b, o: ["distill", "--teacher", c["teacher"], "--data", b["binary"],
+                                            "--output-dir", o, *SHORT_RUN], ["not UTF-8"]),
+    "cache-teacher-data-not-utf8": (lambda c, run, b, o: ["cache-teacher", "--teacher", c["teacher"], "--data",
+                                                          b["binary"], "--output-dir", o, "--seq-len", 32],
+                                    ["not UTF-8"]),
+    "eval-data-not-utf8": (lambda c, run, b, o: ["eval", "--student", run, "--data", b["binary"], "--output-dir", o],
+                           ["not UTF-8"]),
+    "adapter-config-wrong-types": (lambda c, run, b, o: ["generate", "--student", b["wrong_types"], "--prompt",
+                                                         "once"], ["wrong type", "layers"]),
+    "resume-a-finished-run": (lambda c, run, b, o: distill_args(c, run, "--resume"),
+                              ["finished run", "--max-steps larger than its 6"]),
+    "eval-into-another-run": (lambda c, run, b, o: ["eval", "--student", b["corrupt"], "--output-dir", run],
+                              ["holds another run", "eval_metrics.json"]),
 }
-
-
-# Known gap (issue 18): the fit stage checks its mixer only when it starts, after config.yaml and the log exist.
-CHECKED_AFTER_WRITING = {"fit-stage-on-a-mixer-without-a-kernel"}
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_one_line_error(case, cli_root, finished_run, bad_inputs, tmp_path):
     make_argv, needles = BAD_INPUTS[case]
-    before = tree_hashes(finished_run[0])
+    before = tree_hashes(finished_run[0]), tree_hashes(bad_inputs["root"])
     proc = wavedistill_here(*make_argv(cli_root, finished_run[0], bad_inputs, tmp_path / "out"))
     assert_one_line_error(proc, *needles)
-    assert tree_hashes(finished_run[0]) == before
-    if case not in CHECKED_AFTER_WRITING:
-        assert not (tmp_path / "out").exists()  # refused before anything was written
+    # every file that existed before is byte-for-byte unchanged, and a failed start leaves nothing behind
+    assert (tree_hashes(finished_run[0]), tree_hashes(bad_inputs["root"])) == before
+    assert not (tmp_path / "out").exists()
 
 
 def test_distill_refuses_to_overwrite_a_finished_run_and_touches_nothing(cli_root, finished_run):
     out, _ = finished_run
     before = tree_hashes(out)
     proc = wavedistill(*distill_args(cli_root, out))
-    assert_one_line_error(proc, "already holds a run", "--resume")
+    assert_one_line_error(proc, "already holds a `wavedistill distill` run", "--resume", "--overwrite")
     assert tree_hashes(out) == before
+
+
+# A resume keeps the run's settings: each of these shapes the run, so changing it on --resume is refused.
+SHAPING = {"seq_len": ("--seq-len", 64), "batch_size": ("--batch-size", 2), "seed": ("--seed", 7),
+           "lr": ("--lr", 0.5), "wave_type": ("--wave-type", "fnet"), "alpha": ("--alpha", 0.5),
+           "eval_every": ("--eval-every", 2), "max_steps": ("--max-steps", 3)}
+
+
+@pytest.mark.parametrize("setting", list(SHAPING))
+def test_resume_with_a_shaping_setting_changed_is_refused_and_touches_nothing(setting, cli_root, finished_run):
+    out = finished_run[0]
+    before = tree_hashes(out)
+    flag, value = SHAPING[setting]
+    proc = wavedistill_here(*distill_args(cli_root, out, "--resume", flag, value))
+    line = assert_one_line_error(proc, setting, "--resume")
+    assert ("may only grow" in line) if setting == "max_steps" else "config.yaml" in line
+    assert tree_hashes(out) == before
+
+
+def test_resume_continues_a_finished_run_with_more_steps_and_the_settings_allowed_to_change(finished_run, tmp_path):
+    # Only --output-dir, --resume and what may change are given: the rest comes from the run's config.yaml.
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out)
+    first = read_log(out)
+    proc = ok(wavedistill("distill", "--output-dir", out, "--resume", "--max-steps", 9, "--save-every", 2))
+    assert "at step 6" in proc.stdout
+    log = read_log(out)
+    assert [r["step"] for r in log] == list(range(10)) and log[:7] == first  # steps 7-9 added, 0-6 kept as they were
+    assert [r["stage_step"] for r in log[7:]] == [7, 8, 9]  # inside the same stage, with its optimizer
+    config = (out / "config.yaml").read_text()
+    assert "max_steps: 9" in config and "save_every: 2" in config and "seq_len: 32" in config
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 9 and metrics["selected_step"] in (0, 3, 6, 9)
+
+
+@pytest.mark.parametrize("damage", ["state-truncated", "state-random", "state-missing", "weights-truncated",
+                                    "weights-empty"])
+def test_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(damage, cli_root, finished_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out)
+    (out / "metrics.json").unlink()  # an unfinished run: --resume reads its checkpoint
+    name = "state.pt" if damage.startswith("state") else "adapter_model.safetensors"
+    path = out / "checkpoint" / name
+    data = path.read_bytes()
+    {"truncated": lambda: path.write_bytes(data[: len(data) // 2]), "empty": lambda: path.write_bytes(b""),
+     "missing": path.unlink, "random": lambda: path.write_bytes(os.urandom(len(data)))}[damage.split("-")[1]]()
+    before = tree_hashes(out)
+    proc = wavedistill_here(*distill_args(cli_root, out, "--resume", "--max-steps", 9))
+    assert_one_line_error(proc, name)
+    assert tree_hashes(out) == before
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(cli_root, tmp_path):
+    # the fit stage refuses fnet only when it starts, after the folder was claimed and config.yaml written
+    out = tmp_path / "run"
+    proc = wavedistill_here(*distill_args(cli_root, out, "--stages", "fit,kd:2", "--wave-type", "fnet"))
+    assert_one_line_error(proc, "fit stage")
+    assert not out.exists()
+
+
+def test_overwrite_starts_a_used_folder_again(cli_root, tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "notes.txt").write_text("old")
+    ok(wavedistill(*distill_args(cli_root, out, "--overwrite", "--max-steps", 2)))
+    assert not (out / "notes.txt").exists() and (out / "metrics.json").exists()
+    manifest = json.loads((out / "wavedistill_run.json").read_text())
+    assert manifest["command"] == "distill" and manifest["settings"]["max_steps"] == 2
+
+
+def test_eval_writes_beside_its_own_run_under_other_names_however_the_path_is_spelled(cli_root, finished_run,
+                                                                                   tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    before = tree_hashes(run)
+    proc = ok(wavedistill("eval", "--student", run, "--output-dir", f"{run}/", "--max-windows", 2))
+    assert "eval_metrics.json" in proc.stdout
+    after = tree_hashes(run)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert sorted(set(after) - set(before)) == ["eval_metrics.json", "eval_samples.md"]
 
 
 @pytest.fixture(scope="session")
@@ -385,6 +520,32 @@ def test_demo_runs_end_to_end(demo_run):
     metrics = json.loads((demo_run / "student_learned_gate" / "metrics.json").read_text())
     assert metrics["positions"] > 0 and metrics["steps"] == 10
     assert (demo_run / "teacher" / "config.json").exists()
+
+
+def test_a_second_demo_names_its_own_flag_and_the_next_steps_find_the_student(demo_run):
+    before = tree_hashes(demo_run)
+    proc = wavedistill_here("demo", "--output-dir", demo_run, "--steps", 10)
+    assert_one_line_error(proc, "student_learned_gate", "wavedistill demo --overwrite")
+    # `report runs/*` after the demo: the demo folder stands for the run in it; a folder that is no run is skipped
+    (demo_run.parent / "notes").mkdir(exist_ok=True)
+    report = wavedistill_here("report", demo_run, demo_run.parent / "notes")
+    assert report.returncode == 0 and "| student_learned_gate |" in report.stdout
+    assert "skipping" in report.stderr and "notes" in report.stderr
+    proc = wavedistill_here("generate", "--student", demo_run, "--prompt", "once")
+    assert_one_line_error(proc, "not a wavedistill adapter", "student_learned_gate")
+    assert tree_hashes(demo_run) == before
+
+
+def test_adapters_and_checkpoints_are_ordinary_readable_files(finished_run):
+    for path in ("adapter/adapter_model.safetensors", "checkpoint/adapter_model.safetensors"):
+        mode = (finished_run[0] / path).stat().st_mode & 0o777
+        assert mode == 0o666 & ~current_umask(), (path, oct(mode))
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_demo_student_loads_from_another_directory(demo_run):
@@ -418,6 +579,14 @@ def test_layers_report_ranks_every_layer_with_a_table_and_a_plot(cli_root, tmp_p
     assert (out / "layers.png").stat().st_size > 1000
     assert (out / "transfer" / "metrics.json").exists()  # the transfer run is an ordinary run folder
     assert "layer 0: transfer loss" in proc.stdout
+    # An interrupted report (no layers.json) is finished from its own transfer run, never one trained otherwise.
+    (out / "layers.json").unlink()
+    before = tree_hashes(out)
+    proc = wavedistill_here("layers", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"], "--seq-len", 32,
+                            "--batch-size", 4, "--transfer-steps", 4, "--eval-every", 2, "--output-dir", out,
+                            "--mixer", "fnet")
+    assert_one_line_error(proc, "holds a run with other settings (wave_type)")
+    assert tree_hashes(out) == before
 
 
 def test_compare_runs_each_mixer_once_and_tabulates_their_metrics(cli_root, tmp_path):

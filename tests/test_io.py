@@ -155,9 +155,12 @@ def adapter_copy(saved, tmp_path):
     return dst
 
 
+@pytest.mark.parametrize("checksums", [True, False], ids=["with-checksums", "written-before-checksums"])
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
-def test_corrupt_adapter_weights_are_an_adapter_error(adapter_copy, damage):
+def test_corrupt_adapter_weights_are_an_adapter_error_naming_the_file(adapter_copy, damage, checksums):
     path = adapter_copy / ADAPTER_WEIGHTS
+    if not checksums:
+        (adapter_copy / "checksums.json").unlink()
     if damage == "garbage":
         path.write_bytes(b"\x00\x01 not a safetensors file " * 10)
     elif damage == "truncated":
@@ -165,7 +168,8 @@ def test_corrupt_adapter_weights_are_an_adapter_error(adapter_copy, damage):
         path.write_bytes(data[: len(data) // 2])
     else:
         path.unlink()
-    with pytest.raises(AdapterError, match="corrupt or unreadable"):
+    with pytest.raises(AdapterError, match=ADAPTER_WEIGHTS if checksums or damage == "missing" else
+                       "corrupt or unreadable"):
         load_student(str(adapter_copy))
 
 
@@ -187,6 +191,7 @@ def test_adapter_with_a_missing_mixer_tensor_is_refused(adapter_copy):
     weights = load_file(adapter_copy / ADAPTER_WEIGHTS)
     weights.pop(min(weights))
     save_file(weights, adapter_copy / ADAPTER_WEIGHTS)
+    (adapter_copy / "checksums.json").unlink()  # a well-formed file with the wrong content, as if written by hand
     with pytest.raises(AdapterError, match="missing"):
         load_student(str(adapter_copy))
 

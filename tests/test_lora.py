@@ -39,7 +39,7 @@ def test_only_mixers_and_lora_train_and_counts_say_so(base):
     counts = trainable_counts(student)
     assert counts["lora"] == sum(p.numel() for p in lora_parameters(student).values()) > 0
     assert counts["mixers"] == sum(p.numel() for p in mixer_parameters(student))
-    assert counts["mlp"] == counts["other"] == 0
+    assert counts["mlp"] == counts["attention"] == counts["embeddings"] == counts["norms"] == 0
     # rank 2 on 2 layers x 3 projections of a 32 -> 64 (and 64 -> 32) MLP: 6 x 2 x (32 + 64)
     assert counts["lora"] == 6 * 2 * (32 + 64)
 

@@ -79,6 +79,15 @@ def test_impossible_students_are_one_line_errors(spec, message):
         student_config(_teacher().config, spec)
 
 
+def test_a_shape_the_model_family_rejects_is_a_one_line_error_before_anything_is_built():
+    # Llama derives its head size from hidden_size / heads, so these are refused by transformers' own check,
+    # which used to surface only when the student folder was saved (a traceback and a stray student_init.tmp/).
+    teacher = tiny_model("llama")
+    for spec in (StudentSpec(hidden_size=30), StudentSpec(heads=3, kv_heads=1)):
+        with pytest.raises(WavedistillError, match="not a valid llama config: .*hidden size .* multiple"):
+            student_config(teacher.config, spec)
+
+
 def test_presets_are_never_larger_than_the_teacher():
     assert all(w <= 1 and d <= 1 for w, d in PRESETS.values())
 

@@ -213,22 +213,55 @@ def test_a_cache_that_does_not_fit_the_run_is_a_one_line_error_and_the_output_is
         tiny_teacher, cache, other_caches, tmp_path, case):
     where, flags, needles = BAD[case]
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
     proc = wavedistill_here("distill", "--teacher", tiny_teacher["teacher"], "--data", tiny_teacher["corpus"],
                             "--output-dir", out, "--seq-len", 32, "--batch-size", 4,
                             *([] if "--stages" in flags else ["--max-steps", 2]),
                             "--teacher-cache", *where(cache[0], other_caches), *flags)
     assert_one_line_error(proc, *needles)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    assert not out.exists()  # a run that fails before its first checkpoint leaves nothing
 
 
-def test_cache_teacher_refuses_a_folder_that_is_not_empty(tiny_teacher, cache):
+def test_cache_teacher_refuses_a_folder_that_is_not_empty(tiny_teacher, cache, tmp_path):
     before = sorted(p.name for p in cache[0].iterdir())
     proc = wavedistill_here("cache-teacher", "--teacher", tiny_teacher["teacher"], "--data", tiny_teacher["corpus"],
                             "--output-dir", cache[0], "--seq-len", 32)
-    assert_one_line_error(proc, "not empty")
+    assert_one_line_error(proc, "already holds a `wavedistill cache-teacher` run", "--overwrite")
     assert sorted(p.name for p in cache[0].iterdir()) == before
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    proc = wavedistill_here("cache-teacher", "--teacher", tiny_teacher["teacher"], "--data", tiny_teacher["corpus"],
+                            "--output-dir", notes, "--seq-len", 32)
+    assert_one_line_error(proc, "did not write (notes.txt)", "--overwrite")
+    assert (notes / "notes.txt").read_text() == "mine"
+
+
+def test_a_damaged_shard_or_cache_json_is_a_one_line_error(tiny_teacher, cache, tmp_path):
+    import shutil
+
+    from wavedistill.errors import WavedistillError
+    from wavedistill.teacher_cache import CACHE_JSON, TeacherCache
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(cache[0], damaged)
+    shard = sorted(damaged.glob("shard_*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-100:] = bytes(100)  # same size, other content: shapes still read fine
+    shard.write_bytes(bytes(data))
+    with pytest.raises(WavedistillError, match=f"shard {shard.name} does not match the checksum"):
+        TeacherCache(str(damaged))
+    meta = json.loads((cache[0] / CACHE_JSON).read_text())
+    (damaged / CACHE_JSON).write_text(json.dumps({k: v for k, v in meta.items() if k != "seq_len"}))
+    with pytest.raises(WavedistillError, match="lacks seq_len"):
+        TeacherCache(str(damaged))
+
+
+def test_an_interrupted_cache_teacher_leaves_nothing(tiny_teacher, tmp_path):
+    out = tmp_path / "cache"
+    proc = wavedistill_here("cache-teacher", "--teacher", tiny_teacher["teacher"], "--data", tiny_teacher["corpus"],
+                            "--output-dir", out, "--seq-len", 32, "--top-k", 100000)
+    assert_one_line_error(proc, "exceeds the teacher's vocabulary")
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing beside it either
 
 
 def test_progressive_and_handoff_train_from_the_cache_too(tiny_teacher, cache, tmp_path):

@@ -11,9 +11,12 @@ import random
 import shutil
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .errors import WavedistillError
 from .io import ADAPTER_WEIGHTS, adapter_state_dict, load_adapter_weights, replace_dir, write_adapter_files
+from .run_folder import verify_checksums, write_checksums
 from .surgery import converted_layers, detach_wave, unconvert
 
 
@@ -42,13 +45,32 @@ def _write_checkpoint(run, extra: dict) -> None:
              if run.features is not None else None,
              "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), **extra}
     torch.save(state, os.path.join(tmp, "state.pt"))
+    write_checksums(tmp, [ADAPTER_WEIGHTS, "state.pt"])
     replace_dir(tmp, ckpt)
+
+
+def reopen_finished_stage(run, state: dict) -> dict:
+    """A finished run resumed with more steps (a larger --max-steps): back inside its last stage, at the step it
+    ended on, with its optimizer and the schedule of the new length. Without more steps the state stays as it is
+    (a run killed after training and before its evaluation only evaluates)."""
+    part = state.get("finished_part")
+    steps = getattr(run.stages[-1], "steps", 0) if run.stages else 0
+    if state["stage_index"] < len(run.stages) or not part or steps <= part["part_step"]:
+        return state
+    return {**state, **part, "stage_index": len(run.stages) - 1, "records": state["records"][:-1],
+            "finished_part": None}
 
 
 def restore_checkpoint(run) -> None:
     """Put the student back in the checkpoint's shape (converted, pending and dropped layers) and state."""
     ckpt = os.path.join(run.cfg.output_dir, "checkpoint")
-    state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=True)
+    verify_checksums(ckpt, [ADAPTER_WEIGHTS, "state.pt"])
+    try:
+        state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=True)
+    except Exception as e:  # any unpickling failure of a damaged file: the message names it
+        raise WavedistillError(f"{os.path.join(ckpt, 'state.pt')!r} is unreadable ({type(e).__name__}); the "
+                               "checkpoint is damaged: restore it, or pass --overwrite to start the run again") from None
+    state = reopen_finished_stage(run, state)
     pending = sorted(int(i) for i in state["pending"])
     run.pending = detach_wave(run.student, pending)
     for i, tensors in state["pending"].items():
@@ -56,7 +78,12 @@ def restore_checkpoint(run) -> None:
     dropped = [i for i in converted_layers(run.student) if i not in state["converted"]]
     if dropped:
         unconvert(run.student, dropped)
-    load_adapter_weights(run.student, load_file(os.path.join(ckpt, ADAPTER_WEIGHTS)), ckpt)
+    try:
+        weights = load_file(os.path.join(ckpt, ADAPTER_WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WavedistillError(f"{os.path.join(ckpt, ADAPTER_WEIGHTS)!r} is unreadable ({e}); restore the "
+                               "checkpoint, or pass --overwrite to start the run again") from None
+    load_adapter_weights(run.student, weights, ckpt)
     if run.features is not None and state.get("features") is not None:
         run.features.load_state_dict(state["features"])
     torch.set_rng_state(state["torch_rng"])

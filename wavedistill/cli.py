@@ -67,7 +67,11 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(*flags, dest=name, type=kind, default=None, help=f"(default: {default})")
     p.add_argument("--config", "--recipe", dest="config",
                    help="YAML file with config changes (a recipe: `stages:` and settings); command-line flags win")
-    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --output-dir")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --output-dir with the settings of its config.yaml (flags may change only "
+                        "--max-steps upward, --save-every, --device, --tracker, --grad-norm-every)")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="delete what --output-dir holds and start again (otherwise a used folder is refused)")
     p.add_argument("--unfreeze-mlps", action="store_true", default=None, help="also train the MLPs")
     p.add_argument("--lora-merge", action="store_true", default=None,
                    help="merge the --lora-mlp update into the MLP weights of the final adapter")
@@ -100,7 +104,7 @@ def distill_changes(args: argparse.Namespace) -> dict:
     from .recipes import LOSS_FIELDS
 
     changes = load_yaml(args.config) if args.config else {}
-    for name in list(DISTILL_FLAGS.values()) + ["resume", "unfreeze_mlps", "lora_merge", "train", "grad_checkpointing"]:
+    for name in list(DISTILL_FLAGS.values()) + ["resume", "overwrite", "unfreeze_mlps", "lora_merge", "train", "grad_checkpointing"]:
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
@@ -121,9 +125,17 @@ def distill_changes(args: argparse.Namespace) -> dict:
 
 
 def distill_config(args: argparse.Namespace):
-    from .config import make_config
+    """The run's config; with --resume, the run's own config.yaml with the flags given on top (checked by the run)."""
+    from .config import DistillConfig, make_config, saved_config
 
-    return make_config(distill_changes(args))
+    changes = distill_changes(args)
+    if changes.get("resume"):
+        out = changes.get("output_dir", DistillConfig.output_dir)
+        saved = saved_config(out) if os.path.isfile(os.path.join(out, "config.yaml")) else {}
+        student = {**(saved.get("student") or {}), **(changes.get("student") or {})} or None
+        # how the run was started (--overwrite) is not a setting to carry over
+        changes = {**saved, "overwrite": False, **changes, "student": student}
+    return make_config(changes)
 
 
 def cmd_distill(args) -> None:
@@ -133,7 +145,12 @@ def cmd_distill(args) -> None:
     if args.command == "kd" and cfg.student is None:
         raise WavedistillError("wavedistill kd distils into a separate student: pass --student standard|compressed|"
                                "tiny|FOLDER or --student-layers / --student-hidden-size / ... (or use distill)")
-    run(cfg)
+    if run(cfg) is not None:  # the main process
+        out = cfg.output_dir
+        extra = ", student/ (a Hugging Face folder: from_pretrained)" if cfg.student else ""
+        print(f"run written to {out}: adapter/ (the selected student), metrics.json (test split), samples.md, "
+              f"train_log.jsonl{extra}. Next: wavedistill generate --student {out} --prompt ... | "
+              f"wavedistill eval --student {out} --suite all")
 
 
 def cmd_cache_teacher(args) -> None:
@@ -142,7 +159,8 @@ def cmd_cache_teacher(args) -> None:
 
     meta = write_cache(args.teacher, args.data, args.output_dir, top_k=args.top_k, seq_len=args.seq_len,
                        batch_size=args.batch_size, n_samples=args.n_samples, val_frac=args.val_frac,
-                       test_frac=args.test_frac, dtype=args.dtype, device=resolve_device(args.device))
+                       test_frac=args.test_frac, dtype=args.dtype, device=resolve_device(args.device),
+                       overwrite=args.overwrite)
     print(f"teacher cache {args.output_dir}: {meta['n_windows']} windows x {meta['seq_len']} = {meta['n_tokens']:,} "
           f"tokens, top-{meta['top_k']} | {meta['bytes_per_token']} bytes per token "
           f"({meta['bytes'] / 2**20:.1f} MiB) | teacher {meta['teacher_tokens_per_s']:,} tokens/s | {meta['wall_s']} s")
@@ -168,17 +186,19 @@ def cmd_eval(args) -> None:
     from .distill import resolve_device
     from .evals.suite import PARTS, SuiteSettings, parse_parts, run_suite
     from .loop import DTYPES
-    from .runs import held_out
+    from .runs import eval_destination, held_out
 
     device = resolve_device(args.device)
     names = ["agreement", *PARTS] if args.suite == "all" else [p.strip() for p in args.suite.split(",") if p.strip()]
     parts = parse_parts(",".join(p for p in names if p != "agreement")) if set(names) - {"agreement"} else []
     if "agreement" not in names and not parts:
         raise WavedistillError(f"--suite names no part; known: agreement, {', '.join(PARTS)}, all")
+    # where the results go is checked before anything loads (cheap checks first)
+    destination = eval_destination(args.student, args.output_dir, args.mixer_attrs) if "agreement" in names else None
     held = held_out(args.student, args.data, args.split, val_frac=args.val_frac, test_frac=args.test_frac,
                     seq_len=args.seq_len, n_samples=args.n_samples)
-    if "agreement" in names:
-        eval_agreement(args, held, device)
+    if destination:
+        eval_agreement(args, held, device, *destination)
     if parts:
         settings = SuiteSettings(batch_size=args.batch_size, decode_tokens=args.decode_tokens,
                                  lm_eval_limit=args.lm_eval_limit, sequences=args.sequences, passages=args.passages,
@@ -190,12 +210,13 @@ def cmd_eval(args) -> None:
         print(f"suite ({', '.join(parts)}) written to {folder}: suite.md, *.json, plots")
 
 
-def eval_agreement(args, held, device: str) -> None:
+def eval_agreement(args, held, device: str, out: str, prefix: str) -> None:
     """Top-k agreement, KL and perplexities over every held-out window, plus side-by-side generations."""
     from .data import eval_windows
     from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
     from .loop import DTYPES
-    from .runs import load_run_models
+    from .run_folder import write_manifest
+    from .runs import eval_identity, load_run_models
 
     models = load_run_models(args.student, base=args.base, teacher=args.teacher, dtype=DTYPES[args.dtype],
                              device=device, mixer_attrs=args.mixer_attrs)
@@ -209,11 +230,11 @@ def eval_agreement(args, held, device: str) -> None:
                                      device=device, batch_size=args.batch_size, vocab=models.vocab)
     metrics.update({"split": held.split, "data": held.data, "seq_len": held.seq_len, "student_run": args.student,
                     "mixer": models.adapter_config["mixer"] or "attention", "mixer_attrs": args.mixer_attrs or None})
-    out = args.output_dir or args.student
-    # Next to a finished run, eval_* files leave the run's own metrics.json / samples.md untouched.
-    same = os.path.realpath(out) == os.path.realpath(args.student)
-    write_evaluation(out, metrics, rows, prefix="eval_" if same else "")
+    if not prefix:
+        write_manifest(out, "eval", eval_identity(args.student, args.mixer_attrs))
+    write_evaluation(out, metrics, rows, prefix=prefix)
     print_metrics(metrics, title=f"{held.split} split of {held.data}: {metrics['positions']} positions")
+    print(f"written to {os.path.join(out, prefix + 'metrics.json')} and {os.path.join(out, prefix + 'samples.md')}")
 
 
 def cmd_lm_eval(args) -> None:
@@ -250,11 +271,19 @@ def cmd_generate(args) -> None:
     import torch
 
     from .distill import resolve_device
-    from .io import load_student
+    from .io import load_student, load_teacher
     from .loop import DTYPES
+    from .runs import is_student
 
+    if args.max_new_tokens < 1:
+        raise WavedistillError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if not args.temperature >= 0:
+        raise WavedistillError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     device = resolve_device(args.device)
-    model, tok = load_student(args.student, base=args.base, dtype=DTYPES[args.dtype], device=device)
+    if is_student(args.student) or not os.path.isfile(os.path.join(args.student, "config.json")):
+        model, tok = load_student(args.student, base=args.base, dtype=DTYPES[args.dtype], device=device)
+    else:  # a plain Hugging Face folder, such as a separate student's OUT/student
+        model, tok = load_teacher(args.student, dtype=DTYPES[args.dtype], device=device)
     torch.manual_seed(args.seed)
     ids = tok(args.prompt, return_tensors="pt").input_ids.to(device)
     out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
@@ -285,21 +314,38 @@ def cmd_report(args) -> None:
                                   for d, f in zip(args.runs, folders)])
     else:
         rows = []
-        for run_dir in args.runs:
-            path = os.path.join(run_dir, "metrics.json")
-            if not os.path.isfile(path):
-                raise WavedistillError(f"{run_dir!r} has no metrics.json; finish the run or pass another folder")
-            with open(path) as f:
+        runs = finished_runs(args.runs)
+        for run_dir in runs:
+            with open(os.path.join(run_dir, "metrics.json")) as f:
                 rows.append((run_dir, json.load(f)))
         from .evaluate import report_table
 
         table = report_table(rows)
-        suite = suite_table(args.runs)
+        suite = suite_table(runs)
         table += f"\n{suite}" if suite else ""
     if args.output:
         with open(args.output, "w") as f:
             f.write(table)
     print(table)
+
+
+def finished_runs(paths: list[str]) -> list[str]:
+    """The finished runs among ``paths`` (a folder of runs, like runs/demo, stands for the runs in it); the others
+    are skipped with a note, so one folder that is not a run does not stop the table."""
+    runs = []
+    for path in paths:
+        if os.path.isfile(os.path.join(path, "metrics.json")):
+            runs.append(path)
+            continue
+        inside = sorted(os.path.join(path, n) for n in (os.listdir(path) if os.path.isdir(path) else [])
+                        if os.path.isfile(os.path.join(path, n, "metrics.json")))
+        runs += inside
+        if not inside:
+            print(f"report: skipping {path} (no metrics.json: not a finished run)", file=sys.stderr)
+    if not runs:
+        raise WavedistillError(f"no finished run (a folder with metrics.json) among {', '.join(paths)}; finish a run "
+                               "or pass its folder")
+    return runs
 
 
 def cmd_bench(args) -> None:
@@ -352,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="model folder or hub id")
     p.add_argument("--data", required=True, help="local .txt/.jsonl/.parquet file or hub dataset (the run's --data)")
     p.add_argument("--output-dir", required=True, help="a new folder for the cache")
+    p.add_argument("--overwrite", action="store_true", help="delete what --output-dir holds and write the cache there")
     p.add_argument("--top-k", type=int, default=32, help="tokens kept per position (default: 32, 198 bytes per token)")
     p.add_argument("--seq-len", type=int, default=256, help="window length: the run's --seq-len (default: 256)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per teacher forward (default: 16)")
@@ -446,8 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="sample from a student")
     p.add_argument("--student", required=True)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate, >= 1 (default: 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), > 0 samples")
     p.add_argument("--base")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
@@ -465,14 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_mixers)
 
     p = sub.add_parser("bench", help="time and memory of each mixer vs SDPA causal attention")
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--seq-lens", default="256,512,1024,2048,4096,8192,16384")
-    p.add_argument("--mixers", default="all")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--d-model", type=int, default=256, help="width of the one layer timed (default: 256)")
+    p.add_argument("--batch-size", type=int, default=1, help="sequences per timed call (default: 1)")
+    p.add_argument("--seq-lens", default="256,512,1024,2048,4096,8192,16384",
+                   help="sequence lengths, comma-separated (default: 256 to 16384; the long ones take minutes on CPU)")
+    p.add_argument("--mixers", default="all", help="comma-separated mixer names, or all (default)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per cell; the median is kept (default: 3)")
     p.add_argument("--memory-limit-gb", type=float, default=8.0, help="skip sizes whose estimate exceeds this")
-    p.add_argument("--output-dir", default="runs/bench")
+    p.add_argument("--output-dir", default="runs/bench", help="bench.json, bench.md, bench.png (default: runs/bench)")
     p.add_argument("--decode", action="store_true",
                    help="time per generated token and decoding memory after prompts of --prompts tokens instead")
     p.add_argument("--prompts", default="512,1024,2048,4096,8192,16384", help="(--decode) prompt lengths")
@@ -487,9 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--mixer", default="learned_gate")
     p.add_argument("--steps", type=int, default=200, help="distillation steps")
-    p.add_argument("--teacher-steps", type=int, default=150, help="teacher pre-training steps")
+    p.add_argument("--teacher-steps", type=int, default=600,
+                   help="teacher pre-training steps (default 600: by then it copies names from earlier in a story)")
     p.add_argument("--stories", type=int, default=1500, help="synthetic stories to generate")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="run the student again over a finished demo's")
     p.set_defaults(fn=cmd_demo)
     return parser
 
@@ -506,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wavedistill: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("wavedistill: interrupted; the last checkpoint is kept", file=sys.stderr)
+        print("wavedistill: interrupted; a run keeps its last checkpoint (--resume continues from it)",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -16,7 +16,7 @@ from .errors import WavedistillError
 
 def run_compare(changes: dict, mixers: list[str], output_dir: str) -> str:
     from .evaluate import report_table
-    from .config import make_config
+    from .config import check_same_run, make_config
     from .distill import run
     from .mixers import get_mixer_class
 
@@ -28,7 +28,7 @@ def run_compare(changes: dict, mixers: list[str], output_dir: str) -> str:
             for name in mixers}
     for name, cfg in cfgs.items():
         if os.path.isfile(os.path.join(cfg.output_dir, "config.yaml")):
-            check_same_config(cfg)
+            check_same_run(cfg, "choose another --output-dir for compare")
         if os.path.isfile(os.path.join(cfg.output_dir, "metrics.json")):
             print(f"{name}: reusing the finished run in {cfg.output_dir}")
             continue
@@ -45,22 +45,6 @@ def run_compare(changes: dict, mixers: list[str], output_dir: str) -> str:
                 os.path.join(output_dir, "top5_vs_tokens.png"))
     print(table)
     return table
-
-
-def check_same_config(cfg) -> None:
-    """A folder is reused or resumed only for the very same run settings."""
-    import dataclasses
-
-    import yaml
-
-    with open(os.path.join(cfg.output_dir, "config.yaml")) as f:
-        saved = yaml.safe_load(f)
-    wanted = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg)))  # the same normalisation as config.yaml
-    differ = sorted(k for k in set(saved) | set(wanted) if k not in ("resume", "num_processes")
-                    and saved.get(k) != wanted.get(k))
-    if differ:
-        raise WavedistillError(f"{cfg.output_dir!r} holds a run with other settings ({', '.join(differ)}); "
-                               "choose another --output-dir for compare")
 
 
 def read_log(run_dir: str) -> list[dict]:

@@ -61,10 +61,68 @@ class DistillConfig:
     grad_norm_every: int = 0  # > 0: log each decoder layer's gradient norm every N steps
     output_dir: str = "runs/distill"
     resume: bool = False
+    overwrite: bool = False  # delete what output_dir holds and start again (never implied)
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
     num_processes: int = 1  # recorded by the run: the processes it trained with (launchers set it, not this key)
+
+
+# What a resume may change: where and how the run is watched, not what it trains (max_steps only upward: see
+# check_resume). Every other setting must equal the run's config.yaml.
+RESUME_MAY_CHANGE = {"resume": "", "overwrite": "", "output_dir": "", "num_processes": "",
+                     "max_steps": "larger: train on to the new total (the cosine schedule stretches to it)",
+                     "save_every": "checkpoints from here on", "device": "where it trains from here on",
+                     "tracker": "where it logs from here on", "grad_norm_every": "logging only"}
+
+
+def saved_config(output_dir: str) -> dict:
+    """The settings a run recorded in its ``config.yaml``."""
+    import os
+
+    path = os.path.join(output_dir, "config.yaml")
+    try:
+        with open(path) as f:
+            saved = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise WavedistillError(f"{output_dir!r} has no config.yaml, so there is no run to resume; drop --resume to "
+                               "start one") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise WavedistillError(f"{path!r} is unreadable ({e}); it records the run's settings: restore it") from None
+    if not isinstance(saved, dict):
+        raise WavedistillError(f"{path!r} does not hold a run's settings; restore it")
+    return saved
+
+
+def check_same_run(cfg: DistillConfig, remedy: str) -> None:
+    """A folder's run is reused or resumed by compare / layers only for the very same settings."""
+    saved = saved_config(cfg.output_dir)
+    wanted = yaml.safe_load(to_yaml(cfg))  # the same normalisation as config.yaml
+    differ = sorted(k for k in set(saved) | set(wanted) if k not in ("resume", "overwrite", "num_processes")
+                    and saved.get(k) != wanted.get(k))
+    if differ:
+        raise WavedistillError(f"{cfg.output_dir!r} holds a run with other settings ({', '.join(differ)}); {remedy}")
+
+
+def check_resume(cfg: DistillConfig) -> None:
+    """Refuse, in one line, a resume whose settings differ from the run's ``config.yaml`` where they shape it."""
+    saved = saved_config(cfg.output_dir)
+    wanted = yaml.safe_load(to_yaml(cfg))  # the same normalisation as config.yaml
+    if isinstance(saved.get("student"), dict) and isinstance(wanted.get("student"), dict):
+        # config.yaml records a separate student's layer map as the teacher layers it resolved to
+        if isinstance(saved["student"].get("layer_map"), list) and not isinstance(wanted["student"].get("layer_map"),
+                                                                                  list):
+            wanted["student"]["layer_map"] = saved["student"]["layer_map"]
+    differ = [k for k in wanted if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != wanted[k]]
+    if differ:
+        said = "; ".join(f"{k} {wanted[k]!r} (the run has {saved[k]!r})" for k in differ[:4])
+        raise WavedistillError(f"--resume with other settings than {cfg.output_dir}/config.yaml: {said}. A resumed run "
+                               f"keeps its settings (only {', '.join(k for k, v in RESUME_MAY_CHANGE.items() if v)} "
+                               "may change); drop those flags, or start a new run in another --output-dir")
+    old = saved.get("max_steps") or 0
+    if cfg.max_steps and cfg.max_steps < old:
+        raise WavedistillError(f"--resume --max-steps {cfg.max_steps}: max_steps may only grow on resume (the run was "
+                               f"set to {old})")
 
 
 def field_names(cls=DistillConfig) -> list[str]:
@@ -78,10 +136,18 @@ def load_yaml(path: str, cls=DistillConfig) -> dict:
             changes = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise WavedistillError(f"config file {path!r} does not exist") from None
-    except yaml.YAMLError as e:
-        raise WavedistillError(f"config file {path!r} is not valid YAML: {e}") from None
+    except IsADirectoryError:
+        raise WavedistillError(f"config file {path!r} is a folder; pass a YAML file") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise WavedistillError(f"config file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise WavedistillError(f"config file {path!r} is nested too deeply to be a config") from None
     if not isinstance(changes, dict):
         raise WavedistillError(f"config file {path!r} must hold a mapping of keys to values")
+    bad = [k for k in changes if not isinstance(k, str)]
+    if bad:
+        raise WavedistillError(f"config file {path!r} has keys that are not names: {bad}; known keys: "
+                               f"{', '.join(field_names(cls))}")
     changes = {k.replace("-", "_"): v for k, v in changes.items()}
     unknown = sorted(set(changes) - set(field_names(cls)))
     if unknown:
@@ -94,9 +160,60 @@ def make_config(changes: dict, cls=DistillConfig, check=None):
     unknown = sorted(set(changes) - set(field_names(cls)))
     if unknown:
         raise WavedistillError(f"unknown config keys {unknown}; known keys: {', '.join(field_names(cls))}")
+    check_types(changes, cls)
     cfg = cls(**changes)
     (check or validate)(cfg)
     return cfg
+
+
+def check_types(values: dict, cls, where: str = "") -> None:
+    """Each value has its dataclass field's type (YAML can hold anything: `lr: fast`, `layers: 3`, `epochs: .nan`)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key in hints and not fits(value, hints[key]):
+            raise WavedistillError(f"{where}{key} must be {type_name(hints[key])}, got {value!r}")
+
+
+TYPE_NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false", dict: "a mapping",
+              list: "a list", type(None): "null"}
+
+
+def type_name(hint) -> str:
+    import typing
+
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list and args:
+        return f"a list of {TYPE_NAMES.get(args[0], str(args[0])).split(' ', 1)[-1]}s"
+    if args and typing.get_origin(hint) is not dict:
+        return " or ".join(type_name(a) for a in args)
+    return TYPE_NAMES.get(hint, TYPE_NAMES.get(typing.get_origin(hint), str(hint)))
+
+
+def fits(value, hint) -> bool:
+    import math
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is list or origin is list:
+        return isinstance(value, list) and all(fits(v, args[0]) for v in value) if args else isinstance(value, list)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return True
 
 
 def validate(cfg: DistillConfig) -> None:
@@ -128,6 +245,13 @@ def validate(cfg: DistillConfig) -> None:
         (cfg.teacher_cache is None or isinstance(cfg.teacher_cache, str), "teacher_cache must be a folder path"),
         (cfg.tracker in TRACKERS, f"tracker must be one of {', '.join(TRACKERS)}"),
         (cfg.grad_norm_every >= 0, "grad_norm_every must be >= 0 (0 = off)"),
+        (cfg.save_every >= 1 and cfg.eval_every >= 1, "save_every and eval_every must be >= 1 (steps between "
+         "checkpoints / val scores)"),
+        (cfg.val_windows >= 1 and cfg.test_windows >= 0 and cfg.n_samples >= 0 and cfg.warmup_steps >= 0,
+         "val_windows must be >= 1; test_windows, n_samples and warmup_steps >= 0"),
+        (cfg.max_steps >= 0, "max_steps must be >= 0 (0 = use epochs)"),
+        (0 <= cfg.val_frac < 1 and 0 <= cfg.test_frac < 1 and cfg.val_frac + cfg.test_frac < 1,
+         "val_frac and test_frac must be in [0, 1) and leave a training share"),
     ]
     for ok, message in checks:
         if not ok:

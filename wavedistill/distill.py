@@ -31,22 +31,51 @@ from .config import DistillConfig, recipe_stages, to_yaml
 from .data import check_lengths, eval_windows, run_splits
 from .errors import WavedistillError
 from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
-from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher
+from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher, write_text
 from .loop import DTYPES, STUDENT_INIT, Run, log_candidate, make_accelerator, trainable_counts
 from .rss import peak_mb
 from .surgery import (TeacherView, convert, converted_layers, decoder_layers, keep_frozen_mlps, params_in_use,
                       unconvert, wave_attention_modules)
 
 
-def check_output_dir(cfg: DistillConfig) -> None:
-    """Refuse to start over a finished or partial run unless resuming; nothing is deleted."""
+def check_output_dir(cfg: DistillConfig) -> bool:
+    """Claim the output folder (run_folder.claim: refused if it holds another run or foreign files unless
+    --overwrite), and check a --resume against the run's config.yaml and checkpoint; nothing is deleted unasked.
+    Returns whether the folder was empty when claimed (a run that fails before its first checkpoint removes it)."""
+    from .config import check_resume, saved_config
+    from .run_folder import claim, contents, read_manifest
+
     out = cfg.output_dir
-    existing = [n for n in ("adapter", "checkpoint", "metrics.json") if os.path.exists(os.path.join(out, n))]
+    command = "kd" if cfg.student else "distill"
     if cfg.resume and not os.path.isdir(os.path.join(out, "checkpoint")):
-        raise WavedistillError(f"--resume given but {out!r} has no checkpoint/ to resume from")
-    if existing and not cfg.resume:
-        raise WavedistillError(f"{out!r} already holds a run ({', '.join(existing)}); pass --resume to continue it "
-                               "or choose another --output-dir")
+        if read_manifest(out).get("command") != command:
+            raise WavedistillError(f"--resume given but {out!r} has no checkpoint/ to resume from; drop --resume to "
+                                   "start a run there")
+        # the run stopped before its first checkpoint: start it again, with the settings it recorded
+        if not os.path.isfile(os.path.join(out, "config.yaml")):
+            raise WavedistillError(f"{out!r} holds a run stopped before it recorded its settings; pass --overwrite "
+                                   "instead of --resume to start it again")
+        check_resume(cfg)
+        print(f"{out} has no checkpoint yet: starting its run again from step 0")
+        cfg.resume, cfg.overwrite = False, True
+    was_empty = not contents(out) or cfg.overwrite
+    claim(out, command, resume=cfg.resume, overwrite=cfg.overwrite, settings=yaml_settings(cfg))
+    if not cfg.resume:
+        return was_empty
+    check_resume(cfg)
+    if os.path.isfile(os.path.join(out, "metrics.json")):
+        done = saved_config(out).get("max_steps") or 0
+        if cfg.stages or not done or cfg.max_steps <= done:
+            raise WavedistillError(f"{out!r} holds a finished run (metrics.json); there is nothing to resume"
+                                   + ("" if cfg.stages or not done else
+                                      f": pass --max-steps larger than its {done} to train on from its last step"))
+    return False
+
+
+def yaml_settings(cfg: DistillConfig) -> dict:
+    import yaml
+
+    return yaml.safe_load(to_yaml(cfg))
 
 
 def resolve_device(name: str) -> str:
@@ -115,16 +144,31 @@ def train_in_float32(module: nn.Module) -> None:
 
 def run(cfg: DistillConfig) -> dict | None:
     """The whole run; returns the test metrics on the main process (None on the others)."""
+    resolve_device(cfg.device)
+    acc = make_accelerator(cfg)
+    cfg.num_processes = acc.num_processes
+    restart = cfg.resume and not os.path.isdir(os.path.join(cfg.output_dir, "checkpoint"))
+    fresh = check_output_dir(cfg) if acc.is_main_process else False
+    if restart:  # every process starts the run again (the main one checked it may)
+        cfg.resume, cfg.overwrite = False, True
+    acc.wait_for_everyone()
+    try:
+        return train_and_evaluate(cfg, acc)
+    except BaseException:
+        # A run that fails before its first checkpoint leaves nothing behind (there is nothing to resume).
+        if fresh and not os.path.isdir(os.path.join(cfg.output_dir, "checkpoint")):
+            import shutil
+
+            shutil.rmtree(cfg.output_dir, ignore_errors=True)
+        raise
+
+
+def train_and_evaluate(cfg: DistillConfig, acc) -> dict | None:
+    """Load, convert, split, train the recipe's stages, select and evaluate, in the claimed output folder."""
     from torch.utils.tensorboard import SummaryWriter
 
     from .stages import RUNNERS
 
-    resolve_device(cfg.device)
-    acc = make_accelerator(cfg)
-    cfg.num_processes = acc.num_processes
-    if acc.is_main_process:
-        check_output_dir(cfg)
-    acc.wait_for_everyone()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
@@ -175,12 +219,14 @@ def run(cfg: DistillConfig) -> dict | None:
         restore_checkpoint(r)
         if r.main:
             print(f"resuming {cfg.output_dir} at step {r.step} (stage {r.stage_index} of {len(stages)})")
-    elif r.main:
-        # a separate student's map as the teacher layers it resolved to (the strategy's name alone hides them)
-        saved = cfg if student_layer_map is None else dataclasses.replace(
-            cfg, student={**cfg.student, "layer_map": list(student_layer_map)})
-        with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
-            f.write(to_yaml(saved))
+    if r.main:
+        # The settings the run trains with (a resume's allowed changes included); how it was started is no setting.
+        # A separate student's map as the teacher layers it resolved to (the strategy's name alone hides them).
+        saved = dataclasses.replace(cfg, resume=False, overwrite=False)
+        if student_layer_map is not None:
+            saved = dataclasses.replace(saved, student={**cfg.student, "layer_map": list(student_layer_map)})
+        write_text(os.path.join(cfg.output_dir, "config.yaml"), to_yaml(saved))
+    if r.main and not cfg.resume:
         with open(os.path.join(cfg.output_dir, "data_split.json"), "w") as f:
             json.dump({**splits.summary(), "val_windows": len(r.val_windows), "test_windows": len(r.test_windows),
                        "seq_len": cfg.seq_len}, f, indent=2)
@@ -215,7 +261,8 @@ def run(cfg: DistillConfig) -> dict | None:
         summary = {"stage": i, "kind": stage.kind, **RUNNERS[stage.kind](r, stage)}
         r.records.append(summary)
         r.resume_state = None
-        save_checkpoint(r, {"stage_index": i + 1})
+        save_checkpoint(r, {"stage_index": i + 1, "finished_part": r.finished_part if r.final_stage else None})
+        r.finished_part = None
     acc.wait_for_everyone()
     if not r.main:
         return None
@@ -309,5 +356,6 @@ def finish(r: Run, counts: dict) -> dict:
                     "selected_val_kl": r.best[0], "peak_rss_mb": round(peak_mb(), 1),
                     "num_processes": r.acc.num_processes})
     write_evaluation(cfg.output_dir, metrics, rows)
-    print_metrics(metrics, title=f"{metrics['mixer']}: test split, {metrics['positions']} positions")
+    kind = "separate student" if cfg.student else "student"
+    print_metrics(metrics, title=f"{kind} ({metrics['mixer']} mixing): test split, {metrics['positions']} positions")
     return metrics

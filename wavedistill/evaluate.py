@@ -45,16 +45,18 @@ def attention_zeroed(model: nn.Module, layers=None):
 
 @torch.no_grad()
 def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch_size: int = 8,
-            device: str = "cpu", with_baseline: bool = True, vocab: int | None = None) -> dict:
+            device: str = "cpu", with_baseline: bool = True, vocab: int | None = None, desc: str | None = None) -> dict:
     """Agreement, KL and perplexities of student vs teacher on (N, T) held-out token windows.
 
     ``vocab``: score only the first ``vocab`` logit rows, those teacher and student share (a separate student
     whose vocabulary is padded differently, checked by :func:`wavedistill.student.shared_vocab`); otherwise
-    both must have the same number of rows.
+    both must have the same number of rows. ``desc``: show a progress bar with this label.
     """
+    from tqdm import tqdm
+
     sums = dict(top1=0.0, top5=0.0, t1_in_s5=0.0, kl=0.0, ce_t=0.0, ce_s=0.0, ce_none=0.0, top5_none=0.0, kl_none=0.0)
     positions = targets = 0
-    for i in range(0, len(windows), batch_size):
+    for i in tqdm(range(0, len(windows), batch_size), desc=desc, disable=desc is None, leave=False):
         ids = windows[i: i + batch_size].to(device)
         t = teacher(ids, use_cache=False).logits.float()[..., :vocab]
         s = student(ids, use_cache=False).logits.float()[..., :vocab]
@@ -107,8 +109,10 @@ def side_by_side(teacher: nn.Module, student: nn.Module, tokenizer, prompts: lis
     wall time of each ``generate`` call (batch 1, cached decoding)."""
     import time
 
+    from tqdm import tqdm
+
     rows = []
-    for ids in prompts:
+    for ids in tqdm(prompts, desc="side-by-side generations", leave=False):
         x = torch.tensor([ids], device=device)
         kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
                   if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
@@ -137,7 +141,8 @@ def evaluate_student(teacher: nn.Module, student: nn.Module, tokenizer, windows:
                      prompts: list[list[int]], device: str = "cpu", batch_size: int = 8,
                      vocab: int | None = None) -> tuple[dict, list[dict]]:
     """:func:`compare` on held-out windows plus side-by-side generations; (metrics, generation rows)."""
-    metrics = compare(teacher, student, windows, batch_size=batch_size, device=device, vocab=vocab)
+    metrics = compare(teacher, student, windows, batch_size=batch_size, device=device, vocab=vocab,
+                      desc=f"scoring {len(windows)} held-out windows")
     rows = side_by_side(teacher, student, tokenizer, prompts, device=device)
     metrics["generation_token_agreement"] = sum(r["token_agreement"] for r in rows) / max(len(rows), 1)
     for who in ("teacher", "student"):

@@ -21,6 +21,7 @@ from torch import nn
 
 from . import __version__
 from .errors import AdapterError, ModelLoadError
+from .run_folder import verify_checksums, write_checksums
 from .surgery import convert, decoder_layers, handoff_gate_parameters, mixer_state_dict
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -206,8 +207,12 @@ def write_adapter_files(model: nn.Module, directory: str, base_model: str, teach
         "lora": lora,
     }
     save_file(sd, os.path.join(directory, ADAPTER_WEIGHTS))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(os.path.join(directory, ADAPTER_WEIGHTS), 0o666 & ~umask)  # safetensors writes it private (0600)
     with open(os.path.join(directory, ADAPTER_CONFIG), "w") as f:
         json.dump(config, f, indent=2)
+    write_checksums(directory, [ADAPTER_WEIGHTS])
 
 
 def write_text(path: str, text: str) -> None:
@@ -233,15 +238,28 @@ def replace_dir(src: str, dst: str) -> None:
 def read_adapter_config(directory: str) -> dict:
     path = os.path.join(directory, ADAPTER_CONFIG)
     if not os.path.isfile(path):
-        raise AdapterError(f"{directory!r} is not a wavedistill adapter: {ADAPTER_CONFIG} is missing")
+        runs = sorted(n for n in (os.listdir(directory) if os.path.isdir(directory) else [])
+                      if os.path.isfile(os.path.join(adapter_dir(os.path.join(directory, n)), ADAPTER_CONFIG)))
+        hint = f" (students in it: {', '.join(os.path.join(directory, n) for n in runs)})" if runs else ""
+        raise AdapterError(f"{directory!r} is not a wavedistill adapter: {ADAPTER_CONFIG} is missing{hint}")
     try:
         with open(path) as f:
             config = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterError(f"corrupt adapter config {path!r}: {e}") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"corrupt adapter config {path!r}: not a JSON object")
     missing = [k for k in ("base_model", "base_fingerprint", "layers", "mixer", "layer_kwargs") if k not in config]
     if missing:
         raise AdapterError(f"adapter config {path!r} lacks {missing}; it was not written by this wavedistill")
+    types = {"base_model": (str,), "base_fingerprint": (str,), "mixer": (str, type(None)), "layer_kwargs": (dict,),
+             "layers": (list,)}
+    wrong = [k for k, t in types.items() if not isinstance(config[k], t)]
+    if not wrong and not all(str(k).isdigit() and isinstance(v, dict) for k, v in config["layer_kwargs"].items()):
+        wrong = ["layer_kwargs"]
+    if wrong or not all(isinstance(i, int) and not isinstance(i, bool) for i in config["layers"]):
+        raise AdapterError(f"corrupt adapter config {path!r}: {', '.join(wrong) or 'layers'} has the wrong type; "
+                           "restore the file or distill the adapter again")
     if config.get("format_version") != FORMAT_VERSION:
         raise AdapterError(f"{path!r} has format_version {config.get('format_version')!r}; "
                            f"this wavedistill reads {FORMAT_VERSION}")
@@ -256,6 +274,7 @@ def apply_adapter(model: nn.Module, directory: str) -> nn.Module:
         raise AdapterError(f"adapter {directory!r} was trained on base {config['base_model']!r} "
                            f"(fingerprint {config['base_fingerprint']}), but the given base has fingerprint {fp}; "
                            "pass the matching base model with --base")
+    verify_checksums(directory, [ADAPTER_WEIGHTS], AdapterError)
     try:
         weights = load_file(os.path.join(directory, ADAPTER_WEIGHTS))
     except (SafetensorError, OSError, ValueError) as e:

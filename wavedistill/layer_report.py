@@ -22,7 +22,7 @@ from .errors import WavedistillError
 
 
 def run_layer_report(cfg, output_dir: str) -> list[dict]:
-    from .config import make_config, to_yaml
+    from .config import check_same_run, make_config, to_yaml
     from .data import eval_windows, run_splits
     from .distill import run
     from .evaluate import attention_zeroed, compare
@@ -34,10 +34,13 @@ def run_layer_report(cfg, output_dir: str) -> list[dict]:
     if os.path.exists(os.path.join(output_dir, "layers.json")):
         raise WavedistillError(f"{output_dir!r} already holds a layer report; choose another --output-dir")
     transfer_dir = os.path.join(output_dir, "transfer")
+    run_cfg = make_config({**cfg, "output_dir": transfer_dir})
+    if os.path.isfile(os.path.join(transfer_dir, "config.yaml")):
+        # an interrupted report is finished from its own transfer run, never from one trained otherwise
+        check_same_run(run_cfg, "pass the settings it was started with, or another --output-dir")
     if not os.path.isfile(os.path.join(transfer_dir, "metrics.json")):
         run(make_config({**cfg, "output_dir": transfer_dir, "resume": os.path.isdir(os.path.join(transfer_dir,
                                                                                              "checkpoint"))}))
-    run_cfg = make_config({**cfg, "output_dir": transfer_dir})
     teacher, tokenizer = load_teacher(run_cfg.teacher, dtype=DTYPES[run_cfg.dtype], device=run_cfg.device)
     splits = run_splits(run_cfg.data, tokenizer, n_samples=run_cfg.n_samples, val_frac=run_cfg.val_frac,
                         test_frac=run_cfg.test_frac)

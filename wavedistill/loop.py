@@ -92,7 +92,8 @@ class _Step(nn.Module):
 
 
 def trainable_counts(model: nn.Module, params=None) -> dict[str, int]:
-    """Trainable parameters per group (mixers, lora, mlp, handoff_gates, other), among ``params`` (default: all)."""
+    """Trainable parameters per group among ``params`` (default: all): mixers, lora, mlp, handoff_gates, and for a
+    separate student also its attention, embeddings (input and output) and norms."""
     from .lora import lora_parameters
     from .surgery import handoff_gate_parameters
 
@@ -100,11 +101,13 @@ def trainable_counts(model: nn.Module, params=None) -> dict[str, int]:
     groups = {"mixers": {id(p) for p in mixer_parameters(model)},
               "lora": {id(p) for p in lora_parameters(model).values()},
               "handoff_gates": {id(p) for p in handoff_gate_parameters(model).values()}}
-    counts = dict.fromkeys(("mixers", "lora", "mlp", "handoff_gates", "other"), 0)
+    counts = dict.fromkeys(("mixers", "lora", "mlp", "handoff_gates", "attention", "embeddings", "norms"), 0)
     for name, p in model.named_parameters():
         if id(p) not in chosen:
             continue
-        group = next((g for g, ids in groups.items() if id(p) in ids), "mlp" if ".mlp." in name else "other")
+        group = next((g for g, ids in groups.items() if id(p) in ids), None) or next(
+            (g for g, part in (("mlp", ".mlp."), ("attention", ".self_attn."), ("embeddings", "embed_tokens"),
+                               ("embeddings", "lm_head")) if part in name), "norms")
         counts[group] += p.numel()
     return counts
 
@@ -164,6 +167,7 @@ class Run:
     records: list[dict] = field(default_factory=list)  # one summary per finished stage
     log_rows: int = 0  # rows written to train_log.jsonl
     resume_state: dict | None = None
+    finished_part: dict | None = None  # the last train_steps call's resume state, kept in the final checkpoint
     teacher_cache: object = None  # wavedistill.teacher_cache.TeacherCache: training targets without a teacher forward
     student_layer_map: list[int] | None = None  # a separate student: the teacher layer of each student layer
     features: nn.Module | None = None  # features.FeatureProjection: trains with the student, not saved in it
@@ -327,9 +331,11 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
                 totals[k] = totals.get(k, 0.0) + v.detach().float() / len(micro)
         means = dict(zip(totals, acc.reduce(torch.stack(list(totals.values())), reduction="mean").tolist()))
         if not math.isfinite(means["loss"]):  # on every process alike: the mean was reduced across them
+            kept = (f"the last checkpoint in {cfg.output_dir} is untouched (--resume continues from it)"
+                    if os.path.isdir(os.path.join(cfg.output_dir, "checkpoint")) else
+                    "no checkpoint was written yet, so nothing is kept")
             raise TrainingError(f"loss became {means['loss']} at step {run.step + 1} (stage {name}); lower the "
-                                f"stage's lr (now {lr}) or use --dtype float32. The last checkpoint in "
-                                f"{cfg.output_dir} is untouched.")
+                                f"stage's lr (now {lr}) or use --dtype float32; {kept}")
         # Read before clipping; logged under the step this update makes.
         grad_norms = layer_grad_norms(run.student) if cfg.grad_norm_every and \
             (run.step + 1) % cfg.grad_norm_every == 0 else {}
@@ -357,10 +363,13 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
             val_kl = row["val_kl"]
         run.log_row(row)
         if run.step % cfg.save_every == 0 or last:
-            save_checkpoint(run, {"part": part, "part_step": s + 1, "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(),
-                                  "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-                                  **(extra_state() if extra_state else {})})
+            part_state = {"part": part, "part_step": s + 1, "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(),
+                          "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                          **(extra_state() if extra_state else {})}
+            save_checkpoint(run, part_state)
+            if last:  # a finished run keeps it, so a larger --max-steps can train on from here
+                run.finished_part = part_state
     bar.close()
     acc.free_memory()  # drop the prepared wrappers; the next stage prepares its own
     return {"steps": n_steps - start, "tokens": tokens, "train_wall_s": round(wall, 2),

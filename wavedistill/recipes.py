@@ -119,6 +119,9 @@ def make_stage(spec: dict) -> Stage:
     unknown = sorted(set(spec) - set(known))
     if unknown:
         raise WavedistillError(f"unknown keys {unknown} for a {kind!r} stage; known keys: {', '.join(known)}")
+    from .config import check_types
+
+    check_types(spec, cls, where=f"a {kind!r} stage's ")
     stage = cls(**spec)
     validate_stage(stage)
     return stage

@@ -150,3 +150,38 @@ def set_mixer_attrs(model: nn.Module, attrs: dict) -> None:
             if not hasattr(m.mixer, name) or callable(getattr(m.mixer, name)):
                 raise WavedistillError(f"--mixer-attrs: the {m.mixer.name} mixer of layer {i} has no setting {name!r}")
             setattr(m.mixer, name, value)
+
+
+def eval_destination(student: str, output_dir: str | None, mixer_attrs: dict | None) -> tuple[str, str]:
+    """(folder, file prefix) for ``eval``'s metrics.json / samples.md, compared as resolved paths, never strings.
+
+    Next to its own student the files are ``eval_*`` (the run's own metrics.json stays); elsewhere the folder is the
+    eval's own (its manifest is written with the results): a folder holding another run, another student's eval or
+    foreign files is refused in one line.
+    """
+    from .run_folder import check_not_file, contents, read_manifest
+
+    out = output_dir or student
+    if os.path.realpath(out) == os.path.realpath(student):
+        return out, "eval_"
+    check_not_file(out)
+    manifest, present = read_manifest(out), set(contents(out))
+    identity = eval_identity(student, mixer_attrs)
+    if manifest.get("command", "eval") != "eval" or (not manifest and present & {"config.yaml", "adapter",
+                                                                                  "checkpoint", "metrics.json"}):
+        raise WavedistillError(f"--output-dir {out!r} holds another run; eval writes next to its own student "
+                               f"({os.path.join(student, 'eval_metrics.json')}) without --output-dir, or into a new "
+                               "--output-dir")
+    if manifest and manifest.get("settings") != identity:
+        raise WavedistillError(f"--output-dir {out!r} holds the eval of {manifest.get('settings', {}).get('student')} "
+                               f"with mixer settings {manifest.get('settings', {}).get('mixer_attrs')}; pass a new "
+                               "--output-dir")
+    if not manifest and present - {"suite"}:
+        raise WavedistillError(f"--output-dir {out!r} holds files eval did not write ({', '.join(sorted(present))}); "
+                               "pass a new --output-dir")
+    return out, ""
+
+
+def eval_identity(student: str, mixer_attrs: dict | None) -> dict:
+    """What an eval folder's manifest records: whose results it holds."""
+    return {"student": os.path.realpath(student), "mixer_attrs": mixer_attrs or None}

@@ -105,6 +105,12 @@ def student_config(teacher_config, spec: StudentSpec):
     config.head_dim = head_dim  # kept: RoPE and the q/k norms act per head
     if hasattr(config, "layer_types") and config.layer_types is not None:
         config.layer_types = list(config.layer_types)[: values["num_hidden_layers"]]
+    try:  # the model family's own checks (e.g. hidden size a multiple of the heads), now rather than at saving
+        type(config)(**config.to_dict())
+    except Exception as e:  # transformers / huggingface_hub raise their own validation error classes
+        reason = str(getattr(e, "__cause__", None) or e).strip().splitlines()[-1].strip().rstrip(".")
+        raise WavedistillError(f"the student's shape is not a valid {t.model_type} config: {reason}; change "
+                               "--student-hidden-size / --student-heads") from None
     return config
 
 

@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 
 import torch
@@ -50,12 +49,16 @@ from torch import Tensor
 from . import __version__
 from .errors import WavedistillError
 from .kd_chunked import CHUNK_ELEMENTS, DIVERGENCES, divergence
+from .run_folder import claim, sha256, write_json_atomic
 
 CACHE_JSON = "cache.json"
 FORMAT_VERSION = 1
 DEFAULT_TOP_K = 32
 SHARD_BYTES = 256 << 20  # target size of one shard file
 KEYS = ("input_ids", "topk_ids", "topk_logp", "rest_logp")
+META_KEYS = ("format_version", "seq_len", "top_k", "shards", "n_windows", "teacher", "base_fingerprint",
+             "tokenizer_hash", "train_tokens_hash", "vocab_size", "data", "n_samples", "val_frac",
+             "test_frac")  # what reading and checking a cache use
 # Finite stand-ins for log 0: 0 * (-inf) would be NaN in the divergence and its gradient.
 _STUDENT_FLOOR = -1e30  # log q_rest when the k ids cover the whole vocabulary
 _TEACHER_FLOOR = -1e4  # exp() of it is 0 in float32
@@ -92,20 +95,40 @@ def teacher_targets(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
 
 def write_cache(teacher: str, data: str, output_dir: str, *, top_k: int = DEFAULT_TOP_K, seq_len: int = 256,
                 batch_size: int = 16, n_samples: int = 0, val_frac: float = 0.05, test_frac: float = 0.10,
-                dtype: str = "float32", device: str = "cpu", shard_bytes: int = SHARD_BYTES) -> dict:
+                dtype: str = "float32", device: str = "cpu", shard_bytes: int = SHARD_BYTES,
+                overwrite: bool = False) -> dict:
     """Run ``teacher`` over the training split of ``data`` (the split ``distill`` makes with the same
     settings) in windows of ``seq_len`` and write its top-``top_k`` targets to ``output_dir``; returns cache.json."""
-    from .data import check_lengths, eval_windows, run_splits
-    from .io import architecture, base_fingerprint, embedding_sample, load_teacher
     from .loop import DTYPES
 
     if top_k < 1 or seq_len < 2 or batch_size < 1:
         raise WavedistillError("cache-teacher needs --top-k >= 1, --seq-len >= 2 and --batch-size >= 1")
     if dtype not in DTYPES:
         raise WavedistillError(f"--dtype must be one of {', '.join(DTYPES)}")
-    if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
-        raise WavedistillError(f"{output_dir!r} already exists and is not empty; a teacher cache goes into a new "
-                               "folder: choose another --output-dir")
+    was_there = os.path.isdir(output_dir)
+    claim(output_dir, "cache-teacher", overwrite=overwrite, resumable=False,
+          settings={"teacher": teacher, "data": data, "top_k": top_k, "seq_len": seq_len, "n_samples": n_samples,
+                    "val_frac": val_frac, "test_frac": test_frac, "dtype": dtype})
+    try:
+        return _write_cache(teacher, data, output_dir, top_k, seq_len, batch_size, n_samples, val_frac, test_frac,
+                            dtype, device, shard_bytes)
+    except BaseException:
+        # nothing half-written stays: shards without cache.json are no cache
+        if was_there:
+            for name in os.listdir(output_dir):
+                path = os.path.join(output_dir, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        else:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+
+
+def _write_cache(teacher, data, output_dir, top_k, seq_len, batch_size, n_samples, val_frac, test_frac, dtype, device,
+                 shard_bytes) -> dict:
+    from .data import check_lengths, eval_windows, run_splits
+    from .io import architecture, base_fingerprint, embedding_sample, load_teacher
+    from .loop import DTYPES
+
     t_start = time.perf_counter()
     model, tokenizer = load_teacher(teacher, dtype=DTYPES[dtype], device=device)
     head = model.get_output_embeddings()
@@ -117,59 +140,51 @@ def write_cache(teacher: str, data: str, output_dir: str, *, top_k: int = DEFAUL
     windows = eval_windows(splits.train, seq_len)  # (N, T): every training window, consecutive
     per_shard = max(1, shard_bytes // (seq_len * bytes_per_token(top_k)))
 
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".teacher-cache-", dir=parent)
-    try:
-        shards, pending, teacher_s = [], {k: [] for k in KEYS}, 0.0
+    # The folder is claimed: shards go straight in, cache.json last (a folder without it is no cache).
+    shards, pending, teacher_s = [], {k: [] for k in KEYS}, 0.0
 
-        def flush(n: int) -> None:  # the first n pending windows become the next shard
-            from safetensors.torch import save_file
+    def flush(n: int) -> None:  # the first n pending windows become the next shard
+        from safetensors.torch import save_file
 
-            name = f"shard_{len(shards):05d}.safetensors"
-            tensors = {k: torch.cat(v) for k, v in pending.items()}
-            save_file({k: v[:n].contiguous() for k, v in tensors.items()}, os.path.join(tmp, name))
-            os.chmod(os.path.join(tmp, name), 0o666 & ~_umask())  # safetensors writes it private (0600)
-            shards.append({"file": name, "windows": n})
-            for k, v in tensors.items():
-                pending[k] = [v[n:]] if len(v) > n else []
+        name = f"shard_{len(shards):05d}.safetensors"
+        tensors = {k: torch.cat(v) for k, v in pending.items()}
+        path = os.path.join(output_dir, name)
+        save_file({k: v[:n].contiguous() for k, v in tensors.items()}, path)
+        os.chmod(path, 0o666 & ~_umask())  # safetensors writes it private (0600)
+        shards.append({"file": name, "windows": n, "sha256": sha256(path)})
+        for k, v in tensors.items():
+            pending[k] = [v[n:]] if len(v) > n else []
 
-        for b in range(0, len(windows), batch_size):
-            ids = windows[b: b + batch_size]  # (b, T)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                logits = model(ids.to(device), use_cache=False).logits  # (b, T, V)
-                top_ids, top_logp, rest = (x.cpu() for x in teacher_targets(logits, top_k))
-            teacher_s += time.perf_counter() - t0
-            for key, value in zip(KEYS, (ids.to(torch.int32), top_ids.to(torch.int32), top_logp.half(), rest.half())):
-                pending[key].append(value)
-            while sum(len(x) for x in pending["input_ids"]) >= per_shard:
-                flush(per_shard)
-        if pending["input_ids"]:
-            flush(sum(len(x) for x in pending["input_ids"]))
-        n_tokens = windows.numel()
-        size = sum(os.path.getsize(os.path.join(tmp, s["file"])) for s in shards)
-        meta = {
-            "format_version": FORMAT_VERSION, "wavedistill_version": __version__,
-            "teacher": os.path.abspath(teacher) if os.path.isdir(teacher) else teacher,
-            "base_fingerprint": base_fingerprint(model), "base_architecture": architecture(model),
-            "embedding_sample": embedding_sample(model), "dtype": dtype, "vocab_size": vocab,
-            "tokenizer_hash": tokenizer_hash(tokenizer),
-            "data": os.path.abspath(data) if os.path.exists(data) else data, "n_samples": n_samples,
-            "val_frac": val_frac, "test_frac": test_frac, "train_tokens_hash": tokens_hash(windows),
-            "seq_len": seq_len, "top_k": top_k, "n_windows": len(windows), "n_tokens": n_tokens,
-            "shards": shards, "bytes": size, "bytes_per_token": round(size / n_tokens, 2),
-            "teacher_s": round(teacher_s, 2),
-            "teacher_tokens_per_s": round(n_tokens / teacher_s, 1) if teacher_s else None,
-            "wall_s": round(time.perf_counter() - t_start, 2),
-        }
-        with open(os.path.join(tmp, CACHE_JSON), "w") as f:
-            json.dump(meta, f, indent=2)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a cache is an ordinary folder
-        os.replace(tmp, output_dir)  # an empty existing folder is replaced too
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    for b in range(0, len(windows), batch_size):
+        ids = windows[b: b + batch_size]  # (b, T)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            logits = model(ids.to(device), use_cache=False).logits  # (b, T, V)
+            top_ids, top_logp, rest = (x.cpu() for x in teacher_targets(logits, top_k))
+        teacher_s += time.perf_counter() - t0
+        for key, value in zip(KEYS, (ids.to(torch.int32), top_ids.to(torch.int32), top_logp.half(), rest.half())):
+            pending[key].append(value)
+        while sum(len(x) for x in pending["input_ids"]) >= per_shard:
+            flush(per_shard)
+    if pending["input_ids"]:
+        flush(sum(len(x) for x in pending["input_ids"]))
+    n_tokens = windows.numel()
+    size = sum(os.path.getsize(os.path.join(output_dir, s["file"])) for s in shards)
+    meta = {
+        "format_version": FORMAT_VERSION, "wavedistill_version": __version__,
+        "teacher": os.path.abspath(teacher) if os.path.isdir(teacher) else teacher,
+        "base_fingerprint": base_fingerprint(model), "base_architecture": architecture(model),
+        "embedding_sample": embedding_sample(model), "dtype": dtype, "vocab_size": vocab,
+        "tokenizer_hash": tokenizer_hash(tokenizer),
+        "data": os.path.abspath(data) if os.path.exists(data) else data, "n_samples": n_samples,
+        "val_frac": val_frac, "test_frac": test_frac, "train_tokens_hash": tokens_hash(windows),
+        "seq_len": seq_len, "top_k": top_k, "n_windows": len(windows), "n_tokens": n_tokens,
+        "shards": shards, "bytes": size, "bytes_per_token": round(size / n_tokens, 2),
+        "teacher_s": round(teacher_s, 2),
+        "teacher_tokens_per_s": round(n_tokens / teacher_s, 1) if teacher_s else None,
+        "wall_s": round(time.perf_counter() - t_start, 2),
+    }
+    write_json_atomic(os.path.join(output_dir, CACHE_JSON), meta)
     return meta
 
 
@@ -191,13 +206,21 @@ class TeacherCache:
         self.path = path
         meta_path = os.path.join(path, CACHE_JSON)
         if not os.path.isfile(meta_path):
-            raise WavedistillError(f"--teacher-cache {path!r} is not a teacher cache ({CACHE_JSON} is missing); "
-                                   "write one with `wavedistill cache-teacher`")
+            raise WavedistillError(f"--teacher-cache {path!r} is not a teacher cache ({CACHE_JSON} is missing: none was "
+                                   "written there, or its writing was interrupted); write one with `wavedistill "
+                                   "cache-teacher` (--overwrite to reuse the folder)")
         try:
             with open(meta_path) as f:
                 self.meta = json.load(f)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise WavedistillError(f"corrupt teacher cache {meta_path!r}: {e}") from None
+        missing = [k for k in META_KEYS if k not in (self.meta if isinstance(self.meta, dict) else {})]
+        if missing or not isinstance(self.meta.get("shards"), list) or not all(
+                isinstance(x, dict) and isinstance(x.get("file"), str) and isinstance(x.get("windows"), int)
+                for x in self.meta["shards"]):
+            raise WavedistillError(f"corrupt teacher cache {meta_path!r}: "
+                                   f"{'it lacks ' + ', '.join(missing) if missing else 'its shard list is malformed'}; "
+                                   "write the cache again")
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise WavedistillError(f"teacher cache {path!r} has format_version {self.meta.get('format_version')!r}; "
                                    f"this wavedistill reads {FORMAT_VERSION}")
@@ -205,6 +228,9 @@ class TeacherCache:
         self.files, self.starts, n = [], [], 0
         for shard in self.meta["shards"]:
             file = os.path.join(path, shard["file"])
+            if "sha256" in shard and os.path.isfile(file) and sha256(file) != shard["sha256"]:
+                raise WavedistillError(f"teacher cache {path!r}: shard {shard['file']} does not match the checksum "
+                                       "written with it (damaged or changed since); write the cache again")
             try:
                 handle = safe_open(file, framework="pt")
                 shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in KEYS}
