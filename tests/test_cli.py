@@ -89,7 +89,7 @@ def tree_hashes(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def cli_root(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cli")
-    # .jsonl data goes through `datasets`, which would otherwise cache it under the home folder.
+    # lm-eval reads task JSONL through `datasets`, which would otherwise cache it under the home folder.
     ENV["HF_DATASETS_CACHE"] = str(root / "hf_datasets_cache")
     corpus = write_tiny_corpus(root / "stories.txt")
     return {"root": root, "corpus": corpus, "teacher": write_tiny_teacher(root / "teacher", corpus, seed=0)}

@@ -19,13 +19,16 @@ from wavedistill.demo import build_tokenizer
 from wavedistill.errors import DataError
 
 
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    # .jsonl / .parquet go through `datasets`, which caches what it reads under ~/.cache by default;
-    # a per-test cache keeps the home folder clean and one test's file from answering for another's.
+def test_local_jsonl_and_parquet_leave_no_copy_in_the_datasets_cache(tmp_path, monkeypatch):
+    # read in this process, not through `datasets` (which would keep an Arrow copy under ~/.cache)
     import datasets
 
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets_cache"))
+    cache = tmp_path / "hf_datasets_cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in DOCS) + "\n")
+    pd.DataFrame({"text": DOCS}).to_parquet(tmp_path / "d.parquet")
+    assert read_documents(str(tmp_path / "d.jsonl")) == read_documents(str(tmp_path / "d.parquet")) == DOCS
+    assert not cache.exists()
 
 
 @pytest.fixture(scope="module")
