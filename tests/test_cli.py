@@ -461,6 +461,20 @@ def test_resume_continues_a_finished_run_with_more_steps_and_the_settings_allowe
     assert metrics["steps"] == 9 and metrics["selected_step"] in (0, 3, 6, 9)
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_resume(finished_run, tmp_path):
+    # what a kill -9 before the first checkpoint leaves: the manifest, config.yaml, a log, no checkpoint
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out)
+    for name in ("checkpoint", "adapter"):
+        shutil.rmtree(out / name)
+    (out / "metrics.json").unlink()
+    proc = wavedistill_here("distill", "--output-dir", out)
+    assert_one_line_error(proc, "stopped before its first checkpoint", "--overwrite")
+    proc = ok(wavedistill("distill", "--output-dir", out, "--resume"))
+    assert "no checkpoint yet: starting its run again from step 0" in proc.stdout
+    assert [r["step"] for r in read_log(out)] == list(range(7)) and (out / "metrics.json").exists()
+
+
 @pytest.mark.parametrize("damage", ["state-truncated", "state-random", "state-missing", "weights-truncated",
                                     "weights-empty"])
 def test_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(damage, cli_root, finished_run, tmp_path):

@@ -165,3 +165,8 @@ def test_a_nan_loss_stops_the_run_with_advice_and_keeps_the_last_checkpoint(tiny
     state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
     assert state["step"] == 2, "the checkpoint written before the NaN is the one kept"
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+    # Before the first checkpoint, the message says nothing is kept, and nothing is.
+    calls["n"], early = 0, tmp_path / "early"
+    with pytest.raises(TrainingError, match="no checkpoint was written yet, so nothing is kept"):
+        run(tiny_run_config(tiny_teacher, early, stages=[{"kind": "kd", "steps": 5}], save_every=4, eval_every=4))
+    assert not early.exists()
