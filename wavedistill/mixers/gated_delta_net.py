@@ -75,10 +75,11 @@ def gated_delta_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_a: Te
     kd = k * (last - g).exp()[..., None]  # keys decayed to the chunk end
     S = q.new_zeros(B, H, dk, dv) if state is None else state.to(q.dtype)
     outs = []
-    for c in range(n):
-        u = u0[:, :, c] - w[:, :, c] @ S  # (B, H, C, dv) values written in this chunk
-        outs.append(qg[:, :, c] @ S + qk[:, :, c] @ u)
-        S = last[:, :, c, :, None].exp() * S + kd[:, :, c].transpose(-1, -2) @ u
+    # unbind, not x[:, :, c]: each index's backward would allocate and fill a full-size zero gradient (O(n^2))
+    for u0_c, w_c, qg_c, qk_c, a_c, kd_c in zip(*(t.unbind(2) for t in (u0, w, qg, qk, last[..., None].exp(), kd))):
+        u = u0_c - w_c @ S  # (B, H, C, dv) values written in this chunk
+        outs.append(qg_c @ S + qk_c @ u)
+        S = a_c * S + kd_c.transpose(-1, -2) @ u
     return torch.stack(outs, dim=2).reshape(B, H, n * C, dv)[:, :, :T], S
 
 

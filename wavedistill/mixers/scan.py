@@ -43,9 +43,11 @@ def decayed_linear_attention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
     chunk_decay = last.exp()[..., None]  # (B, H, n, 1, 1)
     S = q.new_zeros(B, H, Fd, dv) if state is None else state.to(q.dtype)
     before = []
-    for c in range(n):
+    # unbind, not chunk_update[:, :, c]: each index's backward would allocate and fill a full-size zero
+    # gradient, n of them, O(n^2) work that made the backward super-linear in T (docs/benchmarks.md)
+    for a_c, u_c in zip(chunk_decay.unbind(2), chunk_update.unbind(2)):
         before.append(S)
-        S = chunk_decay[:, :, c] * S + chunk_update[:, :, c]
+        S = a_c * S + u_c
     o = o + (q * g.exp()[..., None]) @ torch.stack(before, dim=2)  # what earlier chunks left in the state
     return o.reshape(B, H, n * C, dv)[:, :, :T], S
 
