@@ -2,6 +2,7 @@
 builds it (d_model 256, batch 1, CPU), beside softmax attention at the same length, in the same process.
 
 usage: python scripts/profile_mixers.py [--mixers rotary_gla,gated_delta_net] [--lengths 512,8192,16384] [--top 8]
+       [--kwargs '{"window": 16}']   (settings of the mixers other than attention: e.g. the window-16 hybrid)
 Prints, per mixer and length: forward and backward wall time (median of --repeats after a warm-up) and the ops
 that take most of each (self CPU time, summed over calls, with the number of calls).
 """
@@ -9,6 +10,7 @@ that take most of each (self CPU time, summed over calls, with the number of cal
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -42,11 +44,12 @@ def main() -> None:
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--top", type=int, default=8)
+    p.add_argument("--kwargs", type=json.loads, default={}, help="JSON settings for the mixers (not attention)")
     args = p.parse_args()
     for T in (int(t) for t in args.lengths.split(",")):
         for name in ["attention", *args.mixers.split(",")]:
             torch.manual_seed(0)
-            m = build_mixer(name, args.d_model)
+            m = build_mixer(name, args.d_model, **({} if name == "attention" else args.kwargs))
             x = torch.randn(1, T, args.d_model, requires_grad=True)
 
             def fwd():

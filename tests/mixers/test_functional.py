@@ -92,3 +92,22 @@ def test_blocked_local_attention_matches_dense_masked_softmax(window, padded):
         pad[1, :6] = False
     out = local_attention(q, k, v, window, pad, 0.5)
     torch.testing.assert_close(out, _dense_local_attention(q, k, v, window, pad, 0.5), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("T,window", [(1, 4), (63, 16), (65, 16), (130, 70), (200, 1)])
+def test_window_exp_sums_in_blocks_equal_the_dense_band(T, window):
+    # blocks of 64 queries; windows longer than a block and lengths off the block grid included
+    from wavedistill.mixers.functional import window_exp_sums
+
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, T, 8, dtype=torch.float64), torch.randn(2, 3, T, 8, dtype=torch.float64)
+    v = torch.randn(2, 3, T, 5, dtype=torch.float64)
+    for mask in (None, torch.rand(2, T) > 0.3):
+        num, den, c = window_exp_sums(q, k, v, window, mask, 0.3)
+        t, s = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        real = torch.ones(2, T, dtype=torch.bool) if mask is None else mask
+        ok = (s <= t) & (s > t - window) & (real[:, None, :] | (s == t))  # (B, T, T)
+        scores = (q @ k.transpose(-1, -2) * 0.3).masked_fill(~ok[:, None], float("-inf"))
+        assert torch.allclose(c, scores.amax(-1))
+        p = (scores - scores.amax(-1, keepdim=True)).exp()
+        assert torch.allclose(num, p @ v) and torch.allclose(den, p.sum(-1))

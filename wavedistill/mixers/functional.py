@@ -164,25 +164,39 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, padding_mask: 
 
 
 def window_exp_sums(q: Tensor, k: Tensor, v: Tensor, window: int, padding_mask: Tensor | None,
-                    scale: float) -> tuple[Tensor, Tensor, Tensor]:
+                    scale: float, block: int = 64) -> tuple[Tensor, Tensor, Tensor]:
     """Unnormalised softmax sums over each query's last ``window`` keys (itself included).
 
     Returns ``num = sum_s exp(q.k_s * scale - c) v_s`` (B, H, T, dv), ``den = sum_s exp(q.k_s * scale - c)``
     and the stabiliser ``c`` (B, H, T), the largest score in the band, so that a caller can add other
     terms on the same scale (``exp(-c) * extra``) before normalising. Pad keys are never seen; a
-    padded query keeps its own key so no band is empty. Memory O(T * window).
+    padded query keeps its own key so no band is empty. Memory O(T * (block + window)).
+
+    Computed in blocks of ``block`` queries against the ``block + window - 1`` keys their bands can reach: one
+    batched matmul per block instead of one tiny (1 x window) product per query, which spent most of its time
+    materialising the unfolded keys (4x slower at 8K).
 
     Args:
         q, k: (B, H, T, hd); v: (B, H, T, dv); padding_mask: (B, T) bool, True = real token.
     """
     B, H, T, _ = q.shape
-    ks = F.pad(k, (0, 0, window - 1, 0)).unfold(2, window, 1)  # (B, H, T, hd, W): keys t-W+1 .. t
-    vs = F.pad(v, (0, 0, window - 1, 0)).unfold(2, window, 1)  # (B, H, T, dv, W)
+    W, C = window, min(block, T)
+    n = -(-T // C)
+    extra = n * C - T
+    L = C + W - 1  # keys a block of queries can reach: W - 1 before its first query, up to its last
+    qb = F.pad(q, (0, 0, 0, extra)).view(B, H, n, C, -1)
+    kb = F.pad(k, (0, 0, W - 1, extra)).unfold(2, L, C)  # (B, H, n, hd, L)
+    vb = F.pad(v, (0, 0, W - 1, extra)).unfold(2, L, C).transpose(-1, -2)  # (B, H, n, L, dv)
     real = torch.ones(B, T, dtype=torch.bool, device=q.device) if padding_mask is None else padding_mask
-    ok = F.pad(real, (window - 1, 0), value=False).unfold(1, window, 1).clone()  # (B, T, W)
-    ok[..., -1] = True
-    scores = torch.einsum("bhtd,bhtdw->bhtw", q, ks) * scale
+    key_ok = F.pad(real, (W - 1, extra), value=False).unfold(1, L, C)  # (B, n, L)
+    j = torch.arange(C, device=q.device)[:, None]
+    m = torch.arange(L, device=q.device)[None, :]
+    band = (m >= j) & (m <= j + W - 1)  # (C, L): key m of the block is in query j's last W positions
+    own = m == j + W - 1  # the query's own key: always in, so a padded query's band is never empty
+    ok = band & (key_ok[:, :, None, :] | own)  # (B, n, C, L)
+    scores = (qb @ kb) * scale  # (B, H, n, C, L)
     scores = scores.masked_fill(~ok[:, None], float("-inf"))
-    c = scores.amax(-1)  # (B, H, T), finite: the diagonal is always in
+    c = scores.amax(-1)  # (B, H, n, C), finite: the own key is always in
     p = (scores - c[..., None]).exp()
-    return torch.einsum("bhtw,bhtdw->bhtd", p, vs), p.sum(-1), c
+    num = (p @ vb).reshape(B, H, n * C, -1)[:, :, :T]
+    return num, p.sum(-1).reshape(B, H, n * C)[:, :, :T], c.reshape(B, H, n * C)[:, :, :T]
