@@ -94,10 +94,15 @@ def saved_config(output_dir: str) -> dict:
     return saved
 
 
+def recorded_settings(cfg) -> dict:
+    """The config as config.yaml records it (the same YAML normalisation), for comparisons and manifests."""
+    return yaml.safe_load(to_yaml(cfg))
+
+
 def check_same_run(cfg: DistillConfig, remedy: str) -> None:
     """A folder's run is reused or resumed by compare / layers only for the very same settings."""
     saved = saved_config(cfg.output_dir)
-    wanted = yaml.safe_load(to_yaml(cfg))  # the same normalisation as config.yaml
+    wanted = recorded_settings(cfg)
     differ = sorted(k for k in set(saved) | set(wanted) if k not in ("resume", "overwrite", "num_processes")
                     and saved.get(k) != wanted.get(k))
     if differ:
@@ -107,7 +112,7 @@ def check_same_run(cfg: DistillConfig, remedy: str) -> None:
 def check_resume(cfg: DistillConfig) -> None:
     """Refuse, in one line, a resume whose settings differ from the run's ``config.yaml`` where they shape it."""
     saved = saved_config(cfg.output_dir)
-    wanted = yaml.safe_load(to_yaml(cfg))  # the same normalisation as config.yaml
+    wanted = recorded_settings(cfg)
     if isinstance(saved.get("student"), dict) and isinstance(wanted.get("student"), dict):
         # config.yaml records a separate student's layer map as the teacher layers it resolved to
         if isinstance(saved["student"].get("layer_map"), list) and not isinstance(wanted["student"].get("layer_map"),

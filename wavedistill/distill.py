@@ -42,7 +42,7 @@ def check_output_dir(cfg: DistillConfig) -> bool:
     """Claim the output folder (run_folder.claim: refused if it holds another run or foreign files unless
     --overwrite), and check a --resume against the run's config.yaml and checkpoint; nothing is deleted unasked.
     Returns whether the folder was empty when claimed (a run that fails before its first checkpoint removes it)."""
-    from .config import check_resume, saved_config
+    from .config import check_resume, recorded_settings, saved_config
     from .run_folder import claim, contents, read_manifest
 
     out = cfg.output_dir
@@ -59,7 +59,7 @@ def check_output_dir(cfg: DistillConfig) -> bool:
         print(f"{out} has no checkpoint yet: starting its run again from step 0")
         cfg.resume, cfg.overwrite = False, True
     was_empty = not contents(out) or cfg.overwrite
-    claim(out, command, resume=cfg.resume, overwrite=cfg.overwrite, settings=yaml_settings(cfg))
+    claim(out, command, resume=cfg.resume, overwrite=cfg.overwrite, settings=recorded_settings(cfg))
     if not cfg.resume:
         return was_empty
     check_resume(cfg)
@@ -70,12 +70,6 @@ def check_output_dir(cfg: DistillConfig) -> bool:
                                    + ("" if cfg.stages or not done else
                                       f": pass --max-steps larger than its {done} to train on from its last step"))
     return False
-
-
-def yaml_settings(cfg: DistillConfig) -> dict:
-    import yaml
-
-    return yaml.safe_load(to_yaml(cfg))
 
 
 def resolve_device(name: str) -> str:
