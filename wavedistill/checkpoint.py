@@ -11,11 +11,10 @@ import random
 import shutil
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from .errors import WavedistillError
-from .io import ADAPTER_WEIGHTS, adapter_state_dict, load_adapter_weights, replace_dir, write_adapter_files
+from .io import (ADAPTER_WEIGHTS, adapter_state_dict, load_adapter_weights, read_adapter_weights, replace_dir,
+                 write_adapter_files)
 from .run_folder import verify_checksums, write_checksums
 from .surgery import converted_layers, detach_wave, unconvert
 
@@ -64,7 +63,7 @@ def reopen_finished_stage(run, state: dict) -> dict:
 def restore_checkpoint(run) -> None:
     """Put the student back in the checkpoint's shape (converted, pending and dropped layers) and state."""
     ckpt = os.path.join(run.cfg.output_dir, "checkpoint")
-    verify_checksums(ckpt, [ADAPTER_WEIGHTS, "state.pt"])
+    verify_checksums(ckpt, ["state.pt"])
     try:
         state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=True)
     except Exception as e:  # any unpickling failure of a damaged file: the message names it
@@ -78,12 +77,7 @@ def restore_checkpoint(run) -> None:
     dropped = [i for i in converted_layers(run.student) if i not in state["converted"]]
     if dropped:
         unconvert(run.student, dropped)
-    try:
-        weights = load_file(os.path.join(ckpt, ADAPTER_WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WavedistillError(f"{os.path.join(ckpt, ADAPTER_WEIGHTS)!r} is unreadable ({e}); restore the "
-                               "checkpoint, or pass --overwrite to start the run again") from None
-    load_adapter_weights(run.student, weights, ckpt)
+    load_adapter_weights(run.student, read_adapter_weights(ckpt), ckpt)
     if run.features is not None and state.get("features") is not None:
         run.features.load_state_dict(state["features"])
     torch.set_rng_state(state["torch_rng"])

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import __version__
 from .errors import AdapterError, ModelLoadError
-from .run_folder import verify_checksums, write_checksums
+from .run_folder import umask, verify_checksums, write_checksums
 from .surgery import convert, decoder_layers, handoff_gate_parameters, mixer_state_dict
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -170,9 +170,7 @@ def save_adapter(model: nn.Module, directory: str, base_model: str, teacher_mode
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".adapter-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); an adapter is an ordinary folder
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private (0700); an adapter is an ordinary folder
     write_adapter_files(model, tmp, base_model, teacher_model)
     replace_dir(tmp, directory)
 
@@ -207,9 +205,7 @@ def write_adapter_files(model: nn.Module, directory: str, base_model: str, teach
         "lora": lora,
     }
     save_file(sd, os.path.join(directory, ADAPTER_WEIGHTS))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(os.path.join(directory, ADAPTER_WEIGHTS), 0o666 & ~umask)  # safetensors writes it private (0600)
+    os.chmod(os.path.join(directory, ADAPTER_WEIGHTS), 0o666 & ~umask())  # safetensors writes it private (0600)
     with open(os.path.join(directory, ADAPTER_CONFIG), "w") as f:
         json.dump(config, f, indent=2)
     write_checksums(directory, [ADAPTER_WEIGHTS])
@@ -266,6 +262,16 @@ def read_adapter_config(directory: str) -> dict:
     return config
 
 
+def read_adapter_weights(directory: str) -> dict[str, torch.Tensor]:
+    """The adapter tensors of ``directory`` (an adapter or a checkpoint), checked against the checksums written with
+    them; a damaged file is an AdapterError naming it."""
+    verify_checksums(directory, [ADAPTER_WEIGHTS], AdapterError)
+    try:
+        return load_file(os.path.join(directory, ADAPTER_WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"corrupt or unreadable adapter weights in {directory!r}: {e}") from None
+
+
 def apply_adapter(model: nn.Module, directory: str) -> nn.Module:
     """Convert ``model`` as the adapter says and load its weights; checks base, keys and shapes."""
     config = read_adapter_config(directory)
@@ -274,11 +280,7 @@ def apply_adapter(model: nn.Module, directory: str) -> nn.Module:
         raise AdapterError(f"adapter {directory!r} was trained on base {config['base_model']!r} "
                            f"(fingerprint {config['base_fingerprint']}), but the given base has fingerprint {fp}; "
                            "pass the matching base model with --base")
-    verify_checksums(directory, [ADAPTER_WEIGHTS], AdapterError)
-    try:
-        weights = load_file(os.path.join(directory, ADAPTER_WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterError(f"corrupt or unreadable adapter weights in {directory!r}: {e}") from None
+    weights = read_adapter_weights(directory)
     groups: dict[str, list[int]] = {}
     for i, kw in config["layer_kwargs"].items():
         groups.setdefault(json.dumps(kw, sort_keys=True), []).append(int(i))

@@ -110,6 +110,13 @@ def _refusal(folder: str, command: str, manifest: dict, present: list[str], resu
     return f"{folder!r} holds files wavedistill did not write ({describe(present)}); pass {again}"
 
 
+def umask() -> int:
+    """The process's file-creation mask (read without changing it), for files written private by their library."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -49,7 +49,7 @@ from torch import Tensor
 from . import __version__
 from .errors import WavedistillError
 from .kd_chunked import CHUNK_ELEMENTS, DIVERGENCES, divergence
-from .run_folder import claim, sha256, write_json_atomic
+from .run_folder import claim, sha256, umask, write_json_atomic
 
 CACHE_JSON = "cache.json"
 FORMAT_VERSION = 1
@@ -150,7 +150,7 @@ def _write_cache(teacher, data, output_dir, top_k, seq_len, batch_size, n_sample
         tensors = {k: torch.cat(v) for k, v in pending.items()}
         path = os.path.join(output_dir, name)
         save_file({k: v[:n].contiguous() for k, v in tensors.items()}, path)
-        os.chmod(path, 0o666 & ~_umask())  # safetensors writes it private (0600)
+        os.chmod(path, 0o666 & ~umask())  # safetensors writes it private (0600)
         shards.append({"file": name, "windows": n, "sha256": sha256(path)})
         for k, v in tensors.items():
             pending[k] = [v[n:]] if len(v) > n else []
@@ -186,12 +186,6 @@ def _write_cache(teacher, data, output_dir, top_k, seq_len, batch_size, n_sample
     }
     write_json_atomic(os.path.join(output_dir, CACHE_JSON), meta)
     return meta
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --------------------------------------------------------------------------------------------- reading
