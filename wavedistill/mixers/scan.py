@@ -25,31 +25,91 @@ def decayed_linear_attention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
     """Chunked form. q, k: (B, H, T, F); v: (B, H, T, dv); log_decay: (B, H, T), <= 0.
 
     Returns o (B, H, T, dv) and the state after the last token, S (B, H, F, dv), starting from
-    ``state`` (default zeros).
+    ``state`` (default zeros). Forward and backward are written out (:class:`_ChunkedScan`): under
+    autograd the loop over chunks kept every step's tensors and its backward was several times the
+    forward's cost (docs/benchmarks.md).
     """
-    B, H, T, Fd = q.shape
-    dv = v.shape[-1]
-    C = min(chunk, T)
-    n = -(-T // C)
-    extra = n * C - T
-    # Padding the tail with k = v = 0 and decay 1 leaves the final state unchanged.
-    q, k, v = (F.pad(t, (0, 0, 0, extra)).view(B, H, n, C, -1) for t in (q, k, v))
-    g = F.pad(log_decay, (0, extra)).view(B, H, n, C).cumsum(-1)  # (B, H, n, C) cumulative log decay in the chunk
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    decay = (g[..., :, None] - g[..., None, :]).masked_fill(~causal, float("-inf")).exp()  # (B, H, n, C, C)
-    o = ((q @ k.transpose(-1, -2)) * decay) @ v  # within each chunk
-    last = g[..., -1:]  # (B, H, n, 1)
-    chunk_update = (k * (last - g).exp()[..., None]).transpose(-1, -2) @ v  # (B, H, n, F, dv)
-    chunk_decay = last.exp()[..., None]  # (B, H, n, 1, 1)
-    S = q.new_zeros(B, H, Fd, dv) if state is None else state.to(q.dtype)
-    before = []
-    # unbind, not chunk_update[:, :, c]: each index's backward would allocate and fill a full-size zero
-    # gradient, n of them, O(n^2) work that made the backward super-linear in T (docs/benchmarks.md)
-    for a_c, u_c in zip(chunk_decay.unbind(2), chunk_update.unbind(2)):
-        before.append(S)
-        S = a_c * S + u_c
-    o = o + (q * g.exp()[..., None]) @ torch.stack(before, dim=2)  # what earlier chunks left in the state
-    return o.reshape(B, H, n * C, dv)[:, :, :T], S
+    if chunk < 1:
+        raise ValueError(f"decayed_linear_attention: chunk must be >= 1, got {chunk}")
+    if state is None:
+        state = q.new_zeros(q.shape[0], q.shape[1], q.shape[-1], v.shape[-1])
+    return _ChunkedScan.apply(q, k, v, log_decay, state.to(q.dtype), chunk)
+
+
+def _chunks(t: Tensor, n: int, C: int) -> Tensor:
+    """(B, H, T, ...) -> (B, H, n, C, ...), zero-padded at the end."""
+    extra = n * C - t.shape[2]
+    pad = (0, extra) if t.dim() == 3 else (0, 0, 0, extra)
+    return F.pad(t, pad).view(*t.shape[:2], n, C, *t.shape[3:])
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """The chunked recurrence with a hand-written backward.
+
+    Per chunk (g: cumulative log decay inside the chunk, D_ij = exp(g_i - g_j) for j <= i):
+    ``O = (Q K^T * D) V + exp(g) (Q S_before)`` and ``S_after = exp(g_C) S_before + K^T (exp(g_C - g) V)``.
+    The backward runs the same matmuls transposed, the state gradients in one reverse loop over chunks,
+    and the decay gradient from the identity ``dL/dG_t = q_t . dq_t - k_t . dk_t`` (G the cumulative log
+    decay from the start: G_t enters o only as exp(G_t) on the query side and exp(-G_t) on the key side),
+    plus the final state's ``<dS_T, S_T>`` at the last token, summed back over t (fla's ``chunk_simple_gla``
+    does the same). Decays scale the value-wide side of each product (dv columns), not the feature side.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_decay, state, chunk):
+        B, H, T, Fd = q.shape
+        dv = v.shape[-1]
+        C = min(chunk, T)
+        n = -(-T // C)
+        N = B * H * n
+        # Padding the tail with k = v = 0 and decay 1 leaves the final state unchanged.
+        q, k, v = (_chunks(t, n, C).view(N, C, -1) for t in (q, k, v))  # (N, C, F / dv), one row per chunk
+        g = _chunks(log_decay, n, C).cumsum(-1).view(N, C, 1)  # cumulative log decay in the chunk
+        causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+        D = (g - g.transpose(-1, -2)).masked_fill_(~causal, float("-inf")).exp_()  # (N, C, C)
+        A = torch.bmm(q, k.transpose(-1, -2)).mul_(D)
+        o = torch.bmm(A, v)  # (N, C, dv) within each chunk
+        last = g[:, -1:]  # (N, 1, 1)
+        vw = v * (last - g).exp()  # values decayed to their chunk's end
+        U = torch.bmm(k.transpose(-1, -2), vw).view(B, H, n, Fd, dv)
+        a = last.exp().view(B, H, n, 1, 1)
+        before = torch.empty(B, H, n, Fd, dv, dtype=q.dtype, device=q.device)  # the state each chunk starts from
+        before[:, :, 0] = state
+        for c in range(n - 1):  # S_(c+1) = a_c S_c + U_c, outside autograd: one op per chunk
+            torch.addcmul(U[:, :, c], before[:, :, c], a[:, :, c], out=before[:, :, c + 1])
+        final = torch.addcmul(U[:, :, -1], before[:, :, -1], a[:, :, -1])
+        eg = g.exp()
+        o.add_(torch.bmm(q, before.view(N, Fd, dv)).mul_(eg))  # what earlier chunks left in the state
+        ctx.save_for_backward(q, k, v, vw, g, D, A, before, final)
+        ctx.shape = (B, H, n, T)
+        return o.view(B, H, n * C, dv)[:, :, :T], final
+
+    @staticmethod
+    def backward(ctx, d_o, d_final):
+        q, k, v, vw, g, D, A, before, final = ctx.saved_tensors
+        B, H, n, T = ctx.shape
+        N, C, Fd = q.shape
+        dv = v.shape[-1]
+        d_o = _chunks(d_o, n, C).view(N, C, dv)
+        d_final = torch.zeros_like(final) if d_final is None else d_final
+        eg, last = g.exp(), g[:, -1:]
+        dP = torch.bmm(d_o, v.transpose(-1, -2)).mul_(D)  # (N, C, C)
+        d_oe = d_o * eg
+        dq = torch.bmm(dP, k).baddbmm_(d_oe, before.view(N, Fd, dv).transpose(-1, -2))
+        d_local = torch.bmm(q.transpose(-1, -2), d_oe).view(B, H, n, Fd, dv)  # into each chunk's starting state
+        a = last.exp().view(B, H, n, 1, 1)
+        dU = torch.empty_like(d_local)  # gradient of the state after chunk c, walked backwards
+        dU[:, :, -1] = d_final
+        for c in range(n - 1, 0, -1):
+            torch.addcmul(d_local[:, :, c], dU[:, :, c], a[:, :, c], out=dU[:, :, c - 1])
+        d_state = torch.addcmul(d_local[:, :, 0], dU[:, :, 0], a[:, :, 0])
+        dU = dU.view(N, Fd, dv)
+        dk = torch.bmm(dP.transpose(-1, -2), q).baddbmm_(vw, dU.transpose(-1, -2))
+        dv_ = torch.bmm(A.transpose(-1, -2), d_o).add_(torch.bmm(k, dU).mul_((last - g).exp()))
+        dG = ((q * dq).sum(-1) - (k * dk).sum(-1)).view(B, H, n * C)
+        dG[..., -1] += (d_final * final).sum((-1, -2))
+        d_log = dG.flip(-1).cumsum(-1).flip(-1)[..., :T]
+        return (*(t.view(B, H, n * C, -1)[:, :, :T] for t in (dq, dk, dv_)), d_log, d_state, None)
 
 
 def decayed_linear_attention_naive(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
