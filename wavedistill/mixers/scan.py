@@ -40,7 +40,7 @@ def _chunks(t: Tensor, n: int, C: int) -> Tensor:
     """(B, H, T, ...) -> (B, H, n, C, ...), zero-padded at the end."""
     extra = n * C - t.shape[2]
     pad = (0, extra) if t.dim() == 3 else (0, 0, 0, extra)
-    return F.pad(t, pad).view(*t.shape[:2], n, C, *t.shape[3:])
+    return F.pad(t, pad).contiguous().view(*t.shape[:2], n, C, *t.shape[3:])
 
 
 class _ChunkedScan(torch.autograd.Function):
