@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from wavedistill.mixers.scan import (decayed_linear_attention, decayed_linear_attention_naive,
+from wavedistill.mixers.scan import (chunk_state_recurrence, decayed_linear_attention, decayed_linear_attention_naive,
                                      decayed_linear_attention_step)
 
 
@@ -55,3 +55,27 @@ def test_backward_passes_torch_gradcheck():
 def test_chunk_below_one_is_refused():
     with pytest.raises(ValueError, match="chunk must be >= 1"):
         decayed_linear_attention(*inputs(4)[:4], chunk=0)
+
+
+def test_chunk_state_recurrence_and_its_gradients_equal_a_loop_under_autograd():
+    g = torch.Generator().manual_seed(2)
+    B, H, n, dk, dv = 2, 3, 5, 4, 3
+    M = (0.5 * torch.randn(B, H, n, dk, dk, generator=g, dtype=torch.float64)).requires_grad_()
+    X = torch.randn(B, H, n, dk, dv, generator=g, dtype=torch.float64).requires_grad_()
+    S0 = torch.randn(B, H, dk, dv, generator=g, dtype=torch.float64).requires_grad_()
+    before, final = chunk_state_recurrence(M, X, S0)
+    S, ref = S0, []
+    for c in range(n):
+        ref.append(S)
+        S = M[:, :, c] @ S + X[:, :, c]
+    ref = torch.stack(ref, dim=2)
+    torch.testing.assert_close(before, ref)
+    torch.testing.assert_close(final, S)
+    cb, cf = torch.randn(ref.shape, generator=g, dtype=ref.dtype), torch.randn(S.shape, generator=g, dtype=S.dtype)
+    fast = torch.autograd.grad((before * cb).sum() + (final * cf).sum(), (M, X, S0))
+    slow = torch.autograd.grad((ref * cb).sum() + (S * cf).sum(), (M, X, S0))
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    assert torch.autograd.gradcheck(chunk_state_recurrence, (M[:1, :1, :3, :2, :2].detach().requires_grad_(),
+                                                             X[:1, :1, :3, :2].detach().requires_grad_(),
+                                                             S0[:1, :1, :2].detach().requires_grad_()))

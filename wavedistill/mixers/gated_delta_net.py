@@ -32,6 +32,7 @@ from ..errors import MixerValueError
 from .base import State, no_weight_decay
 from .qkv import QKVMixer, decay_gate
 from .registry import register_mixer
+from .scan import chunk_state_recurrence
 
 EPS = 1e-6  # inside the L2 norm; keeps a pad's all-zero q or k finite (and differentiable)
 
@@ -73,14 +74,15 @@ def gated_delta_chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_a: Te
     qg = q * g.exp()[..., None]  # reads what earlier chunks left in S0, decayed to each position
     last = g[..., -1:]  # (B, H, n, 1)
     kd = k * (last - g).exp()[..., None]  # keys decayed to the chunk end
-    S = q.new_zeros(B, H, dk, dv) if state is None else state.to(q.dtype)
-    outs = []
-    # unbind, not x[:, :, c]: each index's backward would allocate and fill a full-size zero gradient (O(n^2))
-    for u0_c, w_c, qg_c, qk_c, a_c, kd_c in zip(*(t.unbind(2) for t in (u0, w, qg, qk, last[..., None].exp(), kd))):
-        u = u0_c - w_c @ S  # (B, H, C, dv) values written in this chunk
-        outs.append(qg_c @ S + qk_c @ u)
-        S = a_c * S + kd_c.transpose(-1, -2) @ u
-    return torch.stack(outs, dim=2).reshape(B, H, n * C, dv)[:, :, :T], S
+    # Across chunks S_(c+1) = a_c S_c + Kd_c^T (U0_c - W_c S_c) = M_c S_c + X_c: only this recurrence is
+    # sequential; everything else runs over all chunks at once.
+    identity = torch.eye(dk, dtype=q.dtype, device=q.device)
+    M = last.exp()[..., None] * identity - kd.transpose(-1, -2) @ w  # (B, H, n, dk, dk)
+    S0 = q.new_zeros(B, H, dk, dv) if state is None else state.to(q.dtype)
+    before, S = chunk_state_recurrence(M, kd.transpose(-1, -2) @ u0, S0)  # (B, H, n, dk, dv)
+    u = u0 - w @ before  # (B, H, n, C, dv) values written in each chunk
+    o = qg @ before + qk @ u
+    return o.reshape(B, H, n * C, dv)[:, :, :T], S
 
 
 def gated_delta_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_a: Tensor,

@@ -112,6 +112,49 @@ class _ChunkedScan(torch.autograd.Function):
         return (*(t.view(B, H, n * C, -1)[:, :, :T] for t in (dq, dk, dv_)), d_log, d_state, None)
 
 
+def chunk_state_recurrence(M: Tensor, X: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    """States across chunks: ``S_(c+1) = M_c S_c + X_c`` from ``S_0 = state``.
+
+    M: (B, H, n, dk, dk), X: (B, H, n, dk, dv), state: (B, H, dk, dv). Returns the state each chunk
+    starts from, (B, H, n, dk, dv), and the one after the last chunk. A chunked form that computes
+    everything else in batch over chunks (gated DeltaNet's) needs only this loop; its backward is
+    written out (:class:`_StateRecurrence`) so that autograd does not record n steps.
+    """
+    return _StateRecurrence.apply(M, X, state)
+
+
+class _StateRecurrence(torch.autograd.Function):
+    """Backward: with G the gradient of S_(c+1), ``dX_c = G``, ``dM_c = G S_c^T`` and the gradient of S_c
+    is ``dS_c (direct) + M_c^T G``, walked from the last chunk to the first."""
+
+    @staticmethod
+    def forward(ctx, M, X, state):
+        B, H, n, dk, dv = X.shape
+        Ms, Xs = M.flatten(0, 1).unbind(1), X.flatten(0, 1).unbind(1)  # n of (BH, dk, dk) / (BH, dk, dv)
+        S = state.reshape(B * H, dk, dv)
+        before = []
+        for M_c, X_c in zip(Ms, Xs):
+            before.append(S)
+            S = torch.baddbmm(X_c, M_c, S)
+        before = torch.stack(before, dim=1).view(B, H, n, dk, dv)
+        ctx.save_for_backward(M, before)
+        return before, S.view(B, H, dk, dv)
+
+    @staticmethod
+    def backward(ctx, d_before, d_final):
+        M, before = ctx.saved_tensors
+        B, H, n, dk, dv = before.shape
+        G = (torch.zeros_like(before[:, :, 0]) if d_final is None else d_final).reshape(B * H, dk, dv)
+        d_before = torch.zeros_like(before) if d_before is None else d_before
+        Ms, dBs = M.flatten(0, 1).unbind(1), d_before.flatten(0, 1).unbind(1)
+        dX = [None] * n
+        for c in range(n - 1, -1, -1):
+            dX[c] = G
+            G = torch.baddbmm(dBs[c], Ms[c].transpose(-1, -2), G)
+        dX = torch.stack(dX, dim=1).view(B, H, n, dk, dv)
+        return dX @ before.transpose(-1, -2), dX, G.view(B, H, dk, dv)
+
+
 def decayed_linear_attention_naive(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
     """Dense reference: o_t = sum_(s <= t) exp(sum_(s < r <= t) log_decay_r) (q_t . k_s) v_s."""
     T = q.shape[2]
