@@ -106,6 +106,25 @@ def test_metrics_match_a_direct_computation_and_do_not_depend_on_batch_size(teac
         assert whole[key] == pytest.approx(m[key], rel=1e-5), key
 
 
+def test_scoring_in_small_forwards_and_position_chunks_changes_no_metric(teacher_and_windows, student, monkeypatch):
+    # At a 151,936-token vocabulary scoring must not hold (B, T, V) float32 copies: forwards are capped at
+    # SCORE_ELEMENTS logits and the metrics run over chunks of positions. Neither cap may change a number.
+    import wavedistill.evaluate as ev
+
+    teacher, windows = teacher_and_windows
+    whole = compare(teacher, student, windows, batch_size=N)
+    calls = []
+    hook = teacher.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    V = teacher.config.vocab_size
+    monkeypatch.setattr(ev, "SCORE_ELEMENTS", 2 * T * V)  # two windows per forward after the first
+    monkeypatch.setattr(ev, "SCORE_CHUNK", 3 * V)  # three positions per metric chunk
+    small = compare(teacher, student, windows, batch_size=N, with_baseline=True)
+    hook.remove()
+    assert max(calls) == 2 and sum(calls) == 2 * N  # teacher and baseline forwards, none over 2 windows
+    for key, value in whole.items():
+        assert small[key] == pytest.approx(value, rel=1e-6), key
+
+
 def test_without_baseline_there_is_no_no_mixing_entry(teacher_and_windows):
     teacher, windows = teacher_and_windows
     m = compare(teacher, teacher, windows[:1], with_baseline=False)

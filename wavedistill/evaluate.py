@@ -19,10 +19,11 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import WavedistillError
-from .losses import kl_teacher_student, next_token_ce
+from .losses import kl_teacher_student
 from .surgery import decoder_layers
 
 
@@ -43,6 +44,10 @@ def attention_zeroed(model: nn.Module, layers=None):
             h.remove()
 
 
+SCORE_ELEMENTS = 1 << 26  # logit values per scoring forward (256 MB in float32): one 512-token window at 151,936
+SCORE_CHUNK = 1 << 24  # float32 values per metric chunk (64 MB): the positions scored at once
+
+
 @torch.no_grad()
 def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch_size: int = 8,
             device: str = "cpu", with_baseline: bool = True, vocab: int | None = None, desc: str | None = None) -> dict:
@@ -51,33 +56,38 @@ def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch
     ``vocab``: score only the first ``vocab`` logit rows, those teacher and student share (a separate student
     whose vocabulary is padded differently, checked by :func:`wavedistill.student.shared_vocab`); otherwise
     both must have the same number of rows. ``desc``: show a progress bar with this label.
+
+    Memory: at most ``batch_size`` windows and at most SCORE_ELEMENTS logit values per forward, and the
+    metrics over chunks of positions, so that no float32 (B, T, V) copy, log-softmax or probability tensor
+    exists: at a 151,936-token vocabulary one 512-token window's logits are 311 MB per model.
     """
     from tqdm import tqdm
 
     sums = dict(top1=0.0, top5=0.0, t1_in_s5=0.0, kl=0.0, ce_t=0.0, ce_s=0.0, ce_none=0.0, top5_none=0.0, kl_none=0.0)
     positions = targets = 0
-    for i in tqdm(range(0, len(windows), batch_size), desc=desc, disable=desc is None, leave=False):
-        ids = windows[i: i + batch_size].to(device)
-        t = teacher(ids, use_cache=False).logits.float()[..., :vocab]
-        s = student(ids, use_cache=False).logits.float()[..., :vocab]
+    rows = 1  # the first forward learns the vocabulary size, which sets how many windows later ones take
+    bar = tqdm(total=len(windows), desc=desc, disable=desc is None, leave=False)
+    while positions < windows.numel():
+        i = positions // windows.shape[1]
+        ids = windows[i: i + rows].to(device)
+        t = teacher(ids, use_cache=False).logits[..., :vocab]
+        s = student(ids, use_cache=False).logits[..., :vocab]
         if t.shape != s.shape:
             raise WavedistillError(f"teacher and student logits have {t.shape[-1]:,} and {s.shape[-1]:,} rows; "
                                    "compare them over their shared vocabulary (vocab=...)")
-        t5, s5 = t.topk(5, dim=-1).indices, s.topk(5, dim=-1).indices  # (B, T, 5)
-        sums["top1"] += (t5[..., 0] == s5[..., 0]).sum().item()
-        sums["top5"] += top5_overlap_sum(t5, s5)
-        sums["t1_in_s5"] += (s5 == t5[..., :1]).any(-1).sum().item()
-        sums["kl"] += kl_teacher_student(t, s).double().sum().item()
-        sums["ce_t"] += next_token_ce(t, ids).double().sum().item()
-        sums["ce_s"] += next_token_ce(s, ids).double().sum().item()
+        nxt = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1).flatten()  # (B T,); -100: no target
+        t5 = _score(t, s, nxt, sums, "top1", "top5", "t1_in_s5", "kl", "ce_t", "ce_s")
+        del s
         if with_baseline:
             with attention_zeroed(teacher):
-                n = teacher(ids, use_cache=False).logits.float()[..., :vocab]
-            sums["ce_none"] += next_token_ce(n, ids).double().sum().item()
-            sums["top5_none"] += top5_overlap_sum(t5, n.topk(5, dim=-1).indices)
-            sums["kl_none"] += kl_teacher_student(t, n).double().sum().item()
+                n = teacher(ids, use_cache=False).logits[..., :vocab]
+            _score(t, n, nxt, sums, None, "top5_none", None, "kl_none", None, "ce_none", t5=t5)
+            del n
         positions += ids.numel()
         targets += ids.shape[0] * (ids.shape[1] - 1)
+        bar.update(ids.shape[0])
+        rows = max(1, min(batch_size, SCORE_ELEMENTS // (ids.shape[1] * t.shape[-1])))
+    bar.close()
     m = {
         "positions": positions,
         "target_tokens": targets,
@@ -95,6 +105,31 @@ def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch
         m["no_mixing_top5_overlap"] = sums["top5_none"] / positions
         m["no_mixing_kl"] = sums["kl_none"] / positions
     return m
+
+
+def _score(t: torch.Tensor, s: torch.Tensor, nxt: torch.Tensor, sums: dict, top1, top5, t1_in_s5, kl, ce_t, ce_s,
+           t5: torch.Tensor | None = None) -> torch.Tensor:
+    """Add one batch's agreement, KL and cross-entropies to ``sums`` (the keys named; None = skip), a chunk of
+    positions at a time; t, s: (B, T, V) logits in any dtype, nxt: (B T,) next tokens. Returns the teacher's
+    top-5 indices (B T, 5), or reuses ``t5`` when given."""
+    t, s = t.flatten(0, 1), s.flatten(0, 1)  # (B T, V)
+    step = max(1, SCORE_CHUNK // t.shape[-1])
+    t5_all = []
+    for i in range(0, t.shape[0], step):
+        tc, sc, y = t[i: i + step].float(), s[i: i + step].float(), nxt[i: i + step]
+        tk = tc.topk(5, dim=-1).indices if t5 is None else t5[i: i + step]  # (c, 5)
+        sk = sc.topk(5, dim=-1).indices
+        t5_all.append(tk)
+        if top1:
+            sums[top1] += (tk[:, 0] == sk[:, 0]).sum().item()
+        sums[top5] += top5_overlap_sum(tk, sk)
+        if t1_in_s5:
+            sums[t1_in_s5] += (sk == tk[:, :1]).any(-1).sum().item()
+        sums[kl] += kl_teacher_student(tc, sc).double().sum().item()
+        if ce_t:
+            sums[ce_t] += F.cross_entropy(tc, y, ignore_index=-100, reduction="none").double().sum().item()
+        sums[ce_s] += F.cross_entropy(sc, y, ignore_index=-100, reduction="none").double().sum().item()
+    return torch.cat(t5_all) if t5 is None else t5
 
 
 def top5_overlap_sum(t5: torch.Tensor, s5: torch.Tensor) -> float:

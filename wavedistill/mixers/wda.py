@@ -13,7 +13,7 @@ Masks are per head (H, M, J parameters): heads specialise like attention heads, 
 A damped cosine is the real part of a complex exponential, ``rho^tau cos(w tau + phi) =
 Re(e^(i phi) (rho e^(i w))^tau)``, so each mask is an exact IIR filter (a sum of damped resonators;
 cf. S4D, Gu et al. 2022, and LRU, Orvieto et al. 2023): training convolves v with the M masks by a
-zero-padded FFT over physical lags, decoding keeps one complex value per (channel, mask, component),
+zero-padded FFT over physical lags (v transformed once, each head's masks once), decoding keeps one complex value per (channel, mask, component),
 ``z <- rho e^(i w) z + v_t``, and reads ``y_t = sum_m pi_m(t) sum_j a (1 - rho) Re(e^(i phi) z)``.
 
 Parameters are real: rho = sigmoid(.), omega = pi sigmoid(.) in (0, pi), amplitudes a, phases phi.
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..errors import MixerValueError
 from .base import State, WaveMixer, no_weight_decay
-from .functional import causal_conv, causal_conv_naive
+from .functional import causal_conv_naive
 from .registry import register_mixer
 
 
@@ -105,23 +105,38 @@ class WDA(WaveMixer):
         logits = self.router(x).view(*x.shape[:-1], self.n_heads, self.n_masks)
         return torch.softmax(logits.to(ct), dim=-1)
 
-    def _mix(self, x: Tensor, padding_mask, conv) -> Tensor:
-        B, T, _ = x.shape
+    def _filtered(self, v: Tensor) -> Tensor:
+        """Every mask applied to v (B, T, C) -> (B, M, H, hd, T), by one zero-padded FFT (n >= 2T: linear, not
+        circular, convolution). The masks are per head, so v is transformed once and each (head, mask) kernel
+        once, instead of M copies of v against hd copies of each kernel."""
+        B, T, _ = v.shape
         H, M, hd = self.n_heads, self.n_masks, self.head_dim
+        n = 1 << (2 * T - 1).bit_length()  # power of two >= 2T - 1
+        V = torch.fft.rfft(v.transpose(1, 2).reshape(B, 1, H, hd, T), n=n)  # (B, 1, H, hd, n/2+1)
+        K = torch.fft.rfft(self.masks(T, v.dtype).transpose(0, 1), n=n)  # (M, H, n/2+1)
+        return torch.fft.irfft(V * K[:, :, None], n=n)[..., :T]
+
+    def _filtered_naive(self, v: Tensor) -> Tensor:
+        """Reference for :meth:`_filtered`: each channel against its head's M masks by an explicit Toeplitz product."""
+        B, T, _ = v.shape
+        H, M, hd = self.n_heads, self.n_masks, self.head_dim
+        k = self.masks(T, v.dtype).transpose(0, 1).repeat_interleave(hd, dim=1).reshape(M * self.inner_dim, T)
+        return causal_conv_naive(v.repeat(1, 1, M), k).view(B, T, M, H, hd).permute(0, 2, 3, 4, 1)
+
+    def _mix(self, x: Tensor, padding_mask, naive: bool) -> Tensor:
+        B, T, _ = x.shape
         ct = torch.promote_types(x.dtype, torch.float32)
         v = self.zero_pads(self.v_proj(x), padding_mask).to(ct)  # (B, T, C)
-        # Channel c = h * hd + i uses its head's masks; stacked mask-major: row m * C + c.
-        k = self.masks(T, ct).transpose(0, 1).repeat_interleave(hd, dim=1).reshape(M * self.inner_dim, T)
-        ym = conv(v.repeat(1, 1, M), k).view(B, T, M, H, hd)  # (B, T, M, H, hd): every mask applied to v
-        pi = self.mixture_weights(x).transpose(-1, -2)[..., None]  # (B, T, M, H, 1)
-        y = (pi * ym).sum(2).reshape(B, T, self.inner_dim)  # (B, T, C)
+        ym = self._filtered_naive(v) if naive else self._filtered(v)  # (B, M, H, hd, T)
+        pi = self.mixture_weights(x).permute(0, 3, 2, 1)[:, :, :, None]  # (B, M, H, 1, T)
+        y = (pi * ym).sum(1).reshape(B, self.inner_dim, T).transpose(1, 2)  # (B, T, C)
         return self.o_proj(y.to(x.dtype))
 
     def mix(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        return self._mix(x, padding_mask, causal_conv)
+        return self._mix(x, padding_mask, naive=False)
 
     def mix_naive(self, x: Tensor, padding_mask=None, position_embeddings=None) -> Tensor:
-        return self._mix(x, padding_mask, causal_conv_naive)
+        return self._mix(x, padding_mask, naive=True)
 
     def _per_channel(self, t: Tensor) -> Tensor:
         return t.repeat_interleave(self.head_dim, dim=0)  # (H, M, J) -> (C, M, J)
