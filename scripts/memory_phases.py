@@ -1,6 +1,7 @@
 """Resident memory of one distillation step at Qwen3-0.6B's real shape, phase by phase (docs/benchmarks.md).
 
-usage: python scripts/memory_phases.py [MODEL_DIR]   (default runs/real_shape/qwen3_shape, from scripts/real_shape.sh)
+usage: python scripts/memory_phases.py [MODEL_DIR] [--batch-size N] [--grad-checkpointing]
+       (MODEL_DIR default runs/real_shape/qwen3_shape, from scripts/real_shape.sh; batch default the recipe's 2)
 
 The pieces a `distill` run of configs/real_shape.yaml executes, in fp32, without the loop around them: load the
 base, convert every layer to rotary_gla, a teacher forward, a student forward (graph kept), the chunked KD loss,
@@ -10,7 +11,7 @@ reached during the phase (the mark is reset after each print, wavedistill/rss.py
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import torch
 
@@ -29,14 +30,22 @@ def mark(name: str) -> None:
 
 
 def main() -> None:
-    model = sys.argv[1] if len(sys.argv) > 1 else "runs/real_shape/qwen3_shape"
+    p = argparse.ArgumentParser()
+    p.add_argument("model", nargs="?", default="runs/real_shape/qwen3_shape")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--grad-checkpointing", action="store_true")
+    args = p.parse_args()
     torch.set_num_threads(2)
-    cfg = make_config({**load_yaml("configs/real_shape.yaml"), "teacher": model})
+    changes = {"teacher": args.model, **({"batch_size": args.batch_size} if args.batch_size else {})}
+    cfg = make_config({**load_yaml("configs/real_shape.yaml"), **changes})
     reset_peak()
     mark("start")
     base, _ = load_teacher(cfg.teacher, dtype=torch.float32)
     mark("base loaded (fp32)")
     student = build_student(base, cfg)
+    if args.grad_checkpointing:  # as distill --grad-checkpointing does
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        student.train()
     mark("mixers added (fp32)")
     teacher = TeacherView(student)
     ids = torch.randint(0, 500, (cfg.batch_size, cfg.seq_len), generator=torch.Generator().manual_seed(0))

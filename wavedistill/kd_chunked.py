@@ -25,7 +25,9 @@ from torch import Tensor
 from .errors import WavedistillError
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
-CHUNK_ELEMENTS = 1 << 25  # float32 values per chunk buffer (128 MB): 220 positions at a 151,936-token vocabulary
+# float32 values per chunk buffer (32 MB): 55 positions at a 151,936-token vocabulary. About six such buffers
+# exist at once inside a chunk; at 128 MB they added ~0.6 GB to the real-shape step (docs/benchmarks.md).
+CHUNK_ELEMENTS = 1 << 23
 
 
 def divergence(t_logp: Tensor, s_logp: Tensor, kind: str) -> Tensor:
@@ -90,7 +92,7 @@ def kd_loss_chunked(student_logits: Tensor, teacher_logits: Tensor, input_ids: T
     """:func:`wavedistill.losses.kd_loss` (same arguments, same returned ``loss``, ``kl``, ``ce``), chunked.
 
     ``kl`` is the unweighted mean divergence of ``divergence_kind`` at the temperature used. ``chunk``:
-    positions per chunk; None sizes it to ``CHUNK_ELEMENTS`` float32 values (~128 MB) per buffer.
+    positions per chunk; None sizes it to ``CHUNK_ELEMENTS`` float32 values (32 MB) per buffer.
     """
     if divergence_kind not in DIVERGENCES:
         raise WavedistillError(f"unknown divergence {divergence_kind!r}; known: {', '.join(DIVERGENCES)}")

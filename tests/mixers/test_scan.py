@@ -79,3 +79,15 @@ def test_chunk_state_recurrence_and_its_gradients_equal_a_loop_under_autograd():
     assert torch.autograd.gradcheck(chunk_state_recurrence, (M[:1, :1, :3, :2, :2].detach().requires_grad_(),
                                                              X[:1, :1, :3, :2].detach().requires_grad_(),
                                                              S0[:1, :1, :2].detach().requires_grad_()))
+
+
+def test_a_bf16_autocast_does_not_round_the_scan():
+    # The mixers hand the scan float32 features; an autocast region around the model must not turn its
+    # matmuls into bf16 ones (in forward only: backward runs outside autocast).
+    q, k, v, log_decay, state = (t.float() for t in inputs(40))
+    ref, ref_S = decayed_linear_attention(q, k, v, log_decay, chunk=16, state=state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, S = decayed_linear_attention(q, k, v, log_decay, chunk=16, state=state)
+    assert o.dtype == torch.float32
+    torch.testing.assert_close(o, ref, atol=0, rtol=0)
+    torch.testing.assert_close(S, ref_S, atol=0, rtol=0)

@@ -43,6 +43,19 @@ def _chunks(t: Tensor, n: int, C: int) -> Tensor:
     return F.pad(t, pad).contiguous().view(*t.shape[:2], n, C, *t.shape[3:])
 
 
+def _float_matmuls(fn):
+    """Run a Function's forward / backward with autocast off: the caller passes >= float32 inputs, and under a
+    bf16 autocast the matmuls inside would otherwise round the scan's products (and only in forward)."""
+    def wrapped(ctx, *args):
+        with torch.autocast(_device_type(args), enabled=False):
+            return fn(ctx, *args)
+    return wrapped
+
+
+def _device_type(args) -> str:
+    return next(a.device.type for a in args if isinstance(a, Tensor))
+
+
 class _ChunkedScan(torch.autograd.Function):
     """The chunked recurrence with a hand-written backward.
 
@@ -56,6 +69,7 @@ class _ChunkedScan(torch.autograd.Function):
     """
 
     @staticmethod
+    @_float_matmuls
     def forward(ctx, q, k, v, log_decay, state, chunk):
         B, H, T, Fd = q.shape
         dv = v.shape[-1]
@@ -85,6 +99,7 @@ class _ChunkedScan(torch.autograd.Function):
         return o.view(B, H, n * C, dv)[:, :, :T], final
 
     @staticmethod
+    @_float_matmuls
     def backward(ctx, d_o, d_final):
         q, k, v, vw, g, D, A, before, final = ctx.saved_tensors
         B, H, n, T = ctx.shape
@@ -128,6 +143,7 @@ class _StateRecurrence(torch.autograd.Function):
     is ``dS_c (direct) + M_c^T G``, walked from the last chunk to the first."""
 
     @staticmethod
+    @_float_matmuls
     def forward(ctx, M, X, state):
         B, H, n, dk, dv = X.shape
         Ms, Xs = M.flatten(0, 1).unbind(1), X.flatten(0, 1).unbind(1)  # n of (BH, dk, dk) / (BH, dk, dv)
@@ -141,6 +157,7 @@ class _StateRecurrence(torch.autograd.Function):
         return before, S.view(B, H, dk, dv)
 
     @staticmethod
+    @_float_matmuls
     def backward(ctx, d_before, d_final):
         M, before = ctx.saved_tensors
         B, H, n, dk, dv = before.shape
