@@ -78,7 +78,7 @@ def test_a_two_process_run_killed_and_resumed_ends_where_an_uninterrupted_one_en
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, no chance to clean up
+    kill_tree(proc.pid)  # torchrun and both workers, no chance to clean up
     proc.wait()
     distill(tiny_teacher, out, *RECIPE, "--resume", processes=2)
     for folder in ("checkpoint", "adapter"):
@@ -87,6 +87,34 @@ def test_a_two_process_run_killed_and_resumed_ends_where_an_uninterrupted_one_en
         for k in mine:
             torch.testing.assert_close(mine[k], ref[k], rtol=0, atol=1e-6, msg=f"{folder}/{k}")
     assert [r["step"] for r in _rows(out)] == [r["step"] for r in _rows(two_process_run)]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it. Not ``os.killpg``: torchrun starts each worker in a session of
+    its own (torch elastic's subprocess handler), so killing torchrun's group left the workers training on, and
+    finishing the run in the folder the resumed run was starting in."""
+    tree, i = [pid], 0
+    while i < len(tree):  # collect first: a process killed before its children would hand them to init
+        tree += _children(tree[i])
+        i += 1
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:  # ended by itself meanwhile
+            pass
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
+        except (OSError, IndexError):  # not a process, or gone
+            continue
+        if fields[1] == str(pid):
+            out.append(int(entry))
+    return out
 
 
 def _rows(out) -> list[dict]:
