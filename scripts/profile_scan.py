@@ -9,21 +9,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from profile_mixers import timed  # scripts/ is on the path when this file runs as a script
 from wavedistill.mixers.scan import decayed_linear_attention
-
-
-def timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
 
 
 def main() -> None:

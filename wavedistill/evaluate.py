@@ -76,12 +76,16 @@ def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch
             raise WavedistillError(f"teacher and student logits have {t.shape[-1]:,} and {s.shape[-1]:,} rows; "
                                    "compare them over their shared vocabulary (vocab=...)")
         nxt = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1).flatten()  # (B T,); -100: no target
-        t5 = _score(t, s, nxt, sums, "top1", "top5", "t1_in_s5", "kl", "ce_t", "ce_s")
+        part, t5 = _agreement_sums(t, s, nxt)
+        for key, value in part.items():
+            sums[key] += value
         del s
         if with_baseline:
             with attention_zeroed(teacher):
                 n = teacher(ids, use_cache=False).logits[..., :vocab]
-            _score(t, n, nxt, sums, None, "top5_none", None, "kl_none", None, "ce_none", t5=t5)
+            part, _ = _agreement_sums(t, n, nxt, t5)
+            for mine, theirs in (("top5_none", "top5"), ("kl_none", "kl"), ("ce_none", "ce_s")):
+                sums[mine] += part[theirs]
             del n
         positions += ids.numel()
         targets += ids.shape[0] * (ids.shape[1] - 1)
@@ -107,33 +111,33 @@ def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch
     return m
 
 
-def _score(t: torch.Tensor, s: torch.Tensor, nxt: torch.Tensor, sums: dict, top1, top5, t1_in_s5, kl, ce_t, ce_s,
-           t5: torch.Tensor | None = None) -> torch.Tensor:
-    """Add one batch's agreement, KL and cross-entropies to ``sums`` (the keys named; None = skip), a chunk of
-    positions at a time; t, s: (B, T, V) logits in any dtype, nxt: (B T,) next tokens. Returns the teacher's
-    top-5 indices (B T, 5), or reuses ``t5`` when given."""
+def _agreement_sums(t: torch.Tensor, s: torch.Tensor, nxt: torch.Tensor,
+                    t5: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
+    """One batch's sums over positions of top1 / top5 / t1_in_s5 agreement, KL and the student's cross-entropy
+    ``ce_s``, and the teacher's ``ce_t`` unless its top-5 indices ``t5`` (B T, 5) are passed (a second student
+    against the same teacher). t, s: (B, T, V) logits in any dtype, nxt: (B T,) next tokens, -100 = none.
+    Computed a chunk of SCORE_CHUNK values at a time; returns the sums and the teacher's top-5 indices."""
     t, s = t.flatten(0, 1), s.flatten(0, 1)  # (B T, V)
     step = max(1, SCORE_CHUNK // t.shape[-1])
+    sums = dict.fromkeys(("top1", "top5", "t1_in_s5", "kl", "ce_s") + (("ce_t",) if t5 is None else ()), 0.0)
     t5_all = []
     for i in range(0, t.shape[0], step):
         tc, sc, y = t[i: i + step].float(), s[i: i + step].float(), nxt[i: i + step]
         tk = tc.topk(5, dim=-1).indices if t5 is None else t5[i: i + step]  # (c, 5)
         sk = sc.topk(5, dim=-1).indices
         t5_all.append(tk)
-        if top1:
-            sums[top1] += (tk[:, 0] == sk[:, 0]).sum().item()
-        sums[top5] += top5_overlap_sum(tk, sk)
-        if t1_in_s5:
-            sums[t1_in_s5] += (sk == tk[:, :1]).any(-1).sum().item()
-        sums[kl] += kl_teacher_student(tc, sc).double().sum().item()
-        if ce_t:
-            sums[ce_t] += F.cross_entropy(tc, y, ignore_index=-100, reduction="none").double().sum().item()
-        sums[ce_s] += F.cross_entropy(sc, y, ignore_index=-100, reduction="none").double().sum().item()
-    return torch.cat(t5_all) if t5 is None else t5
+        sums["top1"] += (tk[:, 0] == sk[:, 0]).sum().item()
+        sums["top5"] += top5_overlap_sum(tk, sk)
+        sums["t1_in_s5"] += (sk == tk[:, :1]).any(-1).sum().item()
+        sums["kl"] += kl_teacher_student(tc, sc).double().sum().item()
+        sums["ce_s"] += F.cross_entropy(sc, y, ignore_index=-100, reduction="none").double().sum().item()
+        if t5 is None:
+            sums["ce_t"] += F.cross_entropy(tc, y, ignore_index=-100, reduction="none").double().sum().item()
+    return sums, (torch.cat(t5_all) if t5 is None else t5)
 
 
 def top5_overlap_sum(t5: torch.Tensor, s5: torch.Tensor) -> float:
-    """Sum over positions of |top5_T & top5_S| / 5; t5, s5: (B, T, 5) indices."""
+    """Sum over positions of |top5_T & top5_S| / 5; t5, s5: (..., 5) indices."""
     return (t5[..., :, None] == s5[..., None, :]).any(-1).sum().item() / 5
 
 

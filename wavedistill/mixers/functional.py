@@ -29,13 +29,17 @@ def causal_conv(u: Tensor, k: Tensor) -> Tensor:
     """
     T = u.shape[1]
     ct = fft_dtype(u)
-    k = k[:, :T].to(ct)
-    n = 1 << (2 * T - 1).bit_length()  # power of two >= 2T - 1
     # Time-contiguous (B, C, T): an FFT along a strided axis costs ~1.6x in forward + backward at 8K tokens.
-    U = torch.fft.rfft(u.to(ct).transpose(1, 2).contiguous(), n=n, dim=-1)  # (B, C, n/2+1)
-    K = torch.fft.rfft(k, n=n, dim=-1)  # (C, n/2+1)
-    y = torch.fft.irfft(U * K, n=n, dim=-1)[..., :T]  # (B, C, T)
+    y = causal_conv_last(u.to(ct).transpose(1, 2).contiguous(), k[:, :T].to(ct))  # (B, C, T)
     return y.transpose(1, 2).to(u.dtype)
+
+
+def causal_conv_last(u: Tensor, k: Tensor) -> Tensor:
+    """:func:`causal_conv` along the last axis: u (..., T) and kernels k (..., L), broadcast against each other
+    (a kernel shared by channels is transformed once) -> (..., T). One zero-padded FFT of length n >= 2T - 1."""
+    T = u.shape[-1]
+    n = 1 << (2 * T - 1).bit_length()  # power of two >= 2T - 1
+    return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)[..., :T]
 
 
 def complex_expm1(z: Tensor) -> Tensor:

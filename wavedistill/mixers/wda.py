@@ -13,7 +13,8 @@ Masks are per head (H, M, J parameters): heads specialise like attention heads, 
 A damped cosine is the real part of a complex exponential, ``rho^tau cos(w tau + phi) =
 Re(e^(i phi) (rho e^(i w))^tau)``, so each mask is an exact IIR filter (a sum of damped resonators;
 cf. S4D, Gu et al. 2022, and LRU, Orvieto et al. 2023): training convolves v with the M masks by a
-zero-padded FFT over physical lags (v transformed once, each head's masks once), decoding keeps one complex value per (channel, mask, component),
+zero-padded FFT over physical lags (v transformed once, each head's masks once), decoding keeps one complex
+value per (channel, mask, component),
 ``z <- rho e^(i w) z + v_t``, and reads ``y_t = sum_m pi_m(t) sum_j a (1 - rho) Re(e^(i phi) z)``.
 
 Parameters are real: rho = sigmoid(.), omega = pi sigmoid(.) in (0, pi), amplitudes a, phases phi.
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 from ..errors import MixerValueError
 from .base import State, WaveMixer, no_weight_decay
-from .functional import causal_conv_naive
+from .functional import causal_conv_last, causal_conv_naive
 from .registry import register_mixer
 
 
@@ -106,15 +107,11 @@ class WDA(WaveMixer):
         return torch.softmax(logits.to(ct), dim=-1)
 
     def _filtered(self, v: Tensor) -> Tensor:
-        """Every mask applied to v (B, T, C) -> (B, M, H, hd, T), by one zero-padded FFT (n >= 2T: linear, not
-        circular, convolution). The masks are per head, so v is transformed once and each (head, mask) kernel
-        once, instead of M copies of v against hd copies of each kernel."""
+        """Every mask applied to v (B, T, C) -> (B, M, H, hd, T). The masks are per head, so v is transformed once
+        and each (head, mask) kernel once, instead of M copies of v against hd copies of each kernel."""
         B, T, _ = v.shape
-        H, M, hd = self.n_heads, self.n_masks, self.head_dim
-        n = 1 << (2 * T - 1).bit_length()  # power of two >= 2T - 1
-        V = torch.fft.rfft(v.transpose(1, 2).reshape(B, 1, H, hd, T), n=n)  # (B, 1, H, hd, n/2+1)
-        K = torch.fft.rfft(self.masks(T, v.dtype).transpose(0, 1), n=n)  # (M, H, n/2+1)
-        return torch.fft.irfft(V * K[:, :, None], n=n)[..., :T]
+        masks = self.masks(T, v.dtype).transpose(0, 1)[:, :, None]  # (M, H, 1, T)
+        return causal_conv_last(v.transpose(1, 2).reshape(B, 1, self.n_heads, self.head_dim, T), masks)
 
     def _filtered_naive(self, v: Tensor) -> Tensor:
         """Reference for :meth:`_filtered`: each channel against its head's M masks by an explicit Toeplitz product."""
