@@ -203,6 +203,20 @@ def test_runs_in_low_precision_and_returns_input_dtype(name, kw, dtype):
             assert torch.isfinite(out.float()).all()
 
 
+@pytest.mark.parametrize("name,kw", CASES)
+def test_trains_under_a_bf16_autocast(name, kw):
+    # `distill --dtype bfloat16` keeps float32 mixer weights and runs them under accelerate's bf16 autocast:
+    # matmuls come out bf16 next to float32 tensors, and every mixer must still run forward and backward.
+    m = make(name, kw, dtype=torch.float32)
+    x = rand_x(dtype=torch.float32).requires_grad_(True)
+    pad = torch.ones(2, T, dtype=torch.bool)
+    pad[1, :3] = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, padding_mask=pad)
+    out.float().square().mean().backward()
+    assert torch.isfinite(out.float()).all() and torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("name", MIXERS)
 def test_out_of_range_settings_are_refused_in_one_line(name):
     from wavedistill.errors import MixerValueError

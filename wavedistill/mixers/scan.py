@@ -33,7 +33,17 @@ def decayed_linear_attention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
         raise ValueError(f"decayed_linear_attention: chunk must be >= 1, got {chunk}")
     if state is None:
         state = q.new_zeros(q.shape[0], q.shape[1], q.shape[-1], v.shape[-1])
-    return _ChunkedScan.apply(q, k, v, log_decay, state.to(q.dtype), chunk)
+    return _ChunkedScan.apply(*_in_float(q, k, v, log_decay, state), chunk)
+
+
+def _in_float(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """The tensors in one dtype of at least float32: under a bf16 autocast the caller's matmuls hand over bf16
+    features beside float32 values, and the scan computes in float32 whatever it is given (gradients flow
+    back through the casts in each input's own dtype)."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def _chunks(t: Tensor, n: int, C: int) -> Tensor:
@@ -44,8 +54,9 @@ def _chunks(t: Tensor, n: int, C: int) -> Tensor:
 
 
 def _float_matmuls(fn):
-    """Run a Function's forward / backward with autocast off: the caller passes >= float32 inputs, and under a
-    bf16 autocast the matmuls inside would otherwise round the scan's products (and only in forward)."""
+    """Run a Function's forward / backward with autocast off: its inputs arrive in one dtype >= float32
+    (:func:`_in_float`), and under a bf16 autocast the matmuls inside would otherwise round the scan's products
+    (and only in forward)."""
     def wrapped(ctx, *args):
         with torch.autocast(_device_type(args), enabled=False):
             return fn(ctx, *args)
@@ -134,7 +145,7 @@ def chunk_state_recurrence(M: Tensor, X: Tensor, state: Tensor) -> tuple[Tensor,
     everything else in batch over chunks (gated DeltaNet's) needs only this loop; its backward is
     written out (:class:`_StateRecurrence`) so that autograd does not record n steps.
     """
-    return _StateRecurrence.apply(M, X, state)
+    return _StateRecurrence.apply(*_in_float(M, X, state))
 
 
 class _StateRecurrence(torch.autograd.Function):
