@@ -32,7 +32,7 @@ from ..errors import MixerValueError
 from .base import State, no_weight_decay
 from .qkv import QKVMixer, decay_gate
 from .registry import register_mixer
-from .scan import chunk_state_recurrence
+from .scan import chunk_for, chunk_state_recurrence
 
 EPS = 1e-6  # inside the L2 norm; keeps a pad's all-zero q or k finite (and differentiable)
 
@@ -98,7 +98,8 @@ def gated_delta_step(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_a: Tenso
 class GatedDeltaNet(QKVMixer):
     """Args:
         d_model: model width D.
-        chunk: chunk length of the parallel form (default 64).
+        chunk: chunk length of the parallel form (default: by width, :func:`.scan.chunk_for` of head_dim / 2:
+            32 at head_dim 64, 16 at head_dim 8).
         min_tau, max_tau: initial forgetting time constants in tokens, log-spaced across heads (default 8, 512).
         qk_norm: RMS-normalise q and k per head (Qwen3 / Gemma3 style), before RoPE and the L2 norm.
         rope: rotate q and k (default True); rope_theta: rotary base used when no teacher tables are passed.
@@ -107,7 +108,7 @@ class GatedDeltaNet(QKVMixer):
 
     state_form = "per head a (head_dim x head_dim) key -> value memory; O(head_dim^2) per token"
 
-    def __init__(self, d_model: int, *, chunk: int = 64, min_tau: float = 8.0, max_tau: float = 512.0,
+    def __init__(self, d_model: int, *, chunk: int | None = None, min_tau: float = 8.0, max_tau: float = 512.0,
                  qk_norm: bool = False, rope: bool = True, rope_theta: float = 10000.0, n_heads: int | None = None,
                  n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
                  causal: bool = True, layer_idx: int | None = None) -> None:
@@ -115,9 +116,9 @@ class GatedDeltaNet(QKVMixer):
                          n_kv_heads=n_kv_heads, head_dim=head_dim, bias=bias, causal=causal)
         if not causal:
             raise MixerValueError("gated_delta_net is a causal recurrence; it has no bidirectional form")
-        if chunk < 1:
+        if chunk is not None and chunk < 1:
             raise MixerValueError(f"gated_delta_net chunk must be >= 1, got {chunk}")
-        self.chunk = chunk
+        self.chunk = chunk or chunk_for(self.head_dim // 2)
         H = self.n_heads
         self.beta_proj = nn.Linear(d_model, H, bias=True)  # W_b = 0, b_b = 0: beta = 1/2
         nn.init.zeros_(self.beta_proj.weight)

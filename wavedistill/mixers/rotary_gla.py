@@ -43,7 +43,7 @@ from .base import State
 from .functional import window_exp_sums
 from .qkv import QKVMixer, decay_gate
 from .registry import register_mixer
-from .scan import decayed_linear_attention, decayed_linear_attention_step
+from .scan import chunk_for, decayed_linear_attention, decayed_linear_attention_step
 
 FEATURE_MAPS = ("hedgehog", "softmax")
 EPS = 1e-6  # floor of the normaliser; only a padded query's (all-zero) row ever reaches it
@@ -57,7 +57,8 @@ class RotaryGLA(QKVMixer):
         feature_dim: columns of each head's feature projection P (default head_dim); phi has twice as many.
         window: 0 (default) = softmax-free; W > 0 = exact softmax weights on the last W keys (a hybrid).
         min_tau, max_tau: initial decay time constants in tokens, log-spaced across heads (default 8, 512).
-        chunk: chunk length of the parallel form (default 64).
+        chunk: chunk length of the parallel form (default: by width, :func:`.scan.chunk_for` of the mean of
+            2 feature_dim and head_dim + 1: 64 at head_dim 64, 16 at head_dim 8).
         qk_norm: RMS-normalise q and k per head (Qwen3 / Gemma3 style).
         rope: rotate q and k (default True); rope_theta: rotary base used when no teacher tables are passed.
         n_heads, n_kv_heads, head_dim, bias: attention geometry.
@@ -66,7 +67,7 @@ class RotaryGLA(QKVMixer):
     state_form = "per head a (2 feature_dim x head_dim) matrix and its normaliser (+ the last `window` keys); O(1)"
 
     def __init__(self, d_model: int, *, feature_map: str = "hedgehog", feature_dim: int | None = None,
-                 window: int = 0, min_tau: float = 8.0, max_tau: float = 512.0, chunk: int = 64,
+                 window: int = 0, min_tau: float = 8.0, max_tau: float = 512.0, chunk: int | None = None,
                  qk_norm: bool = False, rope: bool = True, rope_theta: float = 10000.0, n_heads: int | None = None,
                  n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
                  causal: bool = True, layer_idx: int | None = None) -> None:
@@ -76,14 +77,15 @@ class RotaryGLA(QKVMixer):
             raise MixerValueError("rotary_gla is a causal recurrence; it has no bidirectional form")
         if feature_map not in FEATURE_MAPS:
             raise MixerValueError(f"rotary_gla feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
-        if chunk < 1 or (feature_dim is not None and feature_dim < 1):
+        if (chunk is not None and chunk < 1) or (feature_dim is not None and feature_dim < 1):
             raise MixerValueError(f"rotary_gla chunk and feature_dim must be >= 1, got {chunk}, {feature_dim}")
         if window < 0 or (window and feature_map != "hedgehog"):
             raise MixerValueError(f"rotary_gla window must be >= 0 (and only with the hedgehog map), got {window}")
-        self.feature_map, self.chunk, self.window = feature_map, chunk, window
+        self.feature_map, self.window = feature_map, window
         self.use_band = self.use_linear = True  # branch switches for ablations of a hybrid (window > 0)
         H, hd = self.n_heads, self.head_dim
         f = feature_dim or hd
+        self.chunk = chunk or chunk_for((2 * f + hd + 1) // 2)
         self.feature_proj = None  # the exact-exp diagnostic has no feature map
         if feature_map == "hedgehog":
             # P starts as the identity (extra columns random) scaled by d^(-1/4), split between q and k as

@@ -15,6 +15,8 @@ inside a chunk only, so every exponent is <= 0 and nothing overflows.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -44,6 +46,15 @@ def _in_float(*tensors: Tensor) -> tuple[Tensor, ...]:
     for t in tensors:
         dtype = torch.promote_types(dtype, t.dtype)
     return tuple(t.to(dtype) for t in tensors)
+
+
+def chunk_for(width: int) -> int:
+    """A chunk length for a scan whose per-token products are about ``width`` wide: the power of two nearest
+    to it, within [16, 64]. Inside a chunk the work per token grows with the chunk length, across chunks with
+    the state's size; measured on CPU (docs/benchmarks.md), 16 suits head_dim 8 and 64 rotary_gla's 128
+    features (gated_delta_net: 32 at head_dim 64)."""
+    nearest = 1 << max(0, round(math.log2(max(width, 1))))
+    return min(64, max(16, nearest))
 
 
 def _chunks(t: Tensor, n: int, C: int) -> Tensor:
