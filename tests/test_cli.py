@@ -423,7 +423,7 @@ def test_bad_input_is_one_line_error(case, cli_root, finished_run, bad_inputs, t
 def test_distill_refuses_to_overwrite_a_finished_run_and_touches_nothing(cli_root, finished_run):
     out, _ = finished_run
     before = tree_hashes(out)
-    proc = wavedistill(*distill_args(cli_root, out))
+    proc = wavedistill_here(*distill_args(cli_root, out))
     assert_one_line_error(proc, "already holds a `wavedistill distill` run", "--resume", "--overwrite")
     assert tree_hashes(out) == before
 
@@ -613,9 +613,9 @@ def test_compare_runs_each_mixer_once_and_tabulates_their_metrics(cli_root, tmp_
     assert "| learned_gate | learned_gate | transfer → kd |" in table and "| phase_shift | phase_shift |" in table
     assert (out / "top5_vs_tokens.png").stat().st_size > 1000
     before = tree_hashes(out / "learned_gate")
-    again = ok(wavedistill(*args))  # finished runs are reused, not redone
+    again = ok(wavedistill_here(*args))  # finished runs are reused, not redone
     assert again.stdout.count("reusing the finished run") == 2 and tree_hashes(out / "learned_gate") == before
-    other = wavedistill(*[a if a != "transfer:2,kd:2" else "kd:3" for a in args])
+    other = wavedistill_here(*[a if a != "transfer:2,kd:2" else "kd:3" for a in args])
     assert_one_line_error(other, "other settings", "stages")
 
 
@@ -655,9 +655,9 @@ def test_lm_eval_scores_student_teacher_and_no_mixing_on_the_same_examples(finis
     assert "| story_ending | acc_norm ↑ | 3 |" in table and "| final_word | perplexity ↓ | 3 |" in table
     assert f"written to {out}" in proc.stdout
     # the same evaluation again replaces its own files; another one in the same folder is refused
-    ok(wavedistill("lm-eval", finished_run[0], "--tasks", "story_ending,final_word", "--include-path",
-                   run_tasks[0], "--limit", 3, "--with-teacher", "--with-no-mixing", "--batch-size", 4,
-                   "--output-dir", out))
+    ok(wavedistill_here("lm-eval", finished_run[0], "--tasks", "story_ending,final_word", "--include-path",
+                        run_tasks[0], "--limit", 3, "--with-teacher", "--with-no-mixing", "--batch-size", 4,
+                        "--output-dir", out))
     before = tree_hashes(out)
     other = wavedistill_here("lm-eval", finished_run[0], "--tasks", "final_word", "--include-path", run_tasks[0],
                              "--limit", 2, "--output-dir", out)
@@ -690,10 +690,10 @@ def test_eval_suite_writes_recall_length_and_lm_eval_and_report_shows_them(finis
                     "## Context length", "decode ms / token after 256", "## lm-eval"):
         assert heading in md
     assert (suite / "copy_distance.png").stat().st_size > 1000 and (suite / "length_ppl.png").stat().st_size > 1000
-    report = ok(wavedistill("report", run)).stdout
+    report = ok(wavedistill_here("report", run)).stdout
     assert "induction acc L=32" in report and "story_ending acc_norm (teacher)" in report
     assert "suite/suite.md" in report
-    side_by_side = ok(wavedistill("report", "--suite", run, run)).stdout
+    side_by_side = ok(wavedistill_here("report", "--suite", run, run)).stdout
     for heading in ("**Recall**", "**Passkey, name form**", "**Perplexity by position, windows of 256 tokens**",
                     "| decode ms |", "**lm-eval**", "final_word acc − teacher (paired)"):
         assert heading in side_by_side

@@ -110,7 +110,7 @@ def aggregate(cfg: LabConfig) -> dict:
 def run_lab(cfg: LabConfig) -> dict:
     from .analysis import analyze
 
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    # No folder before the first seed starts (each seed makes its own): a run refused at the start leaves nothing.
     run_jobs([cfg], cfg.jobs)
     summary = aggregate(cfg)
     analyze(cfg.output_dir)
