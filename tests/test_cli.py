@@ -348,6 +348,14 @@ BAD_INPUTS = {
     "adapter-for-other-base": (lambda c, run, b, o: ["eval", "--student", run, "--base", b["other"], "--data",
                                                      c["corpus"], "--seq-len", 32, "--output-dir", o],
                                ["fingerprint"]),
+    "select-keep-0": (lambda c, run, b, o: ["layers", "--from-run", run, "--select-keep", 0, "--output-dir", o],
+                      ["--select-keep must be at least 1 and fewer than the teacher's layers, got 0"]),
+    "select-keep-every-layer": (lambda c, run, b, o: ["layers", "--from-run", run, "--select-keep", 2,
+                                                      "--output-dir", o], ["fewer than the teacher's layers, got 2"]),
+    "from-run-with-settings": (lambda c, run, b, o: ["layers", "--from-run", run, "--mixer", "fnet", "--output-dir",
+                                                     o], ["drop wave_type"]),
+    "from-run-not-a-run": (lambda c, run, b, o: ["layers", "--from-run", b["root"], "--output-dir", o],
+                           ["not a finished distill run folder"]),
     "unknown-lm-eval-task": (lambda c, run, b, o: ["lm-eval", run, "--tasks", "story_endng", "--include-path",
                                                    b["run_tasks"], "--output-dir", o],
                              ["'story_endng'", "final_word, story_ending", "hellaswag"]),
@@ -583,13 +591,30 @@ def test_hybrid_keeps_attention_layers_and_says_which(cli_root, tmp_path):
 def test_layers_report_ranks_every_layer_with_a_table_and_a_plot(cli_root, tmp_path):
     out = tmp_path / "layers"
     proc = ok(wavedistill("layers", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"], "--seq-len", 32,
-                          "--batch-size", 4, "--transfer-steps", 4, "--eval-every", 2, "--output-dir", out))
+                          "--batch-size", 4, "--transfer-steps", 4, "--eval-every", 2, "--output-dir", out,
+                          "--select-keep", 1))
     report = json.loads((out / "layers.json").read_text())
     assert [r["layer"] for r in report["rows"]] == [0, 1] and report["split"] == "val"
+    # the greedy choice: the layer whose attention, put back, gives the lowest val KL; a list distill takes as is
+    start, chosen = report["selection"]
+    assert start["kept"] == [] and set(chosen["candidates"]) == {"0", "1"}
+    best = min(chosen["candidates"], key=chosen["candidates"].get)
+    assert chosen["kept"] == report["keep_attention"] == [int(best)] and chosen["kl"] == chosen["candidates"][best]
+    keep = (out / "keep_attention.txt").read_text().strip()
+    assert keep == best and f"--keep-attention {keep}" in proc.stdout and "| 1 | " + best in (out / "layers.md").read_text()
+    from wavedistill.cli import build_parser, distill_config
+
+    assert distill_config(build_parser().parse_args(["distill", "--teacher", "t", "--keep-attention", keep])
+                          ).keep_attention == [int(best)]
+    # the same report from the finished transfer run, without training
+    again = ok(wavedistill_here("layers", "--from-run", out / "transfer", "--select-keep", 1, "--output-dir",
+                                tmp_path / "again"))
+    assert json.loads((tmp_path / "again" / "layers.json").read_text())["selection"] == report["selection"]
+    assert "select-keep: keep layer" in again.stdout
     for r in report["rows"]:
         assert r["transfer_loss"] > 0 and r["kl_only_this_layer"] > 0 and r["kl_attention_zeroed"] > 0
     table = (out / "layers.md").read_text()
-    assert table.count("\n| ") == 2 and "hardness rank" in table
+    assert table.split("## Layers to keep")[0].count("\n| ") == 2 and "hardness rank" in table
     assert (out / "layers.png").stat().st_size > 1000
     assert (out / "transfer" / "metrics.json").exists()  # the transfer run is an ordinary run folder
     assert "layer 0: transfer loss" in proc.stdout

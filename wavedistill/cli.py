@@ -170,8 +170,12 @@ def cmd_layers(args) -> None:
     from .layer_report import run_layer_report
 
     changes = distill_changes(args)
+    given = sorted(set(changes) - {"output_dir"})
+    if args.from_run and given:
+        raise WavedistillError(f"--from-run scores that run's student with its own settings; drop "
+                               f"{', '.join(given)} (or train a transfer run here without --from-run)")
     changes.setdefault("stages", [{"kind": "transfer", "steps": args.transfer_steps}])
-    run_layer_report(changes, args.output_dir or "runs/layers")
+    run_layer_report(changes, args.output_dir or "runs/layers", select_keep=args.select_keep, from_run=args.from_run)
 
 
 def cmd_compare(args) -> None:
@@ -413,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_args(p)
     p.add_argument("--transfer-steps", type=int, default=500,
                    help="steps of the all-layers transfer run (when no --stages / recipe stages are given)")
+    p.add_argument("--select-keep", type=int, metavar="K",
+                   help="also choose K layers to keep as attention, greedily by val KL; writes keep_attention.txt")
+    p.add_argument("--from-run", metavar="RUN", help="score this finished distill run's student (no transfer run)")
     p.set_defaults(fn=cmd_layers)
 
     p = sub.add_parser("compare", help="the same recipe for several mixers: one table and a top-5 vs tokens plot")
