@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import MixerValueError
 from .base import State, no_weight_decay
-from .qkv import QKVMixer, decay_gate
+from .qkv import QKVMixer, decay_gate, decay_logits
 from .registry import register_mixer
 from .scan import chunk_for, chunk_state_recurrence
 
@@ -124,6 +124,7 @@ class GatedDeltaNet(QKVMixer):
         nn.init.zeros_(self.beta_proj.weight)
         nn.init.zeros_(self.beta_proj.bias)
         self.decay_proj = decay_gate(d_model, H, min_tau, max_tau, "gated_delta_net")
+        self.keep_float32("decay_proj.weight", "decay_proj.bias")
         self.out_gain = no_weight_decay(nn.Parameter(torch.ones(H)))  # (H,) g_h
 
     def _inputs(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, padding_mask):
@@ -132,7 +133,7 @@ class GatedDeltaNet(QKVMixer):
         q, k, v = l2_normalize(q.to(ct)), l2_normalize(k.to(ct)), v.to(ct)  # (B, H, T, hd)
         # .to(ct), not .float(): a float64 run must not round its gates to float32.
         beta = torch.sigmoid(self.beta_proj(x).to(ct)).transpose(1, 2)  # (B, H, T)
-        log_a = F.logsigmoid(self.decay_proj(x).to(ct)).transpose(1, 2)  # (B, H, T), <= 0
+        log_a = F.logsigmoid(decay_logits(self.decay_proj, x)).transpose(1, 2)  # (B, H, T), <= 0
         if padding_mask is not None:
             real, zero = padding_mask[:, None], torch.zeros((), dtype=ct, device=x.device)  # (B, 1, T)
             k, v = (torch.where(real[..., None], t, zero) for t in (k, v))

@@ -75,6 +75,7 @@ class PhaseAttention(QKVMixer):
             w[:, -1] = 1.0
         # No weight decay: decay would flatten every head's attention towards uniform.
         self.freq_weight = no_weight_decay(nn.Parameter(w))  # (H, F)
+        self.keep_float32("freq_weight")  # each frequency's weight on the phase differences: not rounded to bf16
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}, bins={self.n_bins}"

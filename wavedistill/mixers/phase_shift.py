@@ -49,6 +49,7 @@ class PhaseShift(WaveMixer):
         # Coefficients spread over (-0.5, 0.9): from a sign-flipped delay to slow phase rotations.
         a0 = torch.linspace(-0.5, 0.9, self.inner_dim)[:, None].repeat(1, n_sections)
         self.theta = no_weight_decay(nn.Parameter(torch.atanh(a0)))  # (C, S)
+        self.keep_float32("theta")  # a pole of 0.9 rounded to bf16 (0.8984) moves every lag's power of it
 
     state_form = "the previous input and output of each all-pass section; O(1) per token"
 

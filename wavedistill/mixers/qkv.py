@@ -8,6 +8,7 @@ teacher's weights one to one and, with the teacher's rotary tables, reproduces i
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import MixerValueError
@@ -29,6 +30,13 @@ def decay_gate(d_model: int, n_heads: int, min_tau: float, max_tau: float, mixer
         gate.bias.copy_(torch.log(tau - 1))  # logsigmoid(log(tau - 1)) = log(1 - 1/tau)
     no_weight_decay(gate.bias)
     return gate
+
+
+def decay_logits(gate: nn.Linear, x: Tensor) -> Tensor:
+    """(B, T, D) -> (B, T, H) ``W x_t + b`` of a :func:`decay_gate` in >= float32: its weights stay float32 in bf16
+    models (the mixer's ``keep_float32``), and a time constant of 512 tokens needs its bias unrounded."""
+    ct = torch.promote_types(x.dtype, torch.float32)
+    return F.linear(x.to(ct), gate.weight.to(ct), gate.bias.to(ct))
 
 
 class HeadRMSNorm(nn.Module):

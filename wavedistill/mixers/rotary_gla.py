@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..errors import MixerValueError
 from .base import State
 from .functional import window_exp_sums
-from .qkv import QKVMixer, decay_gate
+from .qkv import QKVMixer, decay_gate, decay_logits
 from .registry import register_mixer
 from .scan import chunk_for, decayed_linear_attention, decayed_linear_attention_step
 
@@ -94,6 +94,7 @@ class RotaryGLA(QKVMixer):
             P[:, :, : min(f, hd)] = torch.eye(hd, min(f, hd))
             self.feature_proj = nn.Parameter(P * hd ** -0.25)  # (H, hd, f)
         self.decay_proj = decay_gate(d_model, H, min_tau, max_tau, "rotary_gla")
+        self.keep_float32("decay_proj.weight", "decay_proj.bias")
 
     @property
     def has_state(self) -> bool:
@@ -112,7 +113,7 @@ class RotaryGLA(QKVMixer):
 
     def log_decay(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, H, T) log a_t <= 0."""
-        return F.logsigmoid(self.decay_proj(x).to(torch.promote_types(x.dtype, torch.float32))).transpose(1, 2)
+        return F.logsigmoid(decay_logits(self.decay_proj, x)).transpose(1, 2)
 
     def _inputs(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, padding_mask):
         """Features, values with a ones column (its output is the normaliser) and log decays, in >= float32."""

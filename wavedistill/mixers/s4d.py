@@ -82,6 +82,9 @@ class S4D(WaveMixer):
         # Skip D starts at 0: D = 1 would add o_proj(v_t) at full weight, which the teacher does not
         # do (it is the output of a head attending only to itself); 0 still gets a gradient.
         self.d_skip = nn.Parameter(torch.zeros(C))  # (C,)
+        # Decays, frequencies and steps set phases that grow with the lag: a bf16 im_a of 31 pi is off by up to
+        # 0.06 rad per step of warped time, so they stay float32 in bf16 models.
+        self.keep_float32("log_neg_re_a", "im_a", "log_dt")
         self._step_cache = None  # (key, coefficients): see _step_coefficients
 
     state_form = "N/2 complex modes (re, im) per channel; O(N) per token"

@@ -69,6 +69,8 @@ class WDA(WaveMixer):
         self.omega_logit = no_weight_decay(nn.Parameter(torch.logit(omega / math.pi).repeat(H, 1, 1)))  # (H, M, J)
         self.amp = no_weight_decay(nn.Parameter(amp.repeat(H, 1, 1)))  # (H, M, J)
         self.phase = no_weight_decay(nn.Parameter(torch.zeros(H, M, J)))  # (H, M, J)
+        # The masks' decays, frequencies and phases set values at every lag: float32 in bf16 models.
+        self.keep_float32("rho_logit", "omega_logit", "phase")
         # Router: small random weights (logit std ~0.5 for unit-scale inputs), so the mixture differs
         # between tokens and masks at init and every router weight gets a gradient (zero weights would
         # give all tokens the same uniform mixture). With one mask there is nothing to route (pi = 1),
