@@ -44,10 +44,12 @@ def test_hybrid_with_the_band_off_is_the_softmax_free_mixer():
                                    rtol=0)
 
 
-@pytest.mark.parametrize("off", ["use_band", "use_linear"])
-def test_decoding_honours_a_switched_off_branch(off):
-    m = make("rotary_gla", dict(window=5, **GEOMETRY))
-    setattr(m, off, False)
+@pytest.mark.parametrize("off", ["use_band", "use_linear", "use_sinks", "use_band,use_sinks", "use_linear,use_sinks"])
+@pytest.mark.parametrize("sinks", [0, 3])
+def test_decoding_honours_a_switched_off_branch(off, sinks):
+    m = make("rotary_gla", dict(window=5, sinks=sinks, **GEOMETRY))
+    for name in off.split(","):
+        setattr(m, name, False)
     x, pad = rand_x(), _padded()
     with torch.no_grad():
         full = m(x, padding_mask=pad)
@@ -78,3 +80,36 @@ def test_the_exact_diagnostic_without_decay_is_causal_softmax_attention():
     with torch.no_grad():
         torch.testing.assert_close(diag(x, padding_mask=pad)[pad], attention(x, padding_mask=pad)[pad], atol=1e-9,
                                    rtol=0)
+
+
+def test_the_window_and_sinks_alone_are_softmax_over_the_band_and_the_first_real_tokens():
+    # With the linear branch off, a hybrid with sinks is exact attention over the last W keys and the first S real
+    # tokens: the StreamingLLM mask, built here densely from the teacher-style softmax.
+    W, S = 5, 3
+    m = make("rotary_gla", dict(window=W, sinks=S, **GEOMETRY))
+    m.use_linear = False
+    x, pad = rand_x(), _padded()
+    with torch.no_grad():
+        got = m(x, padding_mask=pad)
+        q, k, v = m.qkv(torch.where(pad[..., None], x, 0.0), None, pad)
+        lag = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+        first = pad & (pad.long().cumsum(1) <= S)  # (B, T)
+        see = (((lag >= 0) & (lag < W))[None] | (first[:, None, :] & (lag >= 0)[None])) & pad[:, None, :]
+        see = see | torch.eye(T, dtype=torch.bool)
+        scores = (q @ k.transpose(-1, -2) * m.scaling).masked_fill(~see[:, None], float("-inf"))
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, T, -1)
+        want = m.o_proj(y)
+    torch.testing.assert_close(got[pad], want[pad], atol=1e-10, rtol=0)
+
+
+def test_sinks_stay_out_of_the_linear_state_and_change_the_output():
+    x, pad = rand_x(), _padded()
+    with_sinks = make("rotary_gla", dict(window=5, sinks=3, **GEOMETRY))
+    plain = _same_weights(with_sinks, build_mixer("rotary_gla", D, window=5, **GEOMETRY))
+    with torch.no_grad():
+        a, b = with_sinks(x, padding_mask=pad), plain(x, padding_mask=pad)
+        with_sinks.use_sinks = False
+        c = with_sinks(x, padding_mask=pad)
+    torch.testing.assert_close(c, b, atol=1e-12, rtol=0)  # switched off: the window hybrid exactly
+    assert (a - b)[:, 8:].abs().amax() > 1e-3  # past the band the sinks are weighed exactly, not by the state
+    torch.testing.assert_close(a[:, :5], b[:, :5], atol=1e-12, rtol=0)  # inside the first band: nothing differs

@@ -24,6 +24,12 @@ decayed feature-map weights above, and one normaliser covers both. Switching the
 (``use_band = False``) leaves the softmax-free mixer over every key. Decoding keeps the last W keys
 and values beside the state.
 
+``sinks = S > 0`` (with a window) adds a bounded exact cache: the first S real tokens of the sequence
+keep exact ``exp(q~.k~ / sqrt(d))`` weights for every later query (StreamingLLM's attention sinks;
+softmax heads park much of their mass on the first tokens, which a decayed state forgets), and stay
+out of the linear state. A layer then attends exactly to at most W + S tokens, whatever the length.
+``use_sinks = False`` returns them to the band / linear branch like any other token.
+
 Training runs the chunked form (:mod:`.scan`), decoding the recurrence. ``feature_map="softmax"``
 is a diagnostic, not a softmax-free mixer: the same decay with the exact ``exp(q~.k~ / sqrt(d))``
 in place of phi, i.e. softmax attention over all keys with the log-decay added to the scores.
@@ -56,6 +62,7 @@ class RotaryGLA(QKVMixer):
         feature_map: "hedgehog" (softmax-free, recurrent) or "softmax" (the exact-exp diagnostic).
         feature_dim: columns of each head's feature projection P (default head_dim); phi has twice as many.
         window: 0 (default) = softmax-free; W > 0 = exact softmax weights on the last W keys (a hybrid).
+        sinks: 0 (default); S > 0 (needs a window) = exact weights on the first S real tokens as well.
         min_tau, max_tau: initial decay time constants in tokens, log-spaced across heads (default 8, 512).
         chunk: chunk length of the parallel form (default: by width, :func:`.scan.chunk_for` of the mean of
             2 feature_dim and head_dim + 1: 64 at head_dim 64, 16 at head_dim 8).
@@ -64,10 +71,11 @@ class RotaryGLA(QKVMixer):
         n_heads, n_kv_heads, head_dim, bias: attention geometry.
     """
 
-    state_form = "per head a (2 feature_dim x head_dim) matrix and its normaliser (+ the last `window` keys); O(1)"
+    state_form = ("per head a (2 feature_dim x head_dim) matrix and its normaliser (+ the last `window` and first "
+                  "`sinks` keys: window + sinks exact tokens); O(1)")
 
     def __init__(self, d_model: int, *, feature_map: str = "hedgehog", feature_dim: int | None = None,
-                 window: int = 0, min_tau: float = 8.0, max_tau: float = 512.0, chunk: int | None = None,
+                 window: int = 0, sinks: int = 0, min_tau: float = 8.0, max_tau: float = 512.0, chunk: int | None = None,
                  qk_norm: bool = False, rope: bool = True, rope_theta: float = 10000.0, n_heads: int | None = None,
                  n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
                  causal: bool = True, layer_idx: int | None = None) -> None:
@@ -81,8 +89,12 @@ class RotaryGLA(QKVMixer):
             raise MixerValueError(f"rotary_gla chunk and feature_dim must be >= 1, got {chunk}, {feature_dim}")
         if window < 0 or (window and feature_map != "hedgehog"):
             raise MixerValueError(f"rotary_gla window must be >= 0 (and only with the hedgehog map), got {window}")
-        self.feature_map, self.window = feature_map, window
-        self.use_band = self.use_linear = True  # branch switches for ablations of a hybrid (window > 0)
+        if sinks < 0 or (sinks and not window):
+            raise MixerValueError(f"rotary_gla sinks must be >= 0 and need a window >= 1, got sinks={sinks}, "
+                                  f"window={window}")
+        self.feature_map, self.window, self.sinks = feature_map, window, sinks
+        # branch switches for ablations of a hybrid (window > 0)
+        self.use_band = self.use_linear = self.use_sinks = True
         H, hd = self.n_heads, self.head_dim
         f = feature_dim or hd
         self.chunk = chunk or chunk_for((2 * f + hd + 1) // 2)
@@ -100,11 +112,34 @@ class RotaryGLA(QKVMixer):
     def has_state(self) -> bool:
         return self.feature_map == "hedgehog"
 
-    def branches(self) -> tuple[int, bool]:
-        """(band width in use, whether the linear branch is on)."""
+    def branches(self) -> tuple[int, bool, int]:
+        """(band width in use, whether the linear branch is on, sinks in use)."""
         if not (self.use_band or self.use_linear):
             raise MixerValueError("rotary_gla: switching off both the band and the linear branch leaves no mixer")
-        return (self.window if self.use_band else 0), (self.use_linear or not self.window)
+        return (self.window if self.use_band else 0), (self.use_linear or not self.window), \
+            (self.sinks if self.use_sinks else 0)
+
+    def sink_mask(self, padding_mask, B: int, T: int, sinks: int, device) -> Tensor:
+        """(B, T) bool: the first ``sinks`` real tokens of each row."""
+        real = torch.ones(B, T, dtype=torch.bool, device=device) if padding_mask is None else padding_mask
+        return real & (real.long().cumsum(1) <= sinks)
+
+    def _add_sinks(self, o: Tensor, c: Tensor, q: Tensor, k: Tensor, v: Tensor, is_sink: Tensor, W: int,
+                   sinks: int) -> tuple[Tensor, Tensor]:
+        """o (B, H, T, hd + 1) on the scale exp(-c) plus the sinks each query sees (lag >= W: the band holds the
+        others), and the new scale c (B, H, T)."""
+        B, H, T, hd = q.shape
+        n = min(sinks, T)
+        idx = torch.argsort((~is_sink).to(torch.int8), dim=1, stable=True)[:, :n]  # (B, n): sink positions, in order
+        ok = is_sink.gather(1, idx)
+        ks, vs = (t.gather(2, idx[:, None, :, None].expand(B, H, n, hd)).to(o.dtype) for t in (k, v))
+        lag = torch.arange(T, device=q.device)[None, :, None] - idx[:, None, :]  # (B, T, n)
+        scores = torch.einsum("bhtd,bhnd->bhtn", q.to(o.dtype), ks) * self.scaling.item()
+        scores = scores.masked_fill(~(ok[:, None, :] & (lag >= W))[:, None], float("-inf"))
+        c_new = torch.maximum(c, scores.amax(-1))
+        p = (scores - c_new[..., None]).exp()
+        o = o * (c - c_new).exp()[..., None] + torch.cat([p @ vs, p.sum(-1, keepdim=True)], dim=-1)
+        return o, c_new
 
     def features(self, u: Tensor) -> Tensor:
         """Hedgehog phi over the feature axis: (B, H, T, hd) -> (B, H, T, 2 f), positive, each half sums to 1."""
@@ -152,15 +187,23 @@ class RotaryGLA(QKVMixer):
         if self.feature_map == "softmax":
             return self._exact(x, q, k, v, padding_mask, naive)
         fq, fk, v1, log_a = self._inputs(x, q, k, v, padding_mask)
-        W, linear = self.branches()
+        W, linear, sinks = self.branches()
         if naive:
-            return self._read_out(self._naive(q, k, v1, fq, fk, log_a, padding_mask, W, linear), x.dtype)
-        if W == 0:
+            return self._read_out(self._naive(q, k, v1, fq, fk, log_a, padding_mask, W, linear, sinks), x.dtype)
+        B, H, T, _ = q.shape
+        is_sink = self.sink_mask(padding_mask, B, T, sinks, x.device)
+        fk = fk.masked_fill(is_sink[:, None, :, None], 0.0)  # sinks stay out of the linear state
+        if W == 0 and not sinks:
             o, S = decayed_linear_attention(fq, fk, v1, log_a, self.chunk)
         else:
-            num, den, c = window_exp_sums(q.to(fq.dtype), k.to(fq.dtype), v1[..., :-1], W, padding_mask,
-                                          self.scaling.item())
-            o = torch.cat([num, den[..., None]], dim=-1)
+            if W:
+                num, den, c = window_exp_sums(q.to(fq.dtype), k.to(fq.dtype), v1[..., :-1], W, padding_mask,
+                                              self.scaling.item())
+                o = torch.cat([num, den[..., None]], dim=-1)
+            else:  # band off: the linear branch on its own scale, c = 0
+                o, c = torch.zeros_like(v1), fq.new_zeros(B, H, T)
+            if sinks:
+                o, c = self._add_sinks(o, c, q, k, v, is_sink, W, sinks)
             if linear:
                 o = o + (-c).exp()[..., None] * self._lagged(fq, fk, v1, log_a, W)[0]  # on the band's scale
         y = self._read_out(o, x.dtype)
@@ -174,27 +217,47 @@ class RotaryGLA(QKVMixer):
         state = {"S": self._lagged(fq, fk, v1, log_a, self.window)[1], **self.kv_final(k, v, padding_mask,
                                                                                         self.window, fq.dtype),
                  "g": F.pad(g[..., -1:] - g, (self.window, 0))[..., -self.window:]}  # decay since each band token
+        if self.sinks:
+            state.update(self._sink_state(k, v, is_sink, fq.dtype))
         return y, state
 
-    def _naive(self, q, k, v1, fq, fk, log_a, padding_mask, W: int, linear: bool) -> Tensor:
-        """Dense reference: the weights of :meth:`_weights` applied to the values and the ones column."""
-        return torch.einsum("bhts,bhsd->bhtd", self._weights(q, k, fq, fk, log_a, padding_mask, W, linear), v1)
+    def _sink_state(self, k: Tensor, v: Tensor, is_sink: Tensor, dtype) -> State:
+        """After a prefill: the sinks' keys / values (B, H, sinks, hd) in arrival order, how many have left the
+        band (those the sink branch sees), and which band slots hold a sink."""
+        B, H, T, hd = k.shape
+        n = min(self.sinks, T)
+        idx = torch.argsort((~is_sink).to(torch.int8), dim=1, stable=True)[:, :n]
+        ok = is_sink.gather(1, idx)[:, None, :, None]
+        ks, vs = (F.pad(torch.where(ok, t.gather(2, idx[:, None, :, None].expand(B, H, n, hd)), 0.0),
+                        (0, 0, 0, self.sinks - n)).to(dtype) for t in (k, v))
+        band_sink = F.pad(is_sink, (self.window, 0), value=False)[:, -self.window:]
+        return {"sink_k": ks, "sink_v": vs, "band_sink": band_sink,
+                "sinks_out": (is_sink[:, : max(T - self.window, 0)]).long().sum(1)}
 
-    def _weights(self, q, k, fq, fk, log_a, padding_mask, W: int, linear: bool) -> Tensor:
-        """Unnormalised (B, H, T, T) weights: band exp(score - c) for t - W < s <= t, exp(-c) * decayed phi.phi
-        before (with W = 0, the decayed phi.phi alone)."""
-        T = q.shape[2]
+    def _naive(self, q, k, v1, fq, fk, log_a, padding_mask, W: int, linear: bool, sinks: int) -> Tensor:
+        """Dense reference: the weights of :meth:`_weights` applied to the values and the ones column."""
+        w = self._weights(q, k, fq, fk, log_a, padding_mask, W, linear, sinks)
+        return torch.einsum("bhts,bhsd->bhtd", w, v1)
+
+    def _weights(self, q, k, fq, fk, log_a, padding_mask, W: int, linear: bool, sinks: int) -> Tensor:
+        """Unnormalised (B, H, T, T) weights: exp(score - c) on the band t - W < s <= t and on the sinks before it,
+        exp(-c) * decayed phi.phi on the other keys before the band (with W = 0 and no sinks, phi.phi alone)."""
+        B, T = q.shape[0], q.shape[2]
         g = log_a.cumsum(-1)
         lag = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # t - s
+        is_sink = self.sink_mask(padding_mask, B, T, sinks, q.device)  # (B, T)
         lin_w = (g[..., :, None] - g[..., None, :]).masked_fill(lag < W, float("-inf")).exp()
-        lin_w = lin_w * torch.einsum("bhtf,bhsf->bhts", fq, fk)
-        if W == 0:
+        lin_w = lin_w * torch.einsum("bhtf,bhsf->bhts", fq, fk) * ~is_sink[:, None, None, :]
+        if W == 0 and not sinks:
             return lin_w
-        real = torch.ones(q.shape[0], T, dtype=torch.bool) if padding_mask is None else padding_mask
-        band = ((lag >= 0) & (lag < W))[None] & real[:, None, :] | torch.eye(T, dtype=torch.bool)  # (B, T, T)
+        real = torch.ones(B, T, dtype=torch.bool) if padding_mask is None else padding_mask
+        band = ((lag >= 0) & (lag < W))[None] & real[:, None, :] | (torch.eye(T, dtype=torch.bool) & (W > 0))
+        exact = band | (is_sink[:, None, :] & (lag >= W)[None])  # (B, T, T)
         scores = torch.einsum("bhtd,bhsd->bhts", q.to(fq.dtype), k.to(fq.dtype)) * self.scaling.item()
-        scores = scores.masked_fill(~band[:, None], float("-inf"))
+        scores = scores.masked_fill(~exact[:, None], float("-inf"))
         c = scores.amax(-1, keepdim=True)
+        if W == 0:  # band off: the linear branch's own scale unless a sink's score is larger
+            c = c.clamp_min(0.0)
         return (scores - c).exp() + ((-c).exp() * lin_w if linear else 0)
 
     def _exact_bias(self, x: Tensor, padding_mask) -> Tensor:
@@ -248,6 +311,10 @@ class RotaryGLA(QKVMixer):
         if self.window:
             state.update(self.kv_state(batch, device, dtype, slots=self.window))
             state["g"] = torch.zeros(batch, self.n_heads, self.window, device=device, dtype=dtype)
+        if self.sinks:
+            zeros = torch.zeros(batch, self.n_heads, self.sinks, self.head_dim, device=device, dtype=dtype)
+            state.update(sink_k=zeros, sink_v=zeros.clone(), sinks_out=torch.zeros(batch, dtype=torch.long, device=device),
+                         band_sink=torch.zeros(batch, self.window, dtype=torch.bool, device=device))
         return state
 
     def _step(self, x_t: Tensor, state: State, padding_mask, position_embeddings) -> tuple[Tensor, State]:
@@ -257,27 +324,61 @@ class RotaryGLA(QKVMixer):
         if not self.window:
             o, S = decayed_linear_attention_step(fq, fk, v1, log_a, state["S"])
             return self._read_out(o[:, :, None], x_t.dtype)[:, 0], {"S": S}
-        # The oldest band token leaves the band for the linear state, decayed over the W steps it spent there.
+        W, linear, sinks = self.branches()
+        # The oldest band token leaves the band for the linear state (a sink for the sink cache), decayed over
+        # the W steps it spent there.
+        leaving = state["valid"][:, :1] & ~state["band_sink"][:, :1] if self.sinks else state["valid"][:, :1]
         g = state["g"] + log_a[..., None]  # (B, H, W)
         old_v1 = torch.cat([state["v"][:, :, 0], torch.ones_like(v1[..., :1])], dim=-1)
-        old_fk = self.features(state["k"][:, :, :1])[:, :, 0] * (state["valid"][:, None, :1] * g[..., :1].exp())
+        old_fk = self.features(state["k"][:, :, :1])[:, :, 0] * (leaving[:, None] * g[..., :1].exp())
         S = log_a.exp()[..., None, None] * state["S"] + old_fk[..., :, None] * old_v1[..., None, :]
         memory = self.kv_push(state, k, v, padding_mask, self.window)
         g = torch.cat([g[..., 1:], torch.zeros_like(g[..., :1])], dim=-1)
         band_v1 = torch.cat([memory["v"], torch.ones_like(memory["v"][..., :1])], dim=-1)  # (B, H, W, hd + 1)
-        W, linear = self.branches()
+        new = {"S": S, **memory, "g": g}
+        if self.sinks:
+            new.update(self._sink_push(state, k, v, padding_mask, sinks, W))
         o = torch.einsum("bhf,bhfd->bhd", fq, S) if linear else 0
         if W:
             see = memory["valid"].clone()
             see[:, -1] = True  # a token always sees itself, as in the parallel form
             scores = torch.einsum("bhd,bhwd->bhw", q[:, :, 0].to(fq.dtype), memory["k"]) * self.scaling.item()
-            scores = scores.masked_fill(~see[:, None], float("-inf"))
+            scores, values = scores.masked_fill(~see[:, None], float("-inf")), band_v1
+            if self.sinks:
+                scores, values = self._with_sinks(q, new, scores, values)
             c = scores.amax(-1, keepdim=True)
-            o = torch.einsum("bhw,bhwd->bhd", (scores - c).exp(), band_v1) + (-c).exp() * o
-        else:  # band off: the band's tokens join the linear branch with their decays
-            fk_band = self.features(memory["k"]) * (memory["valid"][:, None, :, None] * g.exp()[..., None])
+            o = torch.einsum("bhw,bhwd->bhd", (scores - c).exp(), values) + (-c).exp() * o
+        else:  # band off: the band's tokens (sinks aside) join the linear branch with their decays
+            joins = memory["valid"] & ~new["band_sink"] if self.sinks else memory["valid"]
+            fk_band = self.features(memory["k"]) * (joins[:, None, :, None] * g.exp()[..., None])
             o = o + torch.einsum("bhf,bhwf,bhwd->bhd", fq, fk_band, band_v1)
-        return self._read_out(o[:, :, None], x_t.dtype)[:, 0], {"S": S, **memory, "g": g}
+            if self.sinks:
+                scores, values = self._with_sinks(q, new, fq.new_zeros(*fq.shape[:2], 0), band_v1[:, :, :0])
+                c = scores.amax(-1, keepdim=True).clamp_min(0.0)  # the linear branch's scale unless a sink's is larger
+                o = torch.einsum("bhw,bhwd->bhd", (scores - c).exp(), values) + (-c).exp() * o
+        return self._read_out(o[:, :, None], x_t.dtype)[:, 0], new
+
+    def _sink_push(self, state: State, k: Tensor, v: Tensor, padding_mask, sinks: int, W: int) -> State:
+        """The sink cache after one more token: a real token among the first ``sinks`` takes the next slot;
+        ``visible``: the sinks the query sees (those that left the band; with the band off, all so far)."""
+        real = torch.ones_like(state["pos"], dtype=torch.bool) if padding_mask is None else padding_mask
+        is_sink = real & (state["pos"] < sinks)  # (B,)
+        slot = (F.one_hot(state["pos"].clamp_max(self.sinks - 1), self.sinks).bool() & is_sink[:, None])[:, None, :, None]
+        out = state["sinks_out"] + state["band_sink"][:, 0].long()
+        seen = out if W else torch.clamp_max(state["pos"] + real.long(), sinks)
+        return {"sink_k": torch.where(slot, k.to(state["sink_k"].dtype), state["sink_k"]),
+                "sink_v": torch.where(slot, v.to(state["sink_v"].dtype), state["sink_v"]), "sinks_out": out,
+                "band_sink": torch.cat([state["band_sink"][:, 1:], is_sink[:, None]], dim=1),
+                "visible": torch.arange(self.sinks, device=out.device)[None] < seen[:, None]}
+
+    def _with_sinks(self, q: Tensor, new: State, scores: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Band scores (B, H, W) and values (B, H, W, hd + 1) with the visible sinks appended."""
+        visible = new.pop("visible")
+        sink_k = new["sink_k"].to(scores.dtype)
+        sink = torch.einsum("bhd,bhsd->bhs", q[:, :, 0].to(scores.dtype), sink_k) * self.scaling.item()
+        sink = sink.masked_fill(~visible[:, None], float("-inf"))
+        sink_v1 = torch.cat([new["sink_v"], torch.ones_like(new["sink_v"][..., :1])], dim=-1).to(values.dtype)
+        return torch.cat([scores, sink], dim=-1), torch.cat([values, sink_v1], dim=2)
 
     def _prefill(self, x: Tensor, padding_mask, position_embeddings) -> tuple[Tensor, State]:
         return self._mix(x, padding_mask, position_embeddings, naive=False, with_state=True)
