@@ -221,6 +221,13 @@ def fits(value, hint) -> bool:
     return True
 
 
+def _exact_budget(cfg: DistillConfig) -> int:
+    """Tokens a hybrid with attention sinks weighs exactly (window + sinks); 0 without sinks."""
+    kw = cfg.mixer_kwargs or {}
+    sinks = kw.get("sinks", 0)
+    return (kw.get("window", 0) + sinks) if isinstance(sinks, int) and sinks > 0 else 0
+
+
 def validate(cfg: DistillConfig) -> None:
     from .mixers import get_mixer_class
 
@@ -257,6 +264,9 @@ def validate(cfg: DistillConfig) -> None:
         (cfg.max_steps >= 0, "max_steps must be >= 0 (0 = use epochs)"),
         (0 <= cfg.val_frac < 1 and 0 <= cfg.test_frac < 1 and cfg.val_frac + cfg.test_frac < 1,
          "val_frac and test_frac must be in [0, 1) and leave a training share"),
+        (not _exact_budget(cfg) or _exact_budget(cfg) < cfg.seq_len,
+         f"an exact cache of window + sinks = {_exact_budget(cfg)} tokens would hold all {cfg.seq_len} of a training "
+         "window: that is attention itself; choose a budget below --seq-len"),
     ]
     for ok, message in checks:
         if not ok:
