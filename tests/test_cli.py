@@ -647,6 +647,12 @@ def test_compare_runs_each_mixer_once_and_tabulates_their_metrics(cli_root, tmp_
     assert again.stdout.count("reusing the finished run") == 2 and tree_hashes(out / "learned_gate") == before
     other = wavedistill_here(*[a if a != "transfer:2,kd:2" else "kd:3" for a in args])
     assert_one_line_error(other, "other settings", "stages")
+    # a mixer's run killed before its first checkpoint (what kill -9 leaves) is started again, not refused
+    for name in ("checkpoint", "adapter"):
+        shutil.rmtree(out / "phase_shift" / name)
+    (out / "phase_shift" / "metrics.json").unlink()
+    again = ok(wavedistill_here(*args))
+    assert "no checkpoint yet: starting its run again" in again.stdout and (out / "phase_shift" / "metrics.json").exists()
 
 
 def test_loss_flags_set_the_kd_loss_of_every_kd_stage():

@@ -1,7 +1,8 @@
 """``wavedistill compare``: the same recipe for several mixers, one table and one learning-curve plot.
 
 Each mixer's run is an ordinary distill run in ``OUT/<mixer>``; a folder that already holds a
-finished run (``metrics.json``) is reused, and one with a checkpoint but no metrics is resumed.
+finished run (``metrics.json``) is reused, and an unfinished one is resumed (from its checkpoint, or started
+again when it was stopped before its first one).
 The table comes from each run's ``metrics.json`` (held-out test split); the plot shows val top-5
 overlap against tokens seen, from each run's ``train_log.jsonl``.
 """
@@ -17,7 +18,7 @@ from .errors import WavedistillError
 def run_compare(changes: dict, mixers: list[str], output_dir: str) -> str:
     from .evaluate import report_table
     from .config import check_same_run, make_config
-    from .distill import run
+    from .distill import resumable, run
     from .mixers import get_mixer_class
 
     if not mixers:
@@ -32,7 +33,7 @@ def run_compare(changes: dict, mixers: list[str], output_dir: str) -> str:
         if os.path.isfile(os.path.join(cfg.output_dir, "metrics.json")):
             print(f"{name}: reusing the finished run in {cfg.output_dir}")
             continue
-        cfg.resume = os.path.isdir(os.path.join(cfg.output_dir, "checkpoint"))
+        cfg.resume = resumable(cfg.output_dir)
         run(cfg)
     rows = []
     for name, cfg in cfgs.items():

@@ -72,6 +72,15 @@ def check_output_dir(cfg: DistillConfig) -> bool:
     return False
 
 
+def resumable(folder: str) -> bool:
+    """Whether a command that runs distill into ``folder`` on its own (compare, layers) should pass resume: the
+    folder holds an unfinished distill run, with a checkpoint or stopped before its first one (distill then
+    starts it again with the settings it recorded)."""
+    from .run_folder import read_manifest
+
+    return os.path.isdir(os.path.join(folder, "checkpoint")) or read_manifest(folder).get("command") == "distill"
+
+
 def resolve_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise WavedistillError(f"--device {name} asked for, but CUDA is not available; pass --device cpu")

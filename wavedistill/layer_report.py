@@ -93,7 +93,7 @@ def _student_run(cfg, output_dir: str, from_run: str | None, select_keep: int | 
     from transformers import AutoConfig
 
     from .config import check_same_run, make_config
-    from .distill import run
+    from .distill import resumable, run
     from .io import adapter_dir
     from .runs import read_run_config
 
@@ -117,8 +117,7 @@ def _student_run(cfg, output_dir: str, from_run: str | None, select_keep: int | 
         # an interrupted report is finished from its own transfer run, never from one trained otherwise
         check_same_run(run_cfg, "pass the settings it was started with, or another --output-dir")
     if not os.path.isfile(os.path.join(transfer_dir, "metrics.json")):
-        run(make_config({**cfg, "output_dir": transfer_dir, "resume": os.path.isdir(os.path.join(transfer_dir,
-                                                                                             "checkpoint"))}))
+        run(make_config({**cfg, "output_dir": transfer_dir, "resume": resumable(transfer_dir)}))
     return run_cfg, os.path.join(transfer_dir, "adapter")
 
 
