@@ -44,7 +44,7 @@ def main() -> None:
     mark("base loaded (fp32)")
     student = build_student(base, cfg)
     if args.grad_checkpointing:  # as distill --grad-checkpointing does
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         student.train()
     mark("mixers added (fp32)")
     teacher = TeacherView(student)

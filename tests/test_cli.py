@@ -744,3 +744,20 @@ def test_without_lm_eval_the_commands_say_how_to_install_it(command, finished_ru
     proc = wavedistill_here(*argv, "--output-dir", tmp_path / "out")
     assert_one_line_error(proc, "lm-eval is not installed", 'pip install -e ".[eval]"')
     assert not (tmp_path / "out").exists()
+
+
+def test_activation_checkpointing_trains_what_a_plain_backward_trains(cli_root, finished_run, tmp_path):
+    # --grad-checkpointing recomputes each decoder layer in backward (transformers' activation_checkpointing_enable,
+    # non-reentrant): the same losses step by step as the finished run without it, and no deprecation warning.
+    import warnings
+
+    out = tmp_path / "ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        ok(wavedistill_here(*distill_args(cli_root, out, "--grad-checkpointing")))
+    plain, ckpt = read_log(finished_run[0]), read_log(out)
+    assert [r["step"] for r in ckpt] == [r["step"] for r in plain]
+    for a, b in zip(plain, ckpt):
+        for key in ("loss", "val_kl"):
+            assert (key in a) == (key in b) and (key not in a or b[key] == pytest.approx(a[key], rel=1e-5)), (a, b)
+    assert sum("loss" in r for r in ckpt) == 6

@@ -204,7 +204,7 @@ def train_and_evaluate(cfg: DistillConfig, acc) -> dict | None:
         student = student.to(acc.device)
     if cfg.grad_checkpointing:
         # Non-reentrant: the embeddings are frozen, so the checkpointed inputs need no grad of their own.
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     r = Run(cfg, stages, teacher, student, tokenizer, splits,
             eval_windows(splits.val, cfg.seq_len, cfg.val_windows), eval_windows(splits.test, cfg.seq_len,
                                                                                  cfg.test_windows), acc,
