@@ -34,3 +34,8 @@ wait
 train k2_last --keep-attention 3,4
 wavedistill report "$R"/{none,k1_chosen,k1_uniform,k1_last,k2_chosen,k2_uniform,k2_last} > "$R/report.md"
 cat "$R/report.md"
+# 3. The same hybrids on the whole val split (where the choice was made), beside test.
+for r in none k1_chosen k1_last k2_chosen k2_last; do
+  [ -f "$R/${r}_val/metrics.json" ] || wavedistill eval --student "$R/$r" --split val --output-dir "$R/${r}_val" > /dev/null
+  python -c "import json; m = json.load(open('$R/${r}_val/metrics.json')); print('$r val top-5', round(m['top5_overlap'], 3), 'KL', round(m['kl'], 4), m['positions'], 'positions')"
+done
