@@ -3,7 +3,7 @@
 # the first S real tokens (attention sinks) weighed exactly, the linear state for the rest; the standard budget
 # (configs/transfer_kd.yaml: 2,000 steps of 16 x 256, pure KL, feature_dim 64, seed 0), then every branch
 # switched off in turn on test (`eval --mixer-attrs`): what the linear state, the band and the sinks each add.
-# usage: bash scripts/hybrid_cache_stories260k.sh [RUNS_DIR]     (needs ../shared; ~1 hour on 2 cores)
+# usage: bash scripts/hybrid_cache_stories260k.sh [RUNS_DIR]     (needs ../shared; ~1.5 hours on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs}/hybrid_cache
@@ -31,3 +31,10 @@ ablate w32_s4 &
 wait
 wavedistill report "$R"/w16_s4 "$R"/w16_s4_no_{linear,sinks,band} "$R"/w32_s4 "$R"/w32_s4_no_{linear,sinks,band} > "$R/report.md"
 cat "$R/report.md"
+# Recall probes and context past the training length (the evaluation suite) of both hybrids, then the recall targets
+# beside the pure student's (runs/keep_lose/rotary_gla, scripts/keep_lose_stories260k.sh).
+for name in w16_s4 w32_s4; do
+  [ -f "$R/$name/suite/recall.json" ] || wavedistill eval --student "$R/$name" --suite recall,length > "$R/$name.suite.log" 2>&1 &
+done
+wait
+python scripts/recall_targets.py "${1:-runs}/keep_lose/rotary_gla" "${1:-runs}/keep_lose/hybrid16" "$R"/w16_s4 "$R"/w32_s4
