@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# MQAR at 3,000 steps, seeds 0-2 (issue 20): the content-selective mixers at three times the budget of docs/lab.md's
+# MQAR table, the same settings (64 tokens, 4 pairs, vocabulary 128, 2 layers, width 64). Each mixer's lr is the one
+# its held-out seed-100 run chose at 3,000 steps (docs/lab.md: rotary_gla 3e-3, gated_delta_net 1e-3, from
+# `lab compare --lr-sweep 1e-3,3e-3 --lr-seed 100` in scripts/mqar_recall.sh).
+# usage: bash scripts/mqar_3000.sh [RUNS_DIR]     (~45 min on one core)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=${1:-runs/lab}/mqar_3000
+export OMP_NUM_THREADS=1
+MQAR=(--seq-len 64 --n-pairs 4 --vocab 128 --steps 3000 --eval-every 100 --seeds 0,1,2 --jobs 1)
+wavedistill lab mqar --mixer rotary_gla --lr 3e-3 "${MQAR[@]}" --output-dir "$R/rotary_gla"
+wavedistill lab mqar --mixer gated_delta_net --lr 1e-3 "${MQAR[@]}" --output-dir "$R/gated_delta_net"
