@@ -166,12 +166,12 @@ def test_eval_sets_mixer_attributes_for_ablations_and_refuses_unknown_ones(finis
     run = finished_run[0]
     metrics = json.loads((run / "metrics.json").read_text())
     out = tmp_path / "ablation"
-    ok(wavedistill("eval", "--student", run, "--data", cli_root["corpus"], "--output-dir", out,
-                   "--mixer-attrs", '{"short_len": 1}'))
+    ok(wavedistill_here("eval", "--student", run, "--data", cli_root["corpus"], "--output-dir", out,
+                        "--mixer-attrs", '{"short_len": 1}'))
     ablated = json.loads((out / "metrics.json").read_text())
     assert ablated["mixer_attrs"] == {"short_len": 1} and ablated["kl"] != metrics["kl"]
     assert ablated["mixer"] == "learned_gate" and ablated["student_run"] == str(run)
-    row = ok(wavedistill("report", out)).stdout.splitlines()[2]
+    row = ok(wavedistill_here("report", out)).stdout.splitlines()[2]
     assert f'eval of {run} with mixers set to {{"short_len": 1}}' in row and "| learned_gate |" in row
     proc = wavedistill_here("eval", "--student", run, "--data", cli_root["corpus"], "--output-dir", tmp_path / "bad",
                             "--mixer-attrs", '{"use_band": false}')
@@ -180,7 +180,7 @@ def test_eval_sets_mixer_attributes_for_ablations_and_refuses_unknown_ones(finis
 
 def test_generate_continues_the_prompt(finished_run):
     out, _ = finished_run
-    proc = ok(wavedistill("generate", "--student", out, "--prompt", "once upon", "--max-new-tokens", 8))
+    proc = ok(wavedistill_here("generate", "--student", out, "--prompt", "once upon", "--max-new-tokens", 8))
     assert proc.stdout.strip().startswith("once upon")
     assert len(proc.stdout.split()) > 2  # something was generated
 
@@ -265,7 +265,7 @@ def test_resumed_log_has_each_step_once(resumed):
 def run_tasks(cli_root, finished_run) -> tuple[Path, subprocess.CompletedProcess]:
     """lm-eval tasks made from the finished run's held-out documents (its data, split and tokenizer)."""
     out = cli_root["root"] / "tasks"
-    return out, ok(wavedistill("make-tasks", "--model", finished_run[0], "--output-dir", out))
+    return out, ok(wavedistill_here("make-tasks", "--model", finished_run[0], "--output-dir", out))
 
 
 @pytest.fixture(scope="session")
@@ -463,7 +463,7 @@ def test_resume_continues_a_finished_run_with_more_steps_and_the_settings_allowe
     out = tmp_path / "run"
     shutil.copytree(finished_run[0], out)
     first = read_log(out)
-    proc = ok(wavedistill("distill", "--output-dir", out, "--resume", "--max-steps", 9, "--save-every", 2))
+    proc = ok(wavedistill_here("distill", "--output-dir", out, "--resume", "--max-steps", 9, "--save-every", 2))
     assert "at step 6" in proc.stdout
     log = read_log(out)
     assert [r["step"] for r in log] == list(range(10)) and log[:7] == first  # steps 7-9 added, 0-6 kept as they were
@@ -483,7 +483,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_with_resume(finis
     (out / "metrics.json").unlink()
     proc = wavedistill_here("distill", "--output-dir", out)
     assert_one_line_error(proc, "stopped before its first checkpoint", "--overwrite")
-    proc = ok(wavedistill("distill", "--output-dir", out, "--resume"))
+    proc = ok(wavedistill_here("distill", "--output-dir", out, "--resume"))
     assert "no checkpoint yet: starting its run again from step 0" in proc.stdout
     assert [r["step"] for r in read_log(out)] == list(range(7)) and (out / "metrics.json").exists()
 
@@ -517,7 +517,7 @@ def test_overwrite_starts_a_used_folder_again(cli_root, tmp_path):
     out = tmp_path / "notes"
     out.mkdir()
     (out / "notes.txt").write_text("old")
-    ok(wavedistill(*distill_args(cli_root, out, "--overwrite", "--max-steps", 2)))
+    ok(wavedistill_here(*distill_args(cli_root, out, "--overwrite", "--max-steps", 2)))
     assert not (out / "notes.txt").exists() and (out / "metrics.json").exists()
     manifest = json.loads((out / "wavedistill_run.json").read_text())
     assert manifest["command"] == "distill" and manifest["settings"]["max_steps"] == 2
@@ -528,7 +528,7 @@ def test_eval_writes_beside_its_own_run_under_other_names_however_the_path_is_sp
     run = tmp_path / "run"
     shutil.copytree(finished_run[0], run)
     before = tree_hashes(run)
-    proc = ok(wavedistill("eval", "--student", run, "--output-dir", f"{run}/", "--max-windows", 2))
+    proc = ok(wavedistill_here("eval", "--student", run, "--output-dir", f"{run}/", "--max-windows", 2))
     assert "eval_metrics.json" in proc.stdout
     after = tree_hashes(run)
     assert {k: v for k, v in after.items() if k in before} == before
@@ -586,7 +586,7 @@ def test_demo_student_loads_from_another_directory(demo_run):
 def test_hybrid_keeps_attention_layers_and_says_which(cli_root, tmp_path):
     # The tiny teacher has 2 layers: keep layer 0 as softmax attention, convert layer 1.
     out = tmp_path / "hybrid"
-    ok(wavedistill(*distill_args(cli_root, out, "--keep-attention", "0")))
+    ok(wavedistill_here(*distill_args(cli_root, out, "--keep-attention", "0")))
     metrics = json.loads((out / "metrics.json").read_text())
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert metrics["kept_attention_layers"] == [0] and metrics["layers"] == [1]
@@ -595,9 +595,9 @@ def test_hybrid_keeps_attention_layers_and_says_which(cli_root, tmp_path):
 
 def test_layers_report_ranks_every_layer_with_a_table_and_a_plot(cli_root, tmp_path):
     out = tmp_path / "layers"
-    proc = ok(wavedistill("layers", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"], "--seq-len", 32,
-                          "--batch-size", 4, "--transfer-steps", 4, "--eval-every", 2, "--output-dir", out,
-                          "--select-keep", 1))
+    proc = ok(wavedistill_here("layers", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"],
+                               "--seq-len", 32, "--batch-size", 4, "--transfer-steps", 4, "--eval-every", 2,
+                               "--output-dir", out, "--select-keep", 1))
     report = json.loads((out / "layers.json").read_text())
     assert [r["layer"] for r in report["rows"]] == [0, 1] and report["split"] == "val"
     # the greedy choice: the layer whose attention, put back, gives the lowest val KL; a list distill takes as is
@@ -638,7 +638,7 @@ def test_compare_runs_each_mixer_once_and_tabulates_their_metrics(cli_root, tmp_
     args = ["compare", "--teacher", cli_root["teacher"], "--data", cli_root["corpus"], "--seq-len", 32, "--batch-size",
             4, "--stages", "transfer:2,kd:2", "--eval-every", 2, "--mixers", "learned_gate,phase_shift",
             "--output-dir", out]
-    ok(wavedistill(*args))
+    ok(wavedistill_here(*args))
     table = (out / "compare.md").read_text()
     assert "| learned_gate | learned_gate | transfer → kd |" in table and "| phase_shift | phase_shift |" in table
     assert (out / "top5_vs_tokens.png").stat().st_size > 1000
