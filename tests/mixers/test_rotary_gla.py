@@ -113,3 +113,13 @@ def test_sinks_stay_out_of_the_linear_state_and_change_the_output():
     torch.testing.assert_close(c, b, atol=1e-12, rtol=0)  # switched off: the window hybrid exactly
     assert (a - b)[:, 8:].abs().amax() > 1e-3  # past the band the sinks are weighed exactly, not by the state
     torch.testing.assert_close(a[:, :5], b[:, :5], atol=1e-12, rtol=0)  # inside the first band: nothing differs
+
+
+def test_taylor_features_give_the_second_order_expansion_of_the_softmax_score():
+    m = make("rotary_gla", dict(feature_map="taylor", **GEOMETRY))
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 5, 6, dtype=torch.float64), torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    s = torch.einsum("bhtd,bhsd->bhts", q, k) / 6 ** 0.5
+    got = torch.einsum("bhtf,bhsf->bhts", m.features(q), m.features(k))
+    torch.testing.assert_close(got, 1 + s + s ** 2 / 2, atol=1e-12, rtol=0)
+    assert m.n_features == 1 + 6 + 36 and got.min() > 0  # 1 + s + s^2 / 2 >= 1/2: the normaliser never vanishes

@@ -30,6 +30,10 @@ softmax heads park much of their mass on the first tokens, which a decayed state
 out of the linear state. A layer then attends exactly to at most W + S tokens, whatever the length.
 ``use_sinks = False`` returns them to the band / linear branch like any other token.
 
+``feature_map="taylor"`` replaces the learned map by Based's second-order Taylor features, fixed and exact to
+second order: ``phi(q) . phi(k) = 1 + s + s^2 / 2`` with ``s = q~.k~ / sqrt(d)`` (always > 0), 1 + d + d^2
+features per head, so only for head_dim <= 16.
+
 Training runs the chunked form (:mod:`.scan`), decoding the recurrence. ``feature_map="softmax"``
 is a diagnostic, not a softmax-free mixer: the same decay with the exact ``exp(q~.k~ / sqrt(d))``
 in place of phi, i.e. softmax attention over all keys with the log-decay added to the scores.
@@ -51,7 +55,8 @@ from .qkv import QKVMixer, decay_gate, decay_logits
 from .registry import register_mixer
 from .scan import chunk_for, decayed_linear_attention, decayed_linear_attention_step
 
-FEATURE_MAPS = ("hedgehog", "softmax")
+FEATURE_MAPS = ("hedgehog", "taylor", "softmax")
+TAYLOR_MAX_HEAD_DIM = 16  # the Taylor map has 1 + d + d^2 features
 EPS = 1e-6  # floor of the normaliser; only a padded query's (all-zero) row ever reaches it
 
 
@@ -59,8 +64,10 @@ EPS = 1e-6  # floor of the normaliser; only a padded query's (all-zero) row ever
 class RotaryGLA(QKVMixer):
     """Args:
         d_model: model width D.
-        feature_map: "hedgehog" (softmax-free, recurrent) or "softmax" (the exact-exp diagnostic).
-        feature_dim: columns of each head's feature projection P (default head_dim); phi has twice as many.
+        feature_map: "hedgehog" (learned, softmax-free, recurrent), "taylor" (fixed 2nd-order Taylor features of
+            exp, recurrent) or "softmax" (the exact-exp diagnostic).
+        feature_dim: columns of each head's feature projection P (default head_dim); phi has twice as many
+            (hedgehog only).
         window: 0 (default) = softmax-free; W > 0 = exact softmax weights on the last W keys (a hybrid).
         sinks: 0 (default); S > 0 (needs a window) = exact weights on the first S real tokens as well.
         min_tau, max_tau: initial decay time constants in tokens, log-spaced across heads (default 8, 512).
@@ -71,7 +78,7 @@ class RotaryGLA(QKVMixer):
         n_heads, n_kv_heads, head_dim, bias: attention geometry.
     """
 
-    state_form = ("per head a (2 feature_dim x head_dim) matrix and its normaliser (+ the last `window` and first "
+    state_form = ("per head an (n_features x head_dim) matrix and its normaliser (+ the last `window` and first "
                   "`sinks` keys: window + sinks exact tokens); O(1)")
 
     def __init__(self, d_model: int, *, feature_map: str = "hedgehog", feature_dim: int | None = None,
@@ -87,8 +94,8 @@ class RotaryGLA(QKVMixer):
             raise MixerValueError(f"rotary_gla feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
         if (chunk is not None and chunk < 1) or (feature_dim is not None and feature_dim < 1):
             raise MixerValueError(f"rotary_gla chunk and feature_dim must be >= 1, got {chunk}, {feature_dim}")
-        if window < 0 or (window and feature_map != "hedgehog"):
-            raise MixerValueError(f"rotary_gla window must be >= 0 (and only with the hedgehog map), got {window}")
+        if window < 0 or (window and feature_map == "softmax"):
+            raise MixerValueError(f"rotary_gla window must be >= 0 (and not with the softmax diagnostic), got {window}")
         if sinks < 0 or (sinks and not window):
             raise MixerValueError(f"rotary_gla sinks must be >= 0 and need a window >= 1, got sinks={sinks}, "
                                   f"window={window}")
@@ -96,9 +103,14 @@ class RotaryGLA(QKVMixer):
         # branch switches for ablations of a hybrid (window > 0)
         self.use_band = self.use_linear = self.use_sinks = True
         H, hd = self.n_heads, self.head_dim
+        if feature_map == "taylor" and (feature_dim is not None or hd > TAYLOR_MAX_HEAD_DIM):
+            raise MixerValueError(f"rotary_gla's taylor map has 1 + d + d^2 fixed features: no feature_dim, and "
+                                  f"head_dim <= {TAYLOR_MAX_HEAD_DIM} (got feature_dim={feature_dim}, head_dim={hd}); "
+                                  "use the hedgehog map for wider heads")
         f = feature_dim or hd
-        self.chunk = chunk or chunk_for((2 * f + hd + 1) // 2)
-        self.feature_proj = None  # the exact-exp diagnostic has no feature map
+        self.n_features = 1 + hd + hd * hd if feature_map == "taylor" else 2 * f  # phi's width
+        self.chunk = chunk or chunk_for((self.n_features + hd + 1) // 2)
+        self.feature_proj = None  # the taylor map and the exact-exp diagnostic have no learned map
         if feature_map == "hedgehog":
             # P starts as the identity (extra columns random) scaled by d^(-1/4), split between q and k as
             # the sqrt(d) of attention is.
@@ -110,7 +122,7 @@ class RotaryGLA(QKVMixer):
 
     @property
     def has_state(self) -> bool:
-        return self.feature_map == "hedgehog"
+        return self.feature_map != "softmax"
 
     def branches(self) -> tuple[int, bool, int]:
         """(band width in use, whether the linear branch is on, sinks in use)."""
@@ -142,7 +154,12 @@ class RotaryGLA(QKVMixer):
         return o, c_new
 
     def features(self, u: Tensor) -> Tensor:
-        """Hedgehog phi over the feature axis: (B, H, T, hd) -> (B, H, T, 2 f), positive, each half sums to 1."""
+        """phi: (B, H, T, hd) -> (B, H, T, n_features), positive. Hedgehog: softmax over the feature axis, each half
+        sums to 1; taylor: [1, x, vec(x x^T) / sqrt 2] with x = u / d^(1/4)."""
+        if self.feature_map == "taylor":
+            x = u * self.head_dim ** -0.25
+            outer = (x[..., :, None] * x[..., None, :]).flatten(-2) * 2 ** -0.5  # (B, H, T, hd^2)
+            return torch.cat([torch.ones_like(x[..., :1]), x, outer], dim=-1)
         z = torch.einsum("bhtd,hdf->bhtf", u, self.feature_proj.to(u.dtype))
         return torch.cat([z.softmax(-1), (-z).softmax(-1)], dim=-1)
 
@@ -306,7 +323,7 @@ class RotaryGLA(QKVMixer):
         return self._mix(x, padding_mask, position_embeddings, naive=True)
 
     def _init_state(self, batch: int, device, dtype) -> State:
-        F2 = 2 * self.feature_proj.shape[-1]
+        F2 = self.n_features
         state = {"S": torch.zeros(batch, self.n_heads, F2, self.head_dim + 1, device=device, dtype=dtype)}
         if self.window:
             state.update(self.kv_state(batch, device, dtype, slots=self.window))
