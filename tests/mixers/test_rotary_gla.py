@@ -123,3 +123,13 @@ def test_taylor_features_give_the_second_order_expansion_of_the_softmax_score():
     got = torch.einsum("bhtf,bhsf->bhts", m.features(q), m.features(k))
     torch.testing.assert_close(got, 1 + s + s ** 2 / 2, atol=1e-12, rtol=0)
     assert m.n_features == 1 + 6 + 36 and got.min() > 0  # 1 + s + s^2 / 2 >= 1/2: the normaliser never vanishes
+
+
+def test_a_hybrid_with_sinks_decodes_from_a_state_of_fixed_size():
+    # O(window + sinks) exact tokens: the state after 64 tokens holds exactly as many numbers as after 8.
+    m = make("rotary_gla", dict(window=5, sinks=3, **GEOMETRY))
+    with torch.no_grad():
+        sizes = [sum(t.numel() for t in m.prefill(rand_x()[:, :n])[1].values()) for n in (8, 30)]
+        long = torch.randn(2, 64, D, dtype=torch.float64)
+        sizes.append(sum(t.numel() for t in m.prefill(long)[1].values()))
+    assert sizes[0] == sizes[1] == sizes[2]
