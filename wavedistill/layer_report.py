@@ -109,7 +109,8 @@ def _student_run(cfg, output_dir: str, from_run: str | None, select_keep: int | 
     else:
         run_cfg = make_config({**cfg, "output_dir": os.path.join(output_dir, "transfer")})
     if select_keep is not None and not 1 <= select_keep < AutoConfig.from_pretrained(run_cfg.teacher).num_hidden_layers:
-        raise WavedistillError(f"--select-keep must be at least 1 and fewer than the teacher's layers, got {select_keep}")
+        raise WavedistillError(f"--select-keep must be at least 1 and fewer than the teacher's layers, "
+                               f"got {select_keep}")
     if from_run is not None:
         return run_cfg, adapter_dir(from_run)
     transfer_dir = run_cfg.output_dir
@@ -148,7 +149,8 @@ def select_layers_to_keep(teacher, student, windows, k: int, device: str = "cpu"
         best = min(tried, key=lambda i: tried[i]["kl"])
         restored.update(detach_wave(student, [best]))
         steps.append({"kept": [*steps[-1]["kept"], best], "kl": tried[best]["kl"],
-                      "top5_overlap": tried[best]["top5_overlap"], "candidates": {str(i): r["kl"] for i, r in tried.items()}})
+                      "top5_overlap": tried[best]["top5_overlap"],
+                      "candidates": {str(i): r["kl"] for i, r in tried.items()}})
         others = ", ".join(f"{i}: {r['kl']:.4f}" for i, r in tried.items())
         print(f"select-keep: keep layer {best} as attention: val KL {tried[best]['kl']:.4f}, top-5 "
               f"{tried[best]['top5_overlap']:.3f} (KL with each candidate kept: {others})")

@@ -72,7 +72,7 @@ class RotaryGLA(QKVMixer):
         sinks: 0 (default); S > 0 (needs a window) = exact weights on the first S real tokens as well.
         min_tau, max_tau: initial decay time constants in tokens, log-spaced across heads (default 8, 512).
         chunk: chunk length of the parallel form (default: by width, :func:`.scan.chunk_for` of the mean of
-            2 feature_dim and head_dim + 1: 64 at head_dim 64, 16 at head_dim 8).
+            phi's width and head_dim + 1: 64 at head_dim 64, 16 at head_dim 8).
         qk_norm: RMS-normalise q and k per head (Qwen3 / Gemma3 style).
         rope: rotate q and k (default True); rope_theta: rotary base used when no teacher tables are passed.
         n_heads, n_kv_heads, head_dim, bias: attention geometry.
@@ -82,7 +82,8 @@ class RotaryGLA(QKVMixer):
                   "`sinks` keys: window + sinks exact tokens); O(1)")
 
     def __init__(self, d_model: int, *, feature_map: str = "hedgehog", feature_dim: int | None = None,
-                 window: int = 0, sinks: int = 0, min_tau: float = 8.0, max_tau: float = 512.0, chunk: int | None = None,
+                 window: int = 0, sinks: int = 0, min_tau: float = 8.0, max_tau: float = 512.0,
+                 chunk: int | None = None,
                  qk_norm: bool = False, rope: bool = True, rope_theta: float = 10000.0, n_heads: int | None = None,
                  n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
                  causal: bool = True, layer_idx: int | None = None) -> None:
@@ -136,15 +137,20 @@ class RotaryGLA(QKVMixer):
         real = torch.ones(B, T, dtype=torch.bool, device=device) if padding_mask is None else padding_mask
         return real & (real.long().cumsum(1) <= sinks)
 
-    def _add_sinks(self, o: Tensor, c: Tensor, q: Tensor, k: Tensor, v: Tensor, is_sink: Tensor, W: int,
-                   sinks: int) -> tuple[Tensor, Tensor]:
+    def _sinks_in_order(self, is_sink: Tensor, k: Tensor, v: Tensor, dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The first min(sinks, T) positions of each row's sinks in arrival order (B, n), whether each is a sink at
+        all (a row with fewer real tokens has fewer), and their keys / values (B, H, n, hd) in ``dtype``."""
+        B, H, T, hd = k.shape
+        idx = torch.argsort((~is_sink).to(torch.int8), dim=1, stable=True)[:, : min(self.sinks, T)]
+        ks, vs = (t.gather(2, idx[:, None, :, None].expand(B, H, idx.shape[1], hd)).to(dtype) for t in (k, v))
+        return idx, is_sink.gather(1, idx), ks, vs
+
+    def _add_sinks(self, o: Tensor, c: Tensor, q: Tensor, k: Tensor, v: Tensor, is_sink: Tensor,
+                   W: int) -> tuple[Tensor, Tensor]:
         """o (B, H, T, hd + 1) on the scale exp(-c) plus the sinks each query sees (lag >= W: the band holds the
         others), and the new scale c (B, H, T)."""
-        B, H, T, hd = q.shape
-        n = min(sinks, T)
-        idx = torch.argsort((~is_sink).to(torch.int8), dim=1, stable=True)[:, :n]  # (B, n): sink positions, in order
-        ok = is_sink.gather(1, idx)
-        ks, vs = (t.gather(2, idx[:, None, :, None].expand(B, H, n, hd)).to(o.dtype) for t in (k, v))
+        T = q.shape[2]
+        idx, ok, ks, vs = self._sinks_in_order(is_sink, k, v, o.dtype)
         lag = torch.arange(T, device=q.device)[None, :, None] - idx[:, None, :]  # (B, T, n)
         scores = torch.einsum("bhtd,bhnd->bhtn", q.to(o.dtype), ks) * self.scaling.item()
         scores = scores.masked_fill(~(ok[:, None, :] & (lag >= W))[:, None], float("-inf"))
@@ -209,7 +215,8 @@ class RotaryGLA(QKVMixer):
             return self._read_out(self._naive(q, k, v1, fq, fk, log_a, padding_mask, W, linear, sinks), x.dtype)
         B, H, T, _ = q.shape
         is_sink = self.sink_mask(padding_mask, B, T, sinks, x.device)
-        fk = fk.masked_fill(is_sink[:, None, :, None], 0.0)  # sinks stay out of the linear state
+        if sinks:
+            fk = fk.masked_fill(is_sink[:, None, :, None], 0.0)  # sinks stay out of the linear state
         if W == 0 and not sinks:
             o, S = decayed_linear_attention(fq, fk, v1, log_a, self.chunk)
         else:
@@ -220,7 +227,7 @@ class RotaryGLA(QKVMixer):
             else:  # band off: the linear branch on its own scale, c = 0
                 o, c = torch.zeros_like(v1), fq.new_zeros(B, H, T)
             if sinks:
-                o, c = self._add_sinks(o, c, q, k, v, is_sink, W, sinks)
+                o, c = self._add_sinks(o, c, q, k, v, is_sink, W)
             if linear:
                 o = o + (-c).exp()[..., None] * self._lagged(fq, fk, v1, log_a, W)[0]  # on the band's scale
         y = self._read_out(o, x.dtype)
@@ -241,12 +248,10 @@ class RotaryGLA(QKVMixer):
     def _sink_state(self, k: Tensor, v: Tensor, is_sink: Tensor, dtype) -> State:
         """After a prefill: the sinks' keys / values (B, H, sinks, hd) in arrival order, how many have left the
         band (those the sink branch sees), and which band slots hold a sink."""
-        B, H, T, hd = k.shape
-        n = min(self.sinks, T)
-        idx = torch.argsort((~is_sink).to(torch.int8), dim=1, stable=True)[:, :n]
-        ok = is_sink.gather(1, idx)[:, None, :, None]
-        ks, vs = (F.pad(torch.where(ok, t.gather(2, idx[:, None, :, None].expand(B, H, n, hd)), 0.0),
-                        (0, 0, 0, self.sinks - n)).to(dtype) for t in (k, v))
+        T = k.shape[2]
+        idx, ok, ks, vs = self._sinks_in_order(is_sink, k, v, dtype)
+        empty = (0, 0, 0, self.sinks - idx.shape[1])  # slots a sequence shorter than `sinks` has not filled
+        ks, vs = (F.pad(torch.where(ok[:, None, :, None], t, 0.0), empty) for t in (ks, vs))
         band_sink = F.pad(is_sink, (self.window, 0), value=False)[:, -self.window:]
         return {"sink_k": ks, "sink_v": vs, "band_sink": band_sink,
                 "sinks_out": (is_sink[:, : max(T - self.window, 0)]).long().sum(1)}
@@ -330,7 +335,8 @@ class RotaryGLA(QKVMixer):
             state["g"] = torch.zeros(batch, self.n_heads, self.window, device=device, dtype=dtype)
         if self.sinks:
             zeros = torch.zeros(batch, self.n_heads, self.sinks, self.head_dim, device=device, dtype=dtype)
-            state.update(sink_k=zeros, sink_v=zeros.clone(), sinks_out=torch.zeros(batch, dtype=torch.long, device=device),
+            state.update(sink_k=zeros, sink_v=zeros.clone(),
+                         sinks_out=torch.zeros(batch, dtype=torch.long, device=device),
                          band_sink=torch.zeros(batch, self.window, dtype=torch.bool, device=device))
         return state
 
@@ -354,7 +360,10 @@ class RotaryGLA(QKVMixer):
         band_v1 = torch.cat([memory["v"], torch.ones_like(memory["v"][..., :1])], dim=-1)  # (B, H, W, hd + 1)
         new = {"S": S, **memory, "g": g}
         if self.sinks:
-            new.update(self._sink_push(state, k, v, padding_mask, sinks, W))
+            cache, visible = self._sink_push(state, k, v, padding_mask, sinks, W)
+            new.update(cache)
+            sink, sink_v1 = self._sink_scores(q, new, visible, fq.dtype)
+            sink_v1 = sink_v1.to(band_v1.dtype)
         o = torch.einsum("bhf,bhfd->bhd", fq, S) if linear else 0
         if W:
             see = memory["valid"].clone()
@@ -362,7 +371,7 @@ class RotaryGLA(QKVMixer):
             scores = torch.einsum("bhd,bhwd->bhw", q[:, :, 0].to(fq.dtype), memory["k"]) * self.scaling.item()
             scores, values = scores.masked_fill(~see[:, None], float("-inf")), band_v1
             if self.sinks:
-                scores, values = self._with_sinks(q, new, scores, values)
+                scores, values = torch.cat([scores, sink], dim=-1), torch.cat([values, sink_v1], dim=2)
             c = scores.amax(-1, keepdim=True)
             o = torch.einsum("bhw,bhwd->bhd", (scores - c).exp(), values) + (-c).exp() * o
         else:  # band off: the band's tokens (sinks aside) join the linear branch with their decays
@@ -370,32 +379,31 @@ class RotaryGLA(QKVMixer):
             fk_band = self.features(memory["k"]) * (joins[:, None, :, None] * g.exp()[..., None])
             o = o + torch.einsum("bhf,bhwf,bhwd->bhd", fq, fk_band, band_v1)
             if self.sinks:
-                scores, values = self._with_sinks(q, new, fq.new_zeros(*fq.shape[:2], 0), band_v1[:, :, :0])
-                c = scores.amax(-1, keepdim=True).clamp_min(0.0)  # the linear branch's scale unless a sink's is larger
-                o = torch.einsum("bhw,bhwd->bhd", (scores - c).exp(), values) + (-c).exp() * o
+                c = sink.amax(-1, keepdim=True).clamp_min(0.0)  # the linear branch's scale unless a sink's is larger
+                o = torch.einsum("bhs,bhsd->bhd", (sink - c).exp(), sink_v1) + (-c).exp() * o
         return self._read_out(o[:, :, None], x_t.dtype)[:, 0], new
 
-    def _sink_push(self, state: State, k: Tensor, v: Tensor, padding_mask, sinks: int, W: int) -> State:
-        """The sink cache after one more token: a real token among the first ``sinks`` takes the next slot;
-        ``visible``: the sinks the query sees (those that left the band; with the band off, all so far)."""
+    def _sink_push(self, state: State, k: Tensor, v: Tensor, padding_mask, sinks: int,
+                   W: int) -> tuple[State, Tensor]:
+        """The sink cache after one more token (a real token among the first ``sinks`` takes the next slot), and
+        which slots the query sees (B, sinks): those that left the band; with the band off, all filled so far."""
         real = torch.ones_like(state["pos"], dtype=torch.bool) if padding_mask is None else padding_mask
         is_sink = real & (state["pos"] < sinks)  # (B,)
-        slot = (F.one_hot(state["pos"].clamp_max(self.sinks - 1), self.sinks).bool() & is_sink[:, None])[:, None, :, None]
+        slot = F.one_hot(state["pos"].clamp_max(self.sinks - 1), self.sinks).bool() & is_sink[:, None]  # (B, sinks)
+        slot = slot[:, None, :, None]
         out = state["sinks_out"] + state["band_sink"][:, 0].long()
         seen = out if W else torch.clamp_max(state["pos"] + real.long(), sinks)
-        return {"sink_k": torch.where(slot, k.to(state["sink_k"].dtype), state["sink_k"]),
-                "sink_v": torch.where(slot, v.to(state["sink_v"].dtype), state["sink_v"]), "sinks_out": out,
-                "band_sink": torch.cat([state["band_sink"][:, 1:], is_sink[:, None]], dim=1),
-                "visible": torch.arange(self.sinks, device=out.device)[None] < seen[:, None]}
+        cache = {"sink_k": torch.where(slot, k.to(state["sink_k"].dtype), state["sink_k"]),
+                 "sink_v": torch.where(slot, v.to(state["sink_v"].dtype), state["sink_v"]), "sinks_out": out,
+                 "band_sink": torch.cat([state["band_sink"][:, 1:], is_sink[:, None]], dim=1)}
+        return cache, torch.arange(self.sinks, device=out.device)[None] < seen[:, None]
 
-    def _with_sinks(self, q: Tensor, new: State, scores: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """Band scores (B, H, W) and values (B, H, W, hd + 1) with the visible sinks appended."""
-        visible = new.pop("visible")
-        sink_k = new["sink_k"].to(scores.dtype)
-        sink = torch.einsum("bhd,bhsd->bhs", q[:, :, 0].to(scores.dtype), sink_k) * self.scaling.item()
-        sink = sink.masked_fill(~visible[:, None], float("-inf"))
-        sink_v1 = torch.cat([new["sink_v"], torch.ones_like(new["sink_v"][..., :1])], dim=-1).to(values.dtype)
-        return torch.cat([scores, sink], dim=-1), torch.cat([values, sink_v1], dim=2)
+    def _sink_scores(self, q: Tensor, cache: State, visible: Tensor, dtype) -> tuple[Tensor, Tensor]:
+        """The query's (B, H, sinks) scores against the cached sinks (-inf where not visible), in ``dtype``, and the
+        sinks' values with the ones column (B, H, sinks, hd + 1)."""
+        sink = torch.einsum("bhd,bhsd->bhs", q[:, :, 0].to(dtype), cache["sink_k"].to(dtype)) * self.scaling.item()
+        sink_v1 = torch.cat([cache["sink_v"], torch.ones_like(cache["sink_v"][..., :1])], dim=-1)
+        return sink.masked_fill(~visible[:, None], float("-inf")), sink_v1
 
     def _prefill(self, x: Tensor, padding_mask, position_embeddings) -> tuple[Tensor, State]:
         return self._mix(x, padding_mask, position_embeddings, naive=False, with_state=True)
