@@ -8,14 +8,14 @@ usage: python scripts/recall_plot.py OUT.png NAME=RUN [NAME=RUN ...]     (each R
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from recall_targets import recall_of  # noqa: E402  (scripts/ is on the path when this file runs as a script)
 
 
 def main(out: str, named: list[str]) -> None:
@@ -24,8 +24,7 @@ def main(out: str, named: list[str]) -> None:
         sys.exit(__doc__)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (name, run) in enumerate(runs):
-        with open(os.path.join(run, "suite", "recall.json")) as f:
-            r = json.load(f)
+        r = recall_of(run)
         cp = r["copy_positions"]
         rows = cp["agreement_needs_context"]["student"]
         x = range(len(cp["buckets"]))

@@ -232,6 +232,7 @@ def validate(cfg: DistillConfig) -> None:
     from .mixers import get_mixer_class
 
     get_mixer_class(cfg.wave_type)
+    budget = _exact_budget(cfg)
     checks = [
         (cfg.seq_len >= 2, "seq_len must be >= 2"),
         (cfg.batch_size >= 1, "batch_size must be >= 1"),
@@ -264,8 +265,8 @@ def validate(cfg: DistillConfig) -> None:
         (cfg.max_steps >= 0, "max_steps must be >= 0 (0 = use epochs)"),
         (0 <= cfg.val_frac < 1 and 0 <= cfg.test_frac < 1 and cfg.val_frac + cfg.test_frac < 1,
          "val_frac and test_frac must be in [0, 1) and leave a training share"),
-        (not _exact_budget(cfg) or _exact_budget(cfg) < cfg.seq_len,
-         f"an exact cache of window + sinks = {_exact_budget(cfg)} tokens would hold all {cfg.seq_len} of a training "
+        (budget < cfg.seq_len,
+         f"an exact cache of window + sinks = {budget} tokens would hold all {cfg.seq_len} of a training "
          "window: that is attention itself; choose a budget below --seq-len"),
     ]
     for ok, message in checks:
