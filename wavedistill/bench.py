@@ -19,7 +19,8 @@ import sys
 import time
 
 import torch
-from .errors import WavedistillError
+
+from .core.devices import resolve_device
 
 
 def measure(name: str, d_model: int, T: int, batch: int, device: str, repeats: int) -> dict:
@@ -81,16 +82,13 @@ def estimate_gb(name: str, d_model: int, T: int, batch: int) -> float:
 
 
 def run_bench(args) -> list[dict]:
-    from .mixers import list_mixers
-
-    from .mixers import get_mixer_class
+    from .mixers import get_mixer_class, list_mixers
 
     names = list_mixers() if args.mixers == "all" else args.mixers.split(",")
     names = ["attention"] + [n for n in names if n != "attention"]
     for n in names[1:]:
         get_mixer_class(n)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise WavedistillError(f"--device {args.device} asked for, but CUDA is not available; pass --device cpu")
+    resolve_device(args.device)
     seq_lens = [int(t) for t in args.seq_lens.split(",")]
     os.makedirs(args.output_dir, exist_ok=True)
     print(f"bench: {len(names)} mixers x {len(seq_lens)} lengths (up to {max(seq_lens):,} tokens), {args.repeats} "

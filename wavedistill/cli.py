@@ -9,6 +9,7 @@ import os
 import sys
 
 from .argtypes import device_map_arg, int_list, json_dict, layer_list, name_list, stages_list
+from .core.devices import DTYPES, resolve_device
 from .errors import WavedistillError
 
 DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from DistillConfig
@@ -154,7 +155,6 @@ def cmd_distill(args) -> None:
 
 
 def cmd_cache_teacher(args) -> None:
-    from .distill import resolve_device
     from .teacher_cache import write_cache
 
     meta = write_cache(args.teacher, args.data, args.output_dir, top_k=args.top_k, seq_len=args.seq_len,
@@ -187,9 +187,7 @@ def cmd_compare(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .distill import resolve_device
     from .evals.suite import PARTS, SuiteSettings, parse_parts, run_suite
-    from .loop import DTYPES
     from .runs import eval_destination, held_out
 
     device = resolve_device(args.device)
@@ -218,7 +216,6 @@ def eval_agreement(args, held, device: str, out: str, prefix: str) -> None:
     """Top-k agreement, KL and perplexities over every held-out window, plus side-by-side generations."""
     from .data import eval_windows
     from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
-    from .loop import DTYPES
     from .run_folder import write_manifest
     from .runs import eval_identity, load_run_models
 
@@ -242,9 +239,7 @@ def eval_agreement(args, held, device: str, out: str, prefix: str) -> None:
 
 
 def cmd_lm_eval(args) -> None:
-    from .distill import resolve_device
     from .evals.harness import run_lm_eval
-    from .loop import DTYPES
 
     result = run_lm_eval(args.model, args.tasks, include_path=args.include_path, num_fewshot=args.num_fewshot,
                          limit=args.limit, batch_size=args.batch_size, device=resolve_device(args.device),
@@ -274,9 +269,7 @@ def cmd_make_tasks(args) -> None:
 def cmd_generate(args) -> None:
     import torch
 
-    from .distill import resolve_device
     from .io import load_student, load_teacher
-    from .loop import DTYPES
     from .runs import is_student
 
     if args.max_new_tokens < 1:

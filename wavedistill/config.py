@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import yaml
 
+from .core.configs import build, read_changes, to_yaml
 from .errors import WavedistillError
 
 
@@ -130,95 +130,14 @@ def check_resume(cfg: DistillConfig) -> None:
                                f"set to {old})")
 
 
-def field_names(cls=DistillConfig) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+def load_yaml(path: str) -> dict:
+    """The changes to :class:`DistillConfig` in a YAML file (strict keys, :func:`.core.configs.read_changes`)."""
+    return read_changes(path, DistillConfig)
 
 
-def load_yaml(path: str, cls=DistillConfig) -> dict:
-    """Read a YAML file of changes; unknown keys are an error that lists the known ones."""
-    try:
-        with open(path) as f:
-            changes = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise WavedistillError(f"config file {path!r} does not exist") from None
-    except IsADirectoryError:
-        raise WavedistillError(f"config file {path!r} is a folder; pass a YAML file") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise WavedistillError(f"config file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    except RecursionError:
-        raise WavedistillError(f"config file {path!r} is nested too deeply to be a config") from None
-    if not isinstance(changes, dict):
-        raise WavedistillError(f"config file {path!r} must hold a mapping of keys to values")
-    bad = [k for k in changes if not isinstance(k, str)]
-    if bad:
-        raise WavedistillError(f"config file {path!r} has keys that are not names: {bad}; known keys: "
-                               f"{', '.join(field_names(cls))}")
-    changes = {k.replace("-", "_"): v for k, v in changes.items()}
-    unknown = sorted(set(changes) - set(field_names(cls)))
-    if unknown:
-        raise WavedistillError(f"unknown config keys {unknown} in {path!r}; known keys: {', '.join(field_names(cls))}")
-    return changes
-
-
-def make_config(changes: dict, cls=DistillConfig, check=None):
-    """``cls(**changes)`` with unknown keys refused, then checked (DistillConfig: :func:`validate`)."""
-    unknown = sorted(set(changes) - set(field_names(cls)))
-    if unknown:
-        raise WavedistillError(f"unknown config keys {unknown}; known keys: {', '.join(field_names(cls))}")
-    check_types(changes, cls)
-    cfg = cls(**changes)
-    (check or validate)(cfg)
-    return cfg
-
-
-def check_types(values: dict, cls, where: str = "") -> None:
-    """Each value has its dataclass field's type (YAML can hold anything: `lr: fast`, `layers: 3`, `epochs: .nan`)."""
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        if key in hints and not fits(value, hints[key]):
-            raise WavedistillError(f"{where}{key} must be {type_name(hints[key])}, got {value!r}")
-
-
-TYPE_NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false", dict: "a mapping",
-              list: "a list", type(None): "null"}
-
-
-def type_name(hint) -> str:
-    import typing
-
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is list and args:
-        return f"a list of {TYPE_NAMES.get(args[0], str(args[0])).split(' ', 1)[-1]}s"
-    if args and typing.get_origin(hint) is not dict:
-        return " or ".join(type_name(a) for a in args)
-    return TYPE_NAMES.get(hint, TYPE_NAMES.get(typing.get_origin(hint), str(hint)))
-
-
-def fits(value, hint) -> bool:
-    import math
-    import types
-    import typing
-
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        return any(fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if hint is str:
-        return isinstance(value, str)
-    if hint is list or origin is list:
-        return isinstance(value, list) and all(fits(v, args[0]) for v in value) if args else isinstance(value, list)
-    if hint is dict or origin is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-    return True
+def make_config(changes: dict) -> DistillConfig:
+    """A validated :class:`DistillConfig` from a mapping of changes."""
+    return build(changes, DistillConfig, validate)
 
 
 def _exact_budget(cfg: DistillConfig) -> int:
@@ -319,7 +238,3 @@ def recipe_stages(cfg: DistillConfig, default_steps: int = 1):
                                    f"the loss flags {', '.join(f'{k}={loss[k]!r}' for k in clash)}: keep one")
         spec.update(loss)
     return [make_stage(s) for s in specs]
-
-
-def to_yaml(cfg) -> str:
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

@@ -27,12 +27,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoint import restore_checkpoint, save_checkpoint
-from .config import DistillConfig, recipe_stages, to_yaml
+from .config import DistillConfig, recipe_stages
+from .core.configs import to_yaml
+from .core.devices import DTYPES, resolve_device
 from .data import check_lengths, eval_windows, run_splits
 from .errors import WavedistillError
 from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
 from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher, write_text
-from .loop import DTYPES, STUDENT_INIT, Run, log_candidate, make_accelerator, trainable_counts
+from .loop import STUDENT_INIT, Run, log_candidate, make_accelerator, trainable_counts
 from .rss import peak_mb
 from .surgery import (TeacherView, convert, converted_layers, decoder_layers, keep_frozen_mlps, params_in_use,
                       unconvert, wave_attention_modules)
@@ -79,12 +81,6 @@ def resumable(folder: str) -> bool:
     from .run_folder import read_manifest
 
     return os.path.isdir(os.path.join(folder, "checkpoint")) or read_manifest(folder).get("command") == "distill"
-
-
-def resolve_device(name: str) -> str:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise WavedistillError(f"--device {name} asked for, but CUDA is not available; pass --device cpu")
-    return name
 
 
 def wave_layers(cfg: DistillConfig, n_layers: int) -> list[int]:

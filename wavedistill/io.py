@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .core.devices import materialized
 from .errors import AdapterError, ModelLoadError
 from .run_folder import umask, verify_checksums, write_checksums
 from .surgery import convert, decoder_layers, handoff_gate_parameters, mixer_state_dict
@@ -99,7 +100,6 @@ def architecture(model: nn.Module) -> str:
 
 
 def _embeddings(model: nn.Module) -> torch.Tensor:
-    from .surgery.convert import materialized
 
     with materialized(model.get_input_embeddings()) as emb:  # offloaded by a device map: read it in
         return emb.weight.detach().float().flatten().cpu()

@@ -23,16 +23,15 @@ import copy
 import json
 import os
 
-
+from .core.configs import to_yaml
+from .core.devices import DTYPES
 from .errors import WavedistillError
 
 
 def run_layer_report(cfg, output_dir: str, select_keep: int | None = None, from_run: str | None = None) -> list[dict]:
-    from .config import to_yaml
     from .data import eval_windows, run_splits
     from .evaluate import attention_zeroed, compare
     from .io import apply_adapter, load_teacher
-    from .loop import DTYPES
     from .stages.transfer import held_out_layer_losses
     from .surgery import attach_wave, detach_wave, wave_attention_modules
 

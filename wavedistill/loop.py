@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from .config import DistillConfig
+from .core.devices import MIXED_PRECISION
+from .core.params import param_groups
 from .data import eval_windows, train_batch, window_draw
 from .errors import TrainingError, WavedistillError
 from .evaluate import compare
@@ -32,8 +34,6 @@ from .io import save_adapter
 from .surgery import WaveAttention, mixer_parameters, set_handoff, wave_attention_modules
 
 STUDENT_INIT = "student_init"  # a separate student's initial weights: the base of its adapters
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def make_accelerator(cfg: DistillConfig):
@@ -110,16 +110,6 @@ def trainable_counts(model: nn.Module, params=None) -> dict[str, int]:
                                ("embeddings", "lm_head")) if part in name), "norms")
         counts[group] += p.numel()
     return counts
-
-
-def param_groups(params, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and embeddings; none on norms, biases and tagged wave parameters (filter
-    taps, phases, decays, which decay would pull towards a wrong prior)."""
-    decay, no_decay = [], []
-    for p in params:
-        if p.requires_grad:
-            (no_decay if getattr(p, "_no_weight_decay", False) or p.dim() < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def lr_schedule(optimizer, cfg: DistillConfig, n_steps: int):

@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .attention_maps import HEAD_MATCHING, MAP_LOSSES
+from .core.configs import check_types
 from .errors import WavedistillError
 from .features import FEATURE_LOSSES
 from .kd_chunked import DIVERGENCES
@@ -119,8 +120,6 @@ def make_stage(spec: dict) -> Stage:
     unknown = sorted(set(spec) - set(known))
     if unknown:
         raise WavedistillError(f"unknown keys {unknown} for a {kind!r} stage; known keys: {', '.join(known)}")
-    from .config import check_types
-
     check_types(spec, cls, where=f"a {kind!r} stage's ")
     stage = cls(**spec)
     validate_stage(stage)

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import __version__
+from .core.devices import DTYPES
 from .errors import WavedistillError
 from .kd_chunked import CHUNK_ELEMENTS, DIVERGENCES, divergence
 from .run_folder import claim, sha256, umask, write_json_atomic
@@ -99,7 +100,6 @@ def write_cache(teacher: str, data: str, output_dir: str, *, top_k: int = DEFAUL
                 overwrite: bool = False) -> dict:
     """Run ``teacher`` over the training split of ``data`` (the split ``distill`` makes with the same
     settings) in windows of ``seq_len`` and write its top-``top_k`` targets to ``output_dir``; returns cache.json."""
-    from .loop import DTYPES
 
     if top_k < 1 or seq_len < 2 or batch_size < 1:
         raise WavedistillError("cache-teacher needs --top-k >= 1, --seq-len >= 2 and --batch-size >= 1")
@@ -127,7 +127,6 @@ def _write_cache(teacher, data, output_dir, top_k, seq_len, batch_size, n_sample
                  shard_bytes) -> dict:
     from .data import check_lengths, eval_windows, run_splits
     from .io import architecture, base_fingerprint, embedding_sample, load_teacher
-    from .loop import DTYPES
 
     t_start = time.perf_counter()
     model, tokenizer = load_teacher(teacher, dtype=DTYPES[dtype], device=device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..core.configs import read_changes
 from ..errors import WavedistillError
 
 LAB_FLAGS = {"mixer": str, "steps": int, "lr": float, "weight_decay": float, "batch_size": int, "eval_every": int,
@@ -18,10 +19,9 @@ LAB_TASK_FLAGS = {"p": int, "op": str, "train_frac": float, "data": str, "seq_le
 
 def lab_changes(args, task: str) -> dict:
     """Lab config changes from --config and the flags given (flags win); task flags go to task_kwargs."""
-    from ..config import load_yaml
     from .config import LabConfig
 
-    changes = load_yaml(args.config, cls=LabConfig) if args.config else {}
+    changes = read_changes(args.config, LabConfig) if args.config else {}
     changes["task"] = task
     for name in LAB_FLAGS:
         if getattr(args, name, None) is not None:

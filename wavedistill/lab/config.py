@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..core.configs import build
 from ..errors import WavedistillError
 
 #: Student sizes for lab distillation (the issue's sequence-model presets): width, depth, heads and the state
@@ -124,6 +125,4 @@ def check(cfg: LabConfig) -> None:
 
 
 def make_lab_config(changes: dict) -> LabConfig:
-    from ..config import make_config
-
-    return make_config(changes, cls=LabConfig, check=check)
+    return build(changes, LabConfig, check)

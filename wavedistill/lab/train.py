@@ -25,8 +25,9 @@ import yaml
 from safetensors.torch import save_file
 
 from .. import __version__
+from ..core.devices import resolve_device
+from ..core.params import param_groups
 from ..errors import TrainingError, WavedistillError
-from ..loop import param_groups
 from ..features import FeatureProjection
 from ..layer_map import layer_map
 from .config import LabConfig, resolve
@@ -122,8 +123,7 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
     from torch.utils.tensorboard import SummaryWriter
 
     r = resolve(cfg)
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise WavedistillError(f"--device {cfg.device} asked for, but CUDA is not available; pass --device cpu")
+    resolve_device(cfg.device)
     AcceleratorState._reset_state()  # seeds of a sweep run one after another in one process
     acc = Accelerator(cpu=cfg.device == "cpu")
     device, main = acc.device, acc.is_main_process

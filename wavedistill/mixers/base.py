@@ -248,12 +248,6 @@ def repeat_kv_rows(w: Tensor, n_heads: int, n_kv_heads: int) -> Tensor:
         n_heads * head_dim, *w.shape[1:])
 
 
-def no_weight_decay(p: nn.Parameter) -> nn.Parameter:
-    """Tag a parameter (filter taps, phases, decays) that weight decay would pull towards a wrong prior."""
-    p._no_weight_decay = True
-    return p
-
-
 def mixers_with_matrix() -> list[str]:
     """Registered mixers that implement :meth:`WaveMixer.mixing_matrix`."""
     from .registry import MIXERS

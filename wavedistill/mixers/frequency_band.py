@@ -28,8 +28,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..core.params import no_weight_decay
 from ..errors import MixerValueError
-from .base import State, no_weight_decay
+from .base import State
 from .functional import (causal_conv, causal_conv_naive, ema_basis, ema_final_state, ema_step, local_attention,
                          local_causal_mask)
 from .qkv import QKVMixer

@@ -23,13 +23,13 @@ recurrence, with O(head_dim^2) state per head and per token. Pads get beta = 0 a
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.params import no_weight_decay
 from ..errors import MixerValueError
-from .base import State, no_weight_decay
+from .base import State
 from .qkv import QKVMixer, decay_gate, decay_logits
 from .registry import register_mixer
 from .scan import chunk_for, chunk_state_recurrence

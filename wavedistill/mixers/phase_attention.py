@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.params import no_weight_decay
 from ..errors import MixerValueError
-from .base import State, no_weight_decay
+from .base import State
 from .functional import fft_dtype, local_attention, local_causal_mask
 from .qkv import QKVMixer
 from .registry import register_mixer

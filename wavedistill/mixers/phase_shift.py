@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..core.params import no_weight_decay
 from ..errors import MixerValueError
-from .base import State, WaveMixer, no_weight_decay
+from .base import State, WaveMixer
 from .functional import causal_conv
 from .registry import register_mixer
 

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.params import no_weight_decay
 from ..errors import MixerValueError
-from .base import State, WaveMixer, no_weight_decay
+from .base import State, WaveMixer
 from .functional import apply_rope, rope_at, rope_tables
 
 

@@ -31,8 +31,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..core.params import no_weight_decay
 from ..errors import MixerValueError
-from .base import State, WaveMixer, no_weight_decay
+from .base import State, WaveMixer
 from .functional import causal_conv, complex_expm1
 from .registry import register_mixer
 

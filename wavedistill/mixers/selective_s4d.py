@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.params import no_weight_decay
 from ..errors import MixerValueError
-from .base import State, WaveMixer, no_weight_decay
+from .base import State, WaveMixer
 from .functional import complex_expm1
 from .registry import register_mixer
 from .scan import decayed_linear_attention

@@ -8,11 +8,10 @@ module (``base_attn``), forwards unknown attributes to it, speaks HF's attention
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 
+from ..core.devices import materialized, placement
 from ..errors import SurgeryError
 from ..mixers import WaveMixer, build_mixer, mixer_kwargs
 from .cache import wave_cache_layer
@@ -166,29 +165,6 @@ def mixer_defaults(model: nn.Module, mixer: str) -> dict:
         defaults["rope_theta"] = float(theta)
     accepted = set(mixer_kwargs(mixer))
     return {k: v for k, v in defaults.items() if k in accepted}
-
-
-def placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Where ``module`` computes and in what dtype; for a module offloaded by accelerate's big-model loading
-    (weights on "meta", moved in by a hook for each forward) that is the hook's execution device."""
-    ref = next(module.parameters())
-    for m in module.modules():
-        hook = getattr(m, "_hf_hook", None)
-        if getattr(hook, "execution_device", None) is not None:
-            return torch.device(hook.execution_device), ref.dtype
-    return ref.device, ref.dtype
-
-
-@contextlib.contextmanager
-def materialized(module: nn.Module):
-    """Within the block, an offloaded module's weights are real tensors on its execution device."""
-    from accelerate.utils import align_module_device
-
-    with contextlib.ExitStack() as stack:
-        for m in module.modules():
-            if hasattr(m, "_hf_hook"):
-                stack.enter_context(align_module_device(m))
-        yield module
 
 
 def convert(model: nn.Module, mixer: str = "learned_gate", layers=None, init_from_teacher: bool = True,
