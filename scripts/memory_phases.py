@@ -19,7 +19,7 @@ from wavedistill.config import load_yaml, make_config
 from wavedistill.distill import build_student
 from wavedistill.evaluate import compare
 from wavedistill.io import load_teacher
-from wavedistill.kd_chunked import kd_loss_chunked
+from wavedistill.kd.chunked import kd_loss_chunked
 from wavedistill.rss import peak_mb, reset_peak, rss_mb
 from wavedistill.surgery import TeacherView
 

@@ -20,7 +20,7 @@ import torch
 
 
 def measure(kind: str, T: int, V: int) -> dict:
-    from .kd_chunked import kd_loss_chunked
+    from .kd.chunked import kd_loss_chunked
     from .losses import kd_loss
     from .rss import peak_mb, reset_peak, rss_mb
 

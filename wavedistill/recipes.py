@@ -12,7 +12,7 @@ Stage fields left at ``None`` take the run-wide value (``lr``, ``temperature``, 
   + hidden_weight * feature loss + attention_weight * attention-map loss`` (MSE or cosine of mapped layer
   outputs, :mod:`wavedistill.features`; KL or MSE of attention maps, :mod:`wavedistill.attention_maps`);
   the divergence (forward KL by default, reverse KL or JSD) and CE run a chunk of positions at a time
-  (:mod:`wavedistill.kd_chunked`).
+  (:mod:`wavedistill.kd`).
 * ``progressive``: swap layers in one group at a time in ``order``, fine-tuning with the kd loss
   for ``steps_per_swap`` after each swap; stop (and undo the last swap) once val KL exceeds
   ``kl_budget``.
@@ -29,7 +29,7 @@ from .attention_maps import HEAD_MATCHING, MAP_LOSSES
 from .core.configs import check_types
 from .errors import WavedistillError
 from .features import FEATURE_LOSSES
-from .kd_chunked import DIVERGENCES
+from .kd.engine import DIVERGENCES
 
 TRANSFER_LOSSES = FEATURE_LOSSES  # transfer and feature matching share one hidden-state loss
 TEMPERATURE_SCHEDULES = ("constant", "linear", "cosine", "dynamic")

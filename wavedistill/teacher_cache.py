@@ -19,18 +19,7 @@ Format: a folder (written to a temporary sibling and renamed when complete)::
 
 That is ``4 + 6 k + 2`` bytes per token (198 at the default k = 32), whatever the vocabulary.
 
-Loss: the divergence between teacher and student distributions *coarsened* to k + 1 outcomes, the
-teacher's k cached tokens and one "rest" bucket. For forward KL, per position::
-
-    sum_i p_i (log p_i - log q_i) + p_rest (log p_rest - log q_rest),   q_rest = 1 - sum_i q_i
-
-with q the student's softmax over the same k ids (``log q_rest`` is the log-sum-exp of the student's
-other log-probabilities, exact even when the top k hold nearly all of its mass). It is at most the
-full KL (coarsening never increases a divergence) and equals it when k = V. Reverse KL and JSD are
-taken over the same k + 1 outcomes (:func:`wavedistill.kd_chunked.divergence`). Temperature 1 only:
-softening needs the teacher's whole distribution. CE on the next token and masks as in
-:func:`wavedistill.losses.kd_loss`; the loss runs a chunk of positions at a time like
-:mod:`wavedistill.kd_chunked`, with the student's log-softmax computed once per chunk for both terms.
+The loss on these targets is :func:`wavedistill.kd.cached.cached_kd_loss`.
 """
 
 from __future__ import annotations
@@ -43,13 +32,12 @@ import shutil
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import __version__
 from .core.devices import DTYPES
 from .errors import WavedistillError
-from .kd_chunked import CHUNK_ELEMENTS, DIVERGENCES, divergence
+from .kd.cached import teacher_targets
 from .run_folder import claim, sha256, umask, write_json_atomic
 
 CACHE_JSON = "cache.json"
@@ -60,9 +48,6 @@ KEYS = ("input_ids", "topk_ids", "topk_logp", "rest_logp")
 META_KEYS = ("format_version", "seq_len", "top_k", "shards", "n_windows", "teacher", "base_fingerprint",
              "tokenizer_hash", "train_tokens_hash", "vocab_size", "data", "n_samples", "val_frac",
              "test_frac")  # what reading and checking a cache use
-# Finite stand-ins for log 0: 0 * (-inf) would be NaN in the divergence and its gradient.
-_STUDENT_FLOOR = -1e30  # log q_rest when the k ids cover the whole vocabulary
-_TEACHER_FLOOR = -1e4  # exp() of it is 0 in float32
 
 
 def bytes_per_token(top_k: int) -> int:
@@ -82,15 +67,6 @@ def tokens_hash(ids: Tensor) -> str:
 
 
 @torch.no_grad()
-def teacher_targets(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(..., V) logits -> top-k ids (..., k), their log-probabilities (..., k), log of the rest's mass (...)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    top_logp, top_ids = logp.topk(k, dim=-1)
-    # The rest's mass summed directly (not 1 - top-k mass, which float32 rounds to 0 for a peaked teacher).
-    rest = logp.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
-    return top_ids, top_logp, rest
-
-
 # --------------------------------------------------------------------------------------------- writing
 
 
@@ -318,105 +294,3 @@ def open_for_run(cfg, stages, base, tokenizer, splits) -> TeacherCache:
                                "write it with the run's --data, --n-samples, --val-frac and --test-frac")
     check_stages(stages, cfg)
     return cache
-
-
-# --------------------------------------------------------------------------------------------- the loss
-
-
-def _teacher_coarse(topk_logp: Tensor, rest_logp: Tensor) -> Tensor:
-    """(..., k), (...) cached log-probabilities -> (..., k + 1) float32, renormalised (float16 storage
-    leaves their sum a little off 1), with a finite floor for the empty rest bucket of k = V."""
-    t = torch.cat([topk_logp.float(), rest_logp.float()[..., None]], dim=-1)
-    return (t - t.logsumexp(-1, keepdim=True)).clamp_min(_TEACHER_FLOOR)
-
-
-def student_coarse(s_logp: Tensor, topk_ids: Tensor) -> Tensor:
-    """(..., V) student log-probabilities, (..., k) ids -> (..., k + 1): the ids' log-probabilities and the
-    log of the rest's mass (log-sum-exp over the other ids; a finite floor if there are none)."""
-    top = s_logp.gather(-1, topk_ids)
-    chosen = torch.zeros_like(s_logp, dtype=torch.bool).scatter_(-1, topk_ids, True)
-    rest = s_logp.masked_fill(chosen, _STUDENT_FLOOR).logsumexp(-1)
-    return torch.cat([top, rest[..., None]], dim=-1)
-
-
-def _weights(input_ids: Tensor, kl_weight: float, ce_weight: float, mask: Tensor | None):
-    """Per-position weights of the divergence and the CE, and the CE targets, as in kd_loss_chunked; all (B, T)."""
-    if mask is None:
-        mask = torch.ones_like(input_ids, dtype=torch.bool)
-    maskf = mask.float()
-    ce_mask = torch.zeros_like(maskf)
-    ce_mask[:, :-1] = (mask[:, :-1] & mask[:, 1:]).float()  # CE needs position t and the next token real
-    targets = torch.full_like(input_ids, -100)
-    targets[:, :-1] = input_ids[:, 1:]
-    kl_w = kl_weight * maskf / maskf.sum().clamp_min(1)
-    ce_w = ce_weight * ce_mask / ce_mask.sum().clamp_min(1)
-    return maskf, ce_mask, targets, kl_w, ce_w
-
-
-class _ChunkedCachedKD(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, student, targets, topk_ids, t_coarse, kl_w, ce_w, chunk, kind):
-        # student: (N, V) logits; targets: (N,) next tokens, -100 = no CE; topk_ids: (N, k);
-        # t_coarse: (N, k + 1) teacher log-probabilities; kl_w, ce_w: (N,) per-position weights.
-        grad = torch.zeros_like(student)
-        total = student.new_zeros((), dtype=torch.float32)
-        divs = student.new_zeros(student.shape[0], dtype=torch.float32)
-        ces = torch.zeros_like(divs)
-        for i in range(0, student.shape[0], chunk):
-            sl = slice(i, i + chunk)
-            with torch.enable_grad():
-                s = student[sl].float().requires_grad_(True)  # (c, V)
-                s_logp = F.log_softmax(s, dim=-1)  # once, for the divergence and the CE
-                div = divergence(t_coarse[sl], student_coarse(s_logp, topk_ids[sl]), kind)  # (c,)
-                ce = -s_logp.gather(-1, targets[sl].clamp_min(0)[:, None])[:, 0] * (targets[sl] >= 0)
-                loss = (kl_w[sl] * div).sum() + (ce_w[sl] * ce).sum()
-                (g,) = torch.autograd.grad(loss, s)
-            grad[sl] = g.to(grad.dtype)
-            total = total + loss.detach()
-            divs[sl], ces[sl] = div.detach(), ce.detach()
-        ctx.save_for_backward(grad)
-        ctx.mark_non_differentiable(divs, ces)
-        return total, divs, ces
-
-    @staticmethod
-    def backward(ctx, grad_total, _div, _ce):
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_total.to(grad.dtype),) + (None,) * 7
-
-
-def cached_kd_loss(student_logits: Tensor, input_ids: Tensor, topk_ids: Tensor, topk_logp: Tensor,
-                   rest_logp: Tensor, *, kl_weight: float = 0.9, ce_weight: float = 0.1, mask: Tensor | None = None,
-                   divergence_kind: str = "forward_kl", chunk: int | None = None) -> dict[str, Tensor]:
-    """``kl_weight * mean(D_coarse(teacher, student)) + ce_weight * CE`` from cached targets, ``chunk`` positions
-    at a time (None: ~128 MB of float32 per chunk). Shapes: logits (B, T, V), ids (B, T), topk (B, T, k),
-    rest (B, T). Returns ``loss`` and the unweighted means ``kl`` (the coarse divergence) and ``ce``."""
-    if divergence_kind not in DIVERGENCES:
-        raise WavedistillError(f"unknown divergence {divergence_kind!r}; known: {', '.join(DIVERGENCES)}")
-    B, T, V = student_logits.shape
-    chunk = max(1, CHUNK_ELEMENTS // V) if chunk is None else chunk
-    if chunk < 1:
-        raise WavedistillError(f"the KD loss chunk must be >= 1 position, got {chunk}")
-    k = topk_ids.shape[-1]
-    maskf, ce_mask, targets, kl_w, ce_w = _weights(input_ids, kl_weight, ce_weight, mask)
-    loss, div, ce = _ChunkedCachedKD.apply(student_logits.reshape(B * T, V), targets.reshape(-1),
-                                           topk_ids.reshape(B * T, k).long(),
-                                           _teacher_coarse(topk_logp, rest_logp).reshape(B * T, k + 1),
-                                           kl_w.reshape(-1), ce_w.reshape(-1), chunk, divergence_kind)
-    kl = (div.view(B, T) * maskf).sum() / maskf.sum().clamp_min(1)
-    ce = (ce.view(B, T) * ce_mask).sum() / ce_mask.sum().clamp_min(1)
-    return {"loss": loss, "kl": kl, "ce": ce}
-
-
-def cached_kd_loss_dense(student_logits: Tensor, input_ids: Tensor, topk_ids: Tensor, topk_logp: Tensor,
-                         rest_logp: Tensor, *, kl_weight: float = 0.9, ce_weight: float = 0.1,
-                         mask: Tensor | None = None, divergence_kind: str = "forward_kl") -> dict[str, Tensor]:
-    """:func:`cached_kd_loss` on the whole (B, T, V) at once through autograd: the reference (``loss_chunk: 0``)."""
-    s_logp = F.log_softmax(student_logits.float(), dim=-1)  # (B, T, V)
-    div = divergence(_teacher_coarse(topk_logp, rest_logp), student_coarse(s_logp, topk_ids.long()),
-                     divergence_kind)  # (B, T)
-    ce = -s_logp[:, :-1].gather(-1, input_ids[:, 1:, None])[..., 0]  # (B, T - 1)
-    maskf, ce_mask, _, kl_w, ce_w = _weights(input_ids, kl_weight, ce_weight, mask)
-    loss = (kl_w * div).sum() + (ce_w[:, :-1] * ce).sum()
-    kl = (div * maskf).sum() / maskf.sum().clamp_min(1)
-    ce = (ce * ce_mask[:, :-1]).sum() / ce_mask.sum().clamp_min(1)
-    return {"loss": loss, "kl": kl.detach(), "ce": ce.detach()}

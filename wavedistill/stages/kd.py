@@ -23,14 +23,14 @@ import contextlib
 
 import torch
 
-from ..kd_chunked import kd_loss_chunked
+from ..kd.cached import cached_kd_loss, cached_kd_loss_dense
+from ..kd.chunked import kd_loss_chunked
 from ..attention_maps import attention_map_loss, eager_attention, mixer_inputs, mixing_matrices
 from ..features import feature_loss, matched_hidden
 from ..losses import entropy_temperature, kd_loss
 from ..loop import train_steps
 from ..schedules import scheduled_temperature
 from ..surgery import wave_attention_modules
-from ..teacher_cache import cached_kd_loss, cached_kd_loss_dense
 
 
 def kd_objective(run, stage, n_steps: int):

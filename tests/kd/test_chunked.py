@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from wavedistill.errors import WavedistillError
-from wavedistill.kd_chunked import DIVERGENCES, divergence, kd_loss_chunked
+from wavedistill.kd.chunked import kd_loss_chunked
+from wavedistill.kd.engine import DIVERGENCES, divergence
 from wavedistill.losses import kd_loss
 
 
