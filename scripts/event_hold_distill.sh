@@ -15,12 +15,12 @@ T="$R/teacher/seed_0"
 S=(--steps 1500 --eval-every 250 --seeds 0,1,2 --teacher "$T" --jobs 2)
 for p in standard compressed tiny; do
   wavedistill lab event_hold --mixer s4d --preset $p "${S[@]}" --output-dir "$R/kd_$p"
-  wavedistill lab event_hold --mixer s4d --preset $p "${S[@]}" --alpha 1 --beta 0 --gamma 0 --output-dir "$R/control_$p"
+  wavedistill lab event_hold --mixer s4d --preset $p "${S[@]}" --task-weight 1 --output-weight 0 --hidden-weight 0 --output-dir "$R/control_$p"
   # Ablation: the feature term as a plain MSE of block outputs, the formula taken literally.
   wavedistill lab event_hold --mixer s4d --preset $p "${S[@]}" --feature-loss mse --output-dir "$R/kd_rawfeat_$p"
 done
 wavedistill lab event_hold --mixer selective_s4d --preset tiny --state-dim 32 "${S[@]}" \
-  --alpha 1 --beta 0 --gamma 0 --output-dir "$R/control_tiny_selective"
-# Ablation on the compressed preset: no feature term (alpha 0.3, beta 0.7, gamma 0).
-wavedistill lab event_hold --mixer s4d --preset compressed "${S[@]}" --alpha 0.3 --beta 0.7 --gamma 0 \
+  --task-weight 1 --output-weight 0 --hidden-weight 0 --output-dir "$R/control_tiny_selective"
+# Ablation on the compressed preset: no feature term (task_weight 0.3, output_weight 0.7, hidden_weight 0).
+wavedistill lab event_hold --mixer s4d --preset compressed "${S[@]}" --task-weight 0.3 --output-weight 0.7 --hidden-weight 0 \
   --output-dir "$R/kd_nofeat_compressed"

@@ -13,7 +13,7 @@ train() {  # train NAME MIXER_KWARGS: one hybrid into $R/NAME unless it is finis
   local name=$1 kw=$2
   [ -f "$R/$name/metrics.json" ] && return 0
   local resume=(); [ -d "$R/$name/checkpoint" ] && resume=(--resume)
-  wavedistill distill --recipe configs/transfer_kd.yaml --wave-type rotary_gla --mixer-kwargs "$kw" --alpha 1.0 \
+  wavedistill distill --recipe configs/transfer_kd.yaml --wave-type rotary_gla --mixer-kwargs "$kw" --kl-weight 1.0 --ce-weight 0 \
       --output-dir "$R/$name" "${resume[@]}" > "$R/$name.log" 2>&1
 }
 ablate() {  # ablate NAME: the trained hybrid with each branch off, on test

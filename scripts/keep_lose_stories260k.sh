@@ -32,11 +32,11 @@ COMPRESSED=(--student compressed --batch-size 16 --seq-len 256 --seed 0)
 train learned_gate distill "${TKD[@]}" --wave-type learned_gate &
 train frequency_band distill --wave-type frequency_band --max-steps 2000 --batch-size 16 --seq-len 256 &
 wait
-train rotary_gla distill "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs "$FD" --alpha 1.0 &
+train rotary_gla distill "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs "$FD" --kl-weight 1.0 --ce-weight 0 &
 train gated_delta_net distill "${TKD[@]}" --wave-type gated_delta_net &
 wait
-train hybrid16 distill "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs "$HYB" --alpha 1.0 &
-train compressed_attention kd "${COMPRESSED[@]}" --max-steps 800 --lr 3e-3 --alpha 0.9 --eval-every 100 --save-every 200 &
+train hybrid16 distill "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs "$HYB" --kl-weight 1.0 --ce-weight 0 &
+train compressed_attention kd "${COMPRESSED[@]}" --max-steps 800 --lr 3e-3 --kl-weight 0.9 --ce-weight 0.1 --eval-every 100 --save-every 200 &
 wait
 for m in learned_gate frequency_band gated_delta_net; do train ${m}_untrained distill --wave-type $m --no-train; done
 train rotary_gla_untrained distill --wave-type rotary_gla --mixer-kwargs "$FD" --no-train

@@ -34,7 +34,7 @@ def attention_kl(out: str) -> str:
 def main() -> None:
     root, pool = runs_root_and_pool()
     jobs = {(arm, s): pool.submit(run, f"{root}/rotary_gla_{arm}_s{s}",
-                                  [*STUDENTS["rotary_gla"], *flags, "--alpha", "0.9", "--lr", "3e-3", "--seed", str(s)],
+                                  [*STUDENTS["rotary_gla"], *flags, "--kl-weight", "0.9", "--ce-weight", "0.1", "--lr", "3e-3", "--seed", str(s)],
                                   steps)
             for arm, (flags, steps) in ARMS.items() for s in SEEDS}
     print("| arm | seeds | test top-5 overlap | test KL | test ppl | val KL at the end of each stage (per seed) |")

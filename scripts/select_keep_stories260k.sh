@@ -13,7 +13,7 @@ train() {  # train NAME [flags]: one hybrid into $R/NAME unless it is finished
   local name=$1; shift
   [ -f "$R/$name/metrics.json" ] && return 0
   local resume=(); [ -d "$R/$name/checkpoint" ] && resume=(--resume)
-  wavedistill distill --recipe configs/transfer_kd_500.yaml --wave-type rotary_gla --mixer-kwargs "$FD" --alpha 1.0 \
+  wavedistill distill --recipe configs/transfer_kd_500.yaml --wave-type rotary_gla --mixer-kwargs "$FD" --kl-weight 1.0 --ce-weight 0 \
       --output-dir "$R/$name" "${resume[@]}" "$@" > "$R/$name.log" 2>&1
 }
 # 1. The choice, on val, from the all-layers student of docs/results.md (runs/keep_lose/rotary_gla, 2,000 steps).

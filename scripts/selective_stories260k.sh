@@ -42,7 +42,7 @@ run hybrid16_notrain256 --wave-type rotary_gla --mixer-kwargs '{"window": 16, "f
 # 2. Every new mixer through transfer -> kd, at 256 and 512 tokens; rotary_gla also with a pure-KL kd stage
 #    (the best softmax-free student is the one of the two with the lower val KL) and at feature_dim 8.
 run rotary_gla256 "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs "$FD" &
-run rotary_gla_kl256 "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs "$FD" --alpha 1.0 &
+run rotary_gla_kl256 "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs "$FD" --kl-weight 1.0 --ce-weight 0 &
 wait
 run rotary_gla_f8_256 "${TKD[@]}" --wave-type rotary_gla &
 run gated_delta_net256 "${TKD[@]}" --wave-type gated_delta_net &
@@ -59,7 +59,7 @@ run hybrid16_256 "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs '{"window": 1
 run band16_256 "${TKD[@]}" --wave-type frequency_band --mixer-kwargs '{"window": 16, "fft_branch": false}' &
 wait
 #    The hybrid with a pure-KL kd stage too; the one with the lower selected val KL is reported (pure KL).
-run hybrid16_kl256 "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs '{"window": 16, "feature_dim": 64}' --alpha 1.0
+run hybrid16_kl256 "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs '{"window": 16, "feature_dim": 64}' --kl-weight 1.0 --ce-weight 0
 for h in hybrid16_256 hybrid16_kl256; do
   ablate $h band_only '{"use_linear": false}'
   ablate $h linear_only '{"use_band": false}'

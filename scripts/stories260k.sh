@@ -26,7 +26,7 @@ done
   --output-dir "$R/fbwin64_notrain256"
 [ -f "$R/fb_notrain512/metrics.json" ] || OMP_NUM_THREADS=1 wavedistill distill --teacher $T --data $D \
   --wave-type frequency_band --no-train --seq-len 512 --output-dir "$R/fb_notrain512"
-run fbkl256 frequency_band 256 16 --alpha 1.0  # pure KL: does the CE term pull frequency_band away?
+run fbkl256 frequency_band 256 16 --kl-weight 1.0 --ce-weight 0  # pure KL: does the CE term pull frequency_band away?
 wavedistill report "$R"/{lg,fb,fnet,ps,wn}256 "$R"/fbnofft256 "$R"/fbkl256 "$R"/fbwin64_notrain256 --output "$R/report_256.md"
 wavedistill report "$R"/{lg,fb,fnet,ps,wn}_notrain256 --output "$R/report_notrain_256.md"
 wavedistill report "$R"/{lg,fb,fnet,ps,wn}512 "$R"/fb_notrain512 --output "$R/report_512.md"

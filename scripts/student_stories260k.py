@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 TEACHER = "../shared/teachers/stories260K"
 DATA = "../shared/corpora/tinystories/stories.txt"
 STEPS = 800
-OBJECTIVES = {"kd": ["--alpha", "0.9"], "ce": ["--alpha", "0.0"]}
+OBJECTIVES = {"kd": ["--kl-weight", "0.9", "--ce-weight", "0.1"], "ce": ["--kl-weight", "0", "--ce-weight", "1"]}
 STUDENTS = {"attention": [], "rotary_gla": ["--student-mixer", "rotary_gla", "--mixer-kwargs", '{"feature_dim": 64}']}
 LRS = ("1e-3", "3e-3")
 SEEDS = (0, 1, 2)

@@ -15,7 +15,7 @@ export OMP_NUM_THREADS=1
 T=../shared/teachers/stories260K
 D=../shared/corpora/tinystories/stories.txt
 RECIPE=(--teacher $T --data $D --wave-type rotary_gla --mixer-kwargs '{"feature_dim": 64}' --stages kd:1000
-        --alpha 1.0 --batch-size 16 --seq-len 256)
+        --kl-weight 1.0 --ce-weight 0 --batch-size 16 --seq-len 256)
 mkdir -p "$R"
 [ -f "$R/cache/cache.json" ] || wavedistill cache-teacher --teacher $T --data $D --seq-len 256 --top-k 32 \
   --output-dir "$R/cache" > "$R/cache.log" 2>&1

@@ -322,6 +322,8 @@ BAD_YAML = {
 # name -> (argv from (cli_root, finished run folder, bad_inputs, fresh output dir), substrings of the error)
 BAD_INPUTS = {
     "unknown-mixer": (lambda c, run, b, o: distill_args(c, o, "--wave-type", "nope"), ["'nope'", *list_mixers()]),
+    "removed-alpha-flag": (lambda c, run, b, o: distill_args(c, o, "--alpha", 0.5),
+                           ["--alpha was replaced by --kl-weight and --ce-weight"]),
     "missing-teacher": (lambda c, run, b, o: ["distill", "--teacher", b["root"] / "no_such_teacher", "--data",
                                               c["corpus"], "--output-dir", o, *SHORT_RUN], ["does not exist"]),
     "unsupported-architecture": (lambda c, run, b, o: ["distill", "--teacher", b["gpt2"], "--data", c["corpus"],
@@ -443,7 +445,7 @@ def test_distill_refuses_to_overwrite_a_finished_run_and_touches_nothing(cli_roo
 
 # A resume keeps the run's settings: each of these shapes the run, so changing it on --resume is refused.
 SHAPING = {"seq_len": ("--seq-len", 64), "batch_size": ("--batch-size", 2), "seed": ("--seed", 7),
-           "lr": ("--lr", 0.5), "wave_type": ("--wave-type", "fnet"), "alpha": ("--alpha", 0.5),
+           "lr": ("--lr", 0.5), "wave_type": ("--wave-type", "fnet"), "loss": ("--kl-weight", 0.5),
            "eval_every": ("--eval-every", 2), "max_steps": ("--max-steps", 3)}
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from wavedistill.config import load_yaml, make_config, recipe_stages
+from wavedistill.config import load_yaml, make_config, recipe_stages, upgraded
 from wavedistill.errors import WavedistillError
 from wavedistill.recipes import (STAGES, HandoffStage, KDStage, ProgressiveStage, TransferStage, make_stage,
                                  parse_stages_flag)
@@ -98,9 +98,19 @@ def test_loss_settings_go_to_every_stage_trained_on_the_kd_loss():
     ({"loss": {"attention_weight": 1.0}, "stages": [{"kind": "kd", "steps": 2, "attention_weight": 0.5}]},
      r"stage 0 \(kd\) sets attention_weight=0.5, the loss flags attention_weight=1.0: keep one"),
     ({"loss": {"alpha": 0.5}}, r"unknown loss settings \['alpha'\]; known: kl_weight, ce_weight"),
+    ({"alpha": 0.5}, r"^alpha was replaced by the kd loss's kl_weight and ce_weight"),  # an earlier version's key
     ({"loss": {"hidden_weight": 1.0}, "stages": [{"kind": "transfer", "steps": 2}]},
      "apply to kd / progressive / handoff stages; the recipe has none"),
 ])
 def test_loss_settings_that_would_be_ignored_or_overridden_are_refused(changes, needle):
     with pytest.raises(WavedistillError, match=needle):
         make_config(changes)
+
+
+def test_a_run_folder_that_recorded_alpha_reads_as_the_kd_stages_weights():
+    old = {"alpha": 1.0, "stages": [{"kind": "transfer", "steps": 5}, {"kind": "kd", "steps": 5},
+                                    {"kind": "kd", "steps": 5, "ce_weight": 0.3}]}
+    stages = recipe_stages(make_config(upgraded(old)))
+    assert [(s.kl_weight, s.ce_weight) for s in stages[1:]] == [(1.0, 0.0), (1.0, 0.3)]  # a stage's own value wins
+    (default,) = recipe_stages(make_config({**upgraded({"alpha": 0.5}), "max_steps": 3}))
+    assert (default.kl_weight, default.ce_weight) == (0.5, 0.5)

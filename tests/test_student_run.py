@@ -225,8 +225,9 @@ def test_report_tags_a_run_trained_on_ce_alone(tiny_teacher, tmp_path):
 
     from wavedistill.evaluate import _ce_only
 
-    for name, changes, expected in [("ce", {"alpha": 0.0}, True), ("kd", {"alpha": 0.9}, False),
-                                    ("ce_stage", {"alpha": 0.9, "stages": [{"kind": "kd", "kl_weight": 0.0}]}, True)]:
+    for name, changes, expected in [("ce", {"loss": {"kl_weight": 0.0}}, True), ("kd", {}, False),
+                                    ("ce_stage", {"stages": [{"kind": "kd", "kl_weight": 0.0}]}, True),
+                                    ("recorded_as_alpha", {"alpha": 0.0}, True)]:  # folders of wavedistill 0.1
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(changes))
         assert _ce_only(str(tmp_path / name)) is expected, name

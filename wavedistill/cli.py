@@ -16,7 +16,7 @@ DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from Dist
     ("--teacher",): "teacher", ("--wave-type", "--wave_type", "--mixer"): "wave_type", ("--layers",): "layers",
     ("--data",): "data", ("--n-samples", "--n_samples"): "n_samples", ("--epochs", "--n_epochs"): "epochs",
     ("--output-dir", "--output_dir"): "output_dir", ("--seq-len",): "seq_len", ("--batch-size",): "batch_size",
-    ("--lr",): "lr", ("--temperature",): "temperature", ("--alpha",): "alpha", ("--max-steps",): "max_steps",
+    ("--lr",): "lr", ("--temperature",): "temperature", ("--max-steps",): "max_steps",
     ("--save-every",): "save_every", ("--eval-every",): "eval_every", ("--device",): "device", ("--dtype",): "dtype",
     ("--seed",): "seed", ("--mixer-kwargs",): "mixer_kwargs", ("--test-windows",): "test_windows",
     ("--keep-attention",): "keep_attention", ("--keep-attention-every",): "keep_attention_every",
@@ -33,8 +33,8 @@ STUDENT_SIZE_FLAGS = {"--student-layers": "layers", "--student-hidden-size": "hi
                       "--student-intermediate-size": "intermediate_size"}
 
 
-LOSS_HELP = {"kl_weight": "weight of the divergence term (default: --alpha)",
-             "ce_weight": "weight of next-token CE (default: 1 - --alpha)",
+LOSS_HELP = {"kl_weight": "weight of the divergence to the teacher (default: 0.9)",
+             "ce_weight": "weight of next-token CE on the data (default: 0.1)",
              "label_smoothing": "of the CE term, in [0, 1) (default: 0)",
              "divergence": "forward_kl (default) | reverse_kl | jsd",
              "temperature_schedule": "constant (default) | linear | cosine (to --temperature-end) | dynamic",
@@ -61,11 +61,13 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     types = {"layers": layer_list, "keep_attention": layer_list, "reinit": name_list, "mixer_kwargs": json_dict,
              "teacher_device_map": device_map_arg, "teacher_max_memory": json_dict,
              "epochs": float, "lr": float,
-             "temperature": float, "alpha": float, "stages": stages_list, "lora_alpha": float}
+             "temperature": float, "stages": stages_list, "lora_alpha": float}
     for flags, name in DISTILL_FLAGS.items():
         default = getattr(defaults, name)
         kind = types.get(name, type(default) if default is not None else str)
         p.add_argument(*flags, dest=name, type=kind, default=None, help=f"(default: {default})")
+    # an earlier version's flag: refused in distill_changes with what replaced it
+    p.add_argument("--alpha", dest="removed_alpha", type=float, help=argparse.SUPPRESS)
     p.add_argument("--config", "--recipe", dest="config",
                    help="YAML file with config changes (a recipe: `stages:` and settings); command-line flags win")
     p.add_argument("--resume", action="store_true", default=None,
@@ -104,6 +106,9 @@ def distill_changes(args: argparse.Namespace) -> dict:
     from .config import load_yaml
     from .recipes import LOSS_FIELDS
 
+    if args.removed_alpha is not None:
+        raise WavedistillError("--alpha was replaced by --kl-weight and --ce-weight (--alpha A = --kl-weight A "
+                               "--ce-weight 1-A)")
     changes = load_yaml(args.config) if args.config else {}
     for name in list(DISTILL_FLAGS.values()) + ["resume", "overwrite", "unfreeze_mlps", "lora_merge", "train", "grad_checkpointing"]:
         value = getattr(args, name)

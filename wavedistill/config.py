@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import yaml
 
 from .core.configs import build, read_changes, to_yaml
 from .errors import WavedistillError
+from .mixers import get_mixer_class
+from .mixers.base import mixers_with_matrix
+from .recipes import LOSS_FIELDS, LOSS_KINDS, make_stage
 
 
 TRACKERS = ("tensorboard", "wandb", "aim", "mlflow")
+# keys of earlier versions -> what replaced them (a one-line error, never a silent alias)
+RENAMED = {"alpha": "alpha was replaced by the kd loss's kl_weight and ce_weight (alpha A = kl_weight A, ce_weight "
+                    "1 - A): set them under loss: or on a stage, or pass --kl-weight / --ce-weight"}
 
 
 @dataclass
@@ -44,7 +51,6 @@ class DistillConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (the global batch is batch_size)
     grad_checkpointing: bool = False  # recompute the decoder layers' activations in backward (less memory)
     temperature: float = 1.0
-    alpha: float = 0.9  # weight of the KL term; 1 - alpha weights next-token CE
     stages: list[dict] | None = None  # the recipe (see wavedistill.recipes); None = one kd stage of max_steps / epochs
     loss: dict | None = None  # kd-loss fields (recipes.KDLoss) set on every kd / progressive / handoff stage
     unfreeze_mlps: bool = False
@@ -78,8 +84,6 @@ RESUME_MAY_CHANGE = {"resume": "", "overwrite": "", "output_dir": "", "num_proce
 
 def saved_config(output_dir: str) -> dict:
     """The settings a run recorded in its ``config.yaml``."""
-    import os
-
     path = os.path.join(output_dir, "config.yaml")
     try:
         with open(path) as f:
@@ -91,6 +95,21 @@ def saved_config(output_dir: str) -> dict:
         raise WavedistillError(f"{path!r} is unreadable ({e}); it records the run's settings: restore it") from None
     if not isinstance(saved, dict):
         raise WavedistillError(f"{path!r} does not hold a run's settings; restore it")
+    return upgraded(saved)
+
+
+def upgraded(saved: dict) -> dict:
+    """Settings recorded before ``alpha`` became the kd stages' ``kl_weight`` / ``ce_weight`` (wavedistill 0.1), in
+    today's keys: alpha A was the weight of every kd stage's divergence that did not set its own, 1 - A its CE's."""
+    if "alpha" not in saved:
+        return saved
+    saved = dict(saved)
+    a = saved.pop("alpha")
+    if saved.get("stages"):
+        saved["stages"] = [{"kl_weight": a, "ce_weight": 1.0 - a, **s} if s.get("kind") in LOSS_KINDS else s
+                           for s in saved["stages"]]
+    else:
+        saved["loss"] = {"kl_weight": a, "ce_weight": 1.0 - a, **(saved.get("loss") or {})}
     return saved
 
 
@@ -132,12 +151,12 @@ def check_resume(cfg: DistillConfig) -> None:
 
 def load_yaml(path: str) -> dict:
     """The changes to :class:`DistillConfig` in a YAML file (strict keys, :func:`.core.configs.read_changes`)."""
-    return read_changes(path, DistillConfig)
+    return read_changes(path, DistillConfig, RENAMED)
 
 
 def make_config(changes: dict) -> DistillConfig:
     """A validated :class:`DistillConfig` from a mapping of changes."""
-    return build(changes, DistillConfig, validate)
+    return build(changes, DistillConfig, validate, RENAMED)
 
 
 def _exact_budget(cfg: DistillConfig) -> int:
@@ -148,8 +167,6 @@ def _exact_budget(cfg: DistillConfig) -> int:
 
 
 def validate(cfg: DistillConfig) -> None:
-    from .mixers import get_mixer_class
-
     get_mixer_class(cfg.wave_type)
     budget = _exact_budget(cfg)
     checks = [
@@ -158,7 +175,6 @@ def validate(cfg: DistillConfig) -> None:
         (cfg.grad_accum >= 1, "grad_accum must be >= 1 (micro-batches per optimizer step)"),
         (cfg.lr > 0, "lr must be > 0"),
         (cfg.temperature > 0, "temperature must be > 0"),
-        (0.0 <= cfg.alpha <= 1.0, "alpha must be in [0, 1]"),
         (cfg.epochs > 0 or cfg.max_steps > 0 or not cfg.train, "set epochs > 0 or max_steps > 0"),
         (cfg.dtype in ("float32", "bfloat16", "float16"), "dtype must be float32, bfloat16 or float16"),
         (cfg.lora_mlp >= 0 and cfg.lora_alpha >= 0, "lora_mlp and lora_alpha must be >= 0"),
@@ -199,9 +215,6 @@ def validate(cfg: DistillConfig) -> None:
         mixer = student_spec(cfg).mixer
     matched = [s for s in stages if getattr(s, "attention_weight", 0) > 0]
     if matched and mixer != "attention":
-        from .mixers import get_mixer_class
-        from .mixers.base import mixers_with_matrix
-
         if mixer not in mixers_with_matrix():
             raise WavedistillError(f"attention_weight > 0 matches attention maps or a wave mixer's materialised mixing "
                                    f"matrix; {mixer!r} has none. Mixers with one: {', '.join(mixers_with_matrix())} "
@@ -217,8 +230,6 @@ def recipe_stages(cfg: DistillConfig, default_steps: int = 1):
     ``cfg.loss`` (the loss flags) is set on every stage whose objective is the kd loss; a stage of the recipe that
     sets one of those fields to another value is an error, not silently overridden either way.
     """
-    from .recipes import LOSS_FIELDS, LOSS_KINDS, make_stage
-
     if not cfg.train:
         return []
     specs = [dict(s) for s in cfg.stages] if cfg.stages else [{"kind": "kd", "steps": cfg.max_steps or default_steps}]

@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import WavedistillError
 from .losses import kl_teacher_student
+from .recipes import KDLoss
 from .surgery import decoder_layers
 
 
@@ -245,7 +246,9 @@ def _ce_only(run_dir: str) -> bool:
         cfg = yaml.safe_load(f) or {}
     stages = cfg.get("stages") or [{"kind": "kd"}]
     loss = cfg.get("loss") or {}  # the loss flags, set on every kd stage
-    weights = [loss.get("kl_weight", s.get("kl_weight", cfg.get("alpha"))) for s in stages if s.get("kind") == "kd"]
+    # (run folders written before wavedistill 0.2 record the kl weight as alpha)
+    default = cfg.get("alpha", KDLoss.kl_weight)
+    weights = [loss.get("kl_weight", s.get("kl_weight", default)) for s in stages if s.get("kind") == "kd"]
     return bool(weights) and cfg.get("train", True) and all(w == 0 for w in weights)
 
 

@@ -57,8 +57,8 @@ class KDLoss:
     """The end-to-end loss shared by kd, progressive and handoff."""
 
     lr: float | None = None
-    kl_weight: float | None = None  # None: the run's alpha
-    ce_weight: float | None = None  # None: 1 - the run's alpha
+    kl_weight: float = 0.9  # weight of the divergence to the teacher (a KL unless `divergence` says otherwise)
+    ce_weight: float = 0.1  # weight of next-token cross-entropy on the data
     hidden_weight: float = 0.0  # weight of the feature loss between student and (mapped) teacher layer outputs
     hidden_loss: str = "mse"  # mse | cosine, after a learned projection where the widths differ
     label_smoothing: float = 0.0  # of the CE term: target (1 - e) one-hot + e uniform
@@ -141,7 +141,7 @@ def validate_stage(stage: Stage) -> None:
              f"temperature_schedule must be one of {TEMPERATURE_SCHEDULES}"),
             (stage.temperature is None or stage.temperature > 0, "temperature must be > 0"),
             (stage.temperature_end > 0 and stage.temperature_max >= 1, "temperature_end > 0, temperature_max >= 1"),
-            (all(w is None or w >= 0 for w in (stage.kl_weight, stage.ce_weight, stage.hidden_weight)),
+            (all(w >= 0 for w in (stage.kl_weight, stage.ce_weight, stage.hidden_weight)),
              "loss weights must be >= 0"),
             (stage.divergence in DIVERGENCES, f"divergence must be one of {DIVERGENCES}"),
             (stage.hidden_loss in FEATURE_LOSSES, f"hidden_loss must be one of {FEATURE_LOSSES}"),

@@ -14,6 +14,7 @@ from wavedistill.lab.tasks import build_task
 from wavedistill.lab.train import train_seed
 
 TASK = {"seq_len": 24, "n_train": 256, "n_test": 64}
+GROUND_TRUTH_ONLY = {"task_weight": 1.0, "output_weight": 0.0, "hidden_weight": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +48,13 @@ def test_explicit_sizes_win_over_the_preset_and_unknown_presets_are_refused():
 
 
 def test_loss_weights_default_by_whether_a_teacher_is_given(teacher):
-    assert [resolve(make_lab_config(dict(task="event_hold")))[k] for k in "alpha beta gamma".split()] == [1, 0, 0]
+    weights = ("task_weight", "output_weight", "hidden_weight")
+    assert [resolve(make_lab_config(dict(task="event_hold")))[k] for k in weights] == [1, 0, 0]
     r = resolve(make_lab_config(dict(task="event_hold", task_kwargs=TASK, teacher=teacher)))
-    assert [r[k] for k in ("alpha", "beta", "gamma")] == [0.3, 0.5, 0.2]
+    assert [r[k] for k in weights] == [0.3, 0.5, 0.2]
     with pytest.raises(WavedistillError, match="pass --teacher"):
+        make_lab_config(dict(task="event_hold", output_weight=0.5))
+    with pytest.raises(WavedistillError, match="^beta was renamed output_weight"):  # an earlier version's key
         make_lab_config(dict(task="event_hold", beta=0.5))
 
 
@@ -99,7 +103,7 @@ def test_a_narrower_s4d_student_distils_on_the_teachers_data_and_reports_its_gap
     student = dict(task="event_hold", task_kwargs=TASK, mixer="s4d", d_model=8, n_layers=2, n_heads=2, d_mlp=16,
                    steps=25, eval_every=25, batch_size=16, teacher=teacher, mixer_kwargs={"state_dim": 8})
     kd = train_seed(make_lab_config(student), 1, str(tmp_path / "kd"))
-    control = train_seed(make_lab_config({**student, "alpha": 1.0, "beta": 0.0, "gamma": 0.0}), 1,
+    control = train_seed(make_lab_config({**student, **GROUND_TRUTH_ONLY}), 1,
                          str(tmp_path / "control"))
     import yaml
 
@@ -108,7 +112,8 @@ def test_a_narrower_s4d_student_distils_on_the_teachers_data_and_reports_its_gap
     for s in (kd, control):
         assert s["final_test_mse_vs_teacher"] > 0 and s["test_targets"] == 64 * 24
         assert s["train_tokens_per_s"] > 0 and s["infer_tokens_per_s"] > 0
-    assert kd["loss_weights"] == [0.3, 0.5, 0.2] and control["loss_weights"] == [1.0, 0.0, 0.0]
+    assert kd["loss_weights"] == {"task": 0.3, "output": 0.5, "hidden": 0.2}
+    assert control["loss_weights"] == {"task": 1.0, "output": 0.0, "hidden": 0.0}
     # Same data, same init and batches: only the loss differs, so the runs differ.
     assert kd["final_test_loss"] != control["final_test_loss"]
     logged = [json.loads(x) for x in (tmp_path / "kd" / "train_log.jsonl").read_text().splitlines()]
@@ -116,10 +121,10 @@ def test_a_narrower_s4d_student_distils_on_the_teachers_data_and_reports_its_gap
 
 
 def test_distilled_student_matches_the_teacher_better_than_its_control(tmp_path, teacher):
-    # beta = 1 only: the student regresses onto the teacher's outputs; it must end closer to them than
+    # output_weight = 1 only: the student regresses onto the teacher's outputs; it must end closer to them than
     # the same student trained on ground truth for the same steps.
     student = dict(task="event_hold", task_kwargs=TASK, mixer="selective_s4d", d_model=16, n_layers=3, n_heads=2,
                    d_mlp=32, steps=30, eval_every=30, batch_size=16, teacher=teacher, mixer_kwargs={"state_dim": 8})
-    kd = train_seed(make_lab_config({**student, "alpha": 0.0, "beta": 1.0, "gamma": 0.0}), 1, str(tmp_path / "a"))
-    gt = train_seed(make_lab_config({**student, "alpha": 1.0, "beta": 0.0, "gamma": 0.0}), 1, str(tmp_path / "b"))
+    kd = train_seed(make_lab_config({**student, "task_weight": 0.0, "output_weight": 1.0, "hidden_weight": 0.0}), 1, str(tmp_path / "a"))
+    gt = train_seed(make_lab_config({**student, **GROUND_TRUTH_ONLY}), 1, str(tmp_path / "b"))
     assert kd["final_test_mse_vs_teacher"] < gt["final_test_mse_vs_teacher"]

@@ -109,11 +109,12 @@ def test_lab_cli_runs_a_task_with_phase_embeddings(tmp_path):
     (["charlm", "--steps", 2], ["--data"]),
     (["mqar", "--phase-embedding"], ["phase_embedding"]),
     (["compare", "--mixers", "fnet"], ["--task"]),
-    (["event_hold", "--beta", 0.5], ["--teacher"]),
+    (["event_hold", "--output-weight", 0.5], ["--teacher"]),
+    (["event_hold", "--gamma", 0.5], ["gamma was renamed hidden_weight", "--hidden-weight"]),
     (["event_hold", "--preset", "huge"], ["unknown preset", "standard, compressed, tiny"]),
     (["event_hold", "--teacher", "nowhere", "--steps", 1], ["not a finished lab seed folder"]),
 ], ids=["unknown-mixer", "option-of-another-task", "charlm-without-data", "phase-embedding-off-modular",
-        "compare-without-task", "beta-without-teacher", "unknown-preset", "teacher-not-a-seed-folder"])
+        "compare-without-task", "output-weight-without-teacher", "old-flag-name", "unknown-preset", "teacher-not-a-seed-folder"])
 def test_bad_lab_input_is_one_line_error(tmp_path, args, needles):
     # In this process: each stops before any training, and a fresh interpreter costs ~2.5 s of CI time.
     assert_one_line_error(wavedistill_here("lab", *args, "--output-dir", tmp_path / "out"), *needles)

@@ -18,7 +18,7 @@ def field_names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def read_changes(path: str, cls) -> dict:
+def read_changes(path: str, cls, renamed: dict[str, str] | None = None) -> dict:
     """Read a YAML file of changes; unknown keys are an error that lists the known ones."""
     try:
         with open(path) as f:
@@ -38,14 +38,16 @@ def read_changes(path: str, cls) -> dict:
         raise WavedistillError(f"config file {path!r} has keys that are not names: {bad}; known keys: "
                                f"{', '.join(field_names(cls))}")
     changes = {k.replace("-", "_"): v for k, v in changes.items()}
+    refuse_renamed(changes, renamed, f" (in {path!r})")
     unknown = sorted(set(changes) - set(field_names(cls)))
     if unknown:
         raise WavedistillError(f"unknown config keys {unknown} in {path!r}; known keys: {', '.join(field_names(cls))}")
     return changes
 
 
-def build(changes: dict, cls, check):
+def build(changes: dict, cls, check, renamed: dict[str, str] | None = None):
     """``cls(**changes)`` with unknown keys and values of the wrong type refused, then ``check(cfg)``."""
+    refuse_renamed(changes, renamed)
     unknown = sorted(set(changes) - set(field_names(cls)))
     if unknown:
         raise WavedistillError(f"unknown config keys {unknown}; known keys: {', '.join(field_names(cls))}")
@@ -95,6 +97,13 @@ def fits(value, hint) -> bool:
     if hint is dict or origin is dict:
         return isinstance(value, dict) and all(isinstance(k, str) for k in value)
     return True
+
+
+def refuse_renamed(changes: dict, renamed: dict[str, str] | None, where: str = "") -> None:
+    """A key an earlier version had is an error that names what replaced it (``renamed``: old key -> message)."""
+    for key in changes:
+        if renamed and key in renamed:
+            raise WavedistillError(f"{renamed[key]}{where}")
 
 
 def to_yaml(cfg) -> str:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..argtypes import json_dict
 from ..core.configs import read_changes
 from ..errors import WavedistillError
+from .analysis import analyze
+from .config import RENAMED, RENAMED_MESSAGES, LabConfig, make_lab_config
+from .sweep import run_compare, run_lab
+from .tasks import TASKS
 
 LAB_FLAGS = {"mixer": str, "steps": int, "lr": float, "weight_decay": float, "batch_size": int, "eval_every": int,
              "d_model": int, "n_layers": int, "n_heads": int, "d_mlp": int, "stop_after_grok": int, "jobs": int,
-             "device": str, "preset": str, "teacher": str, "alpha": float, "beta": float, "gamma": float,
-             "temperature": float, "layer_map": str, "data_seed": int,
+             "device": str, "preset": str, "teacher": str, "task_weight": float, "output_weight": float,
+             "hidden_weight": float, "temperature": float, "layer_map": str, "data_seed": int,
              "feature_loss": str}
 LAB_TASK_FLAGS = {"p": int, "op": str, "train_frac": float, "data": str, "seq_len": int, "n_pairs": int,
                   "length": int, "vocab": int, "event_prob": float, "omega": float}
@@ -19,9 +24,10 @@ LAB_TASK_FLAGS = {"p": int, "op": str, "train_frac": float, "data": str, "seq_le
 
 def lab_changes(args, task: str) -> dict:
     """Lab config changes from --config and the flags given (flags win); task flags go to task_kwargs."""
-    from .config import LabConfig
-
-    changes = read_changes(args.config, LabConfig) if args.config else {}
+    for old in RENAMED:
+        if getattr(args, f"removed_{old}", None) is not None:
+            raise WavedistillError(RENAMED_MESSAGES[old])
+    changes = read_changes(args.config, LabConfig, RENAMED_MESSAGES) if args.config else {}
     changes["task"] = task
     for name in LAB_FLAGS:
         if getattr(args, name, None) is not None:
@@ -40,9 +46,6 @@ def lab_changes(args, task: str) -> dict:
 
 
 def cmd_lab(args) -> None:
-    from .config import make_lab_config
-    from .sweep import run_compare, run_lab
-
     if args.task == "compare":
         if not args.compare_task or not args.mixers:
             raise WavedistillError("lab compare needs --task TASK and --mixers a,b,c")
@@ -58,8 +61,6 @@ def cmd_lab(args) -> None:
 
 
 def cmd_analyze(args) -> None:
-    from .analysis import analyze
-
     analyze(args.run_dir)
     print(f"plots regenerated in {os.path.join(args.run_dir, 'plots')}")
 
@@ -72,9 +73,6 @@ def _seeds(text: str) -> list[int]:
 
 
 def add_lab_parsers(sub) -> None:
-    from ..argtypes import json_dict
-    from .tasks import TASKS
-
     p = sub.add_parser("lab", help="train wave transformers from scratch on a task, several seeds; "
                        "`lab compare --task T --mixers a,b` sweeps mixers")
     p.add_argument("task", choices=[*TASKS, "compare"])
@@ -91,6 +89,8 @@ def add_lab_parsers(sub) -> None:
     p.add_argument("--state-dim", type=int, help="the mixer's state size (mixer_kwargs state_dim), e.g. for s4d")
     for name, kind in {**LAB_FLAGS, **LAB_TASK_FLAGS}.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+    for old in RENAMED:  # an earlier version's flags: refused in lab_changes with the new name
+        p.add_argument(f"--{old}", dest=f"removed_{old}", type=float, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_lab)
 
     p = sub.add_parser("analyze", help="regenerate the plots and spectra of a lab run folder")

@@ -19,8 +19,17 @@ PRESETS = {"standard": dict(d_model=64, n_layers=6, n_heads=4, d_mlp=256, state_
            "compressed": dict(d_model=32, n_layers=4, n_heads=4, d_mlp=128, state_dim=256),
            "tiny": dict(d_model=24, n_layers=3, n_heads=3, d_mlp=96, state_dim=128)}
 #: Loss weights (ground truth, teacher outputs, teacher features) with and without a teacher.
-DISTILL_WEIGHTS = dict(alpha=0.3, beta=0.5, gamma=0.2)
-PLAIN_WEIGHTS = dict(alpha=1.0, beta=0.0, gamma=0.0)
+DISTILL_WEIGHTS = dict(task_weight=0.3, output_weight=0.5, hidden_weight=0.2)
+PLAIN_WEIGHTS = dict(task_weight=1.0, output_weight=0.0, hidden_weight=0.0)
+#: keys of earlier versions -> their names now; a config or flag with an old key is a one-line error, and a run
+#: folder that recorded one is read with the new name
+RENAMED = {"alpha": "task_weight", "beta": "output_weight", "gamma": "hidden_weight"}
+RENAMED_MESSAGES = {old: f"{old} was renamed {new} (--{new.replace('_', '-')})" for old, new in RENAMED.items()}
+
+
+def upgraded(saved: dict) -> dict:
+    """Settings a lab run recorded before the loss weights were renamed (wavedistill 0.1), in today's keys."""
+    return {RENAMED.get(k, k): v for k, v in saved.items()}
 FEATURE_LOSSES = ("relative_mse", "mse")
 
 GENERIC = dict(d_model=64, n_layers=2, n_heads=4, d_mlp=256, activation="gelu", norm="rms", steps=1000,
@@ -52,13 +61,14 @@ class LabConfig:
     grok_threshold: float = 0.99
     stop_after_grok: int = 0  # > 0: stop once test accuracy has stayed >= grok_threshold for this many steps
     preset: str | None = None  # standard | compressed | tiny: student sizes (PRESETS); explicit fields win
-    # Distillation from a trained lab model: total = alpha * task loss (ground truth) + beta * output loss
-    # (MSE to the teacher's predictions for regression, T^2 KL at `temperature` otherwise) + gamma * feature
-    # loss (block outputs of layer-mapped teacher blocks, through a learned projection where widths differ).
+    # Distillation from a trained lab model: total = task_weight * task loss (ground truth: CE, or MSE for
+    # regression) + output_weight * output loss (MSE to the teacher's predictions for regression, T^2 KL at
+    # `temperature` otherwise) + hidden_weight * feature loss (block outputs of layer-mapped teacher blocks,
+    # through a learned projection where widths differ; distill's `hidden_weight` is the same term).
     teacher: str | None = None  # a finished lab seed folder (config.yaml + model.safetensors)
-    alpha: float | None = None  # None: 0.3 / 0.5 / 0.2 with a teacher, 1 / 0 / 0 without
-    beta: float | None = None
-    gamma: float | None = None
+    task_weight: float | None = None  # None: 0.3 / 0.5 / 0.2 with a teacher, 1 / 0 / 0 without
+    output_weight: float | None = None
+    hidden_weight: float | None = None
     temperature: float = 4.0
     layer_map: str = "uniform"  # student block i matches teacher block layer_map[i] (wavedistill.layer_map)
     feature_loss: str = "relative_mse"  # relative_mse (MSE / the teacher block's mean square) | mse
@@ -112,10 +122,12 @@ def check(cfg: LabConfig) -> None:
         (cfg.jobs >= 1, "jobs must be >= 1"),
         (not cfg.phase_embedding or cfg.task == "modular", "phase_embedding is for the modular task (tokens of Z_p)"),
         (0 < cfg.grok_threshold <= 1, "grok_threshold must be in (0, 1]"),
-        (min(r["alpha"], r["beta"], r["gamma"]) >= 0 and r["alpha"] + r["beta"] + r["gamma"] > 0,
-         "alpha, beta and gamma must be >= 0 with a positive sum"),
-        (bool(cfg.teacher) or r["beta"] == r["gamma"] == 0,
-         "beta and gamma weigh losses against a teacher; pass --teacher SEED_FOLDER (a trained lab run's seed_<k>)"),
+        (min(r["task_weight"], r["output_weight"], r["hidden_weight"]) >= 0
+         and r["task_weight"] + r["output_weight"] + r["hidden_weight"] > 0,
+         "task_weight, output_weight and hidden_weight must be >= 0 with a positive sum"),
+        (bool(cfg.teacher) or r["output_weight"] == r["hidden_weight"] == 0,
+         "output_weight and hidden_weight weigh losses against a teacher; pass --teacher SEED_FOLDER (a trained lab "
+         "run's seed_<k>)"),
         (cfg.temperature > 0, "temperature must be > 0"),
         (cfg.feature_loss in FEATURE_LOSSES, f"feature_loss must be one of {', '.join(FEATURE_LOSSES)}"),
     ]
@@ -125,4 +137,4 @@ def check(cfg: LabConfig) -> None:
 
 
 def make_lab_config(changes: dict) -> LabConfig:
-    return build(changes, LabConfig, check)
+    return build(changes, LabConfig, check, RENAMED_MESSAGES)

@@ -1,6 +1,6 @@
 """Lab distillation: a trained lab model teaches a different (smaller, other-mixer) lab model.
 
-    total = alpha * task loss (ground truth) + beta * output loss + gamma * feature loss
+    total = task_weight * task loss (ground truth) + output_weight * output loss + hidden_weight * feature loss
 
 * output loss: mean squared error to the teacher's predictions (regression tasks), or
   ``T^2 KL(p_teacher || p_student)`` at temperature T over the scored targets (token tasks);
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..errors import WavedistillError
 from ..losses import kl_teacher_student
-from .config import LabConfig, make_lab_config
+from .config import LabConfig, make_lab_config, upgraded
 
 
 def teacher_config(folder: str) -> tuple[LabConfig, int]:
@@ -39,10 +39,11 @@ def teacher_config(folder: str) -> tuple[LabConfig, int]:
                                "model.safetensors); train the teacher with `wavedistill lab TASK --mixer NAME` and "
                                "pass its seed_<k> folder")
     with open(files[0]) as f:
-        saved = yaml.safe_load(f)
+        saved = upgraded(yaml.safe_load(f))
     fields = {f.name for f in dataclasses.fields(LabConfig)}
     changes = {k: v for k, v in saved.items() if k in fields and k not in ("teacher", "preset", "data_seed")}
-    changes.update(alpha=None, beta=None, gamma=None)  # how the teacher was trained is not its architecture
+    # how the teacher was trained is not its architecture
+    changes.update(task_weight=None, output_weight=None, hidden_weight=None)
     return make_lab_config(changes), saved.get("task_data_seed", saved["seed"])
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from .. import __version__
 from ..errors import WavedistillError
-from .config import LabConfig, make_lab_config, resolve
+from .config import LabConfig, make_lab_config, resolve, upgraded
 from .tasks import TASKS
 
 SETTINGS_IGNORED = ("seeds", "jobs", "output_dir", "device")  # they do not change what one seed computes
@@ -39,7 +39,7 @@ def finished_seed(cfg: LabConfig, seed: int) -> dict | None:
     if not os.path.isfile(os.path.join(folder, "config.yaml")):
         return None
     with open(os.path.join(folder, "config.yaml")) as f:
-        saved = yaml.safe_load(f)
+        saved = upgraded(yaml.safe_load(f))
     wanted = settings(cfg)
     differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
     if differ:

@@ -135,14 +135,14 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
     n_params = sum(p.numel() for p in net.parameters())
     mixer_params = sum(p.numel() for b in net.blocks for p in b.mixer.parameters())
     teacher = load_teacher(cfg, task, device) if cfg.teacher else None
-    alpha, beta, gamma = r["alpha"], r["beta"], r["gamma"]
+    task_w, output_w, hidden_w = r["task_weight"], r["output_weight"], r["hidden_weight"]
     projection, matched = None, []
-    if gamma > 0:
+    if hidden_w > 0:
         matched = layer_map(cfg.layer_map, len(teacher.blocks), len(net.blocks))
         projection = FeatureProjection(r["d_model"], teacher.d_model, len(net.blocks)).to(device)
         if len(projection.maps) and acc.num_processes > 1:
             raise WavedistillError("feature distillation between widths runs in one process (its projections are "
-                                   "not part of the DDP model); run without a launcher or with --gamma 0")
+                                   "not part of the DDP model); run without a launcher or with --hidden-weight 0")
     trained = [*net.parameters(), *(projection.parameters() if projection is not None else [])]
     optimizer = torch.optim.AdamW(param_groups(trained, r["weight_decay"]), lr=r["lr"],
                                   betas=(r["beta1"], r["beta2"]))
@@ -169,20 +169,20 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
         part = slice(acc.process_index * share, (acc.process_index + 1) * share)
         t0 = time.perf_counter()
         rows_here = (x[part].to(device), y[part].to(device), None if pad is None else pad[part].to(device))
-        hidden = [] if gamma > 0 else None
+        hidden = [] if hidden_w > 0 else None
         out, target = predict(net, task, *rows_here, forward=wrapped, hidden=hidden)
         task_loss, correct = target_loss(task, out, target)
         terms = {"task": task_loss.mean()}
-        if beta > 0 or gamma > 0:
-            t_hidden = [] if gamma > 0 else None
+        if output_w > 0 or hidden_w > 0:
+            t_hidden = [] if hidden_w > 0 else None
             with torch.no_grad():
                 t_out, _ = predict(teacher, task, *rows_here, hidden=t_hidden)
-            if beta > 0:
+            if output_w > 0:
                 terms["output"] = output_loss(task.kind, out, t_out, cfg.temperature)
-            if gamma > 0:
+            if hidden_w > 0:
                 terms["feature"] = block_feature_loss(hidden, [t_hidden[j] for j in matched], projection,
                                                       cfg.feature_loss)
-        weights = {"task": alpha, "output": beta, "feature": gamma}
+        weights = {"task": task_w, "output": output_w, "feature": hidden_w}
         loss = sum(weights[k] * v for k, v in terms.items())
         logged = torch.stack([terms["task"].detach(), correct.float().mean(), loss.detach()])
         batch = acc.reduce(logged, reduction="mean").tolist()
@@ -224,7 +224,8 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
                "final_test_loss": last["test_loss"], "test_targets": last["test_targets"],
                "steps_per_s": round(step / train_s, 2), "train_tokens_per_s": round(train_positions / train_s),
                "infer_tokens_per_s": round(inference_tokens_per_s(net, task, device)), "params": n_params,
-               "mixer_params": mixer_params, "teacher": cfg.teacher, "loss_weights": [alpha, beta, gamma]}
+               "mixer_params": mixer_params, "teacher": cfg.teacher,
+               "loss_weights": {"task": task_w, "output": output_w, "hidden": hidden_w}}
     for k in ("test_bpc", "test_mse_vs_teacher", "test_kl_vs_teacher"):
         if k in last:
             summary[f"final_{k}"] = last[k]

@@ -36,8 +36,7 @@ from ..surgery import wave_attention_modules
 def kd_objective(run, stage, n_steps: int):
     """``loss_fn(batch, stage_step)`` for :func:`wavedistill.loop.train_steps`, from a stage's KD fields."""
     cfg = run.cfg
-    kl_weight = cfg.alpha if stage.kl_weight is None else stage.kl_weight
-    ce_weight = 1.0 - cfg.alpha if stage.ce_weight is None else stage.ce_weight
+    kl_weight, ce_weight = stage.kl_weight, stage.ce_weight
     start = cfg.temperature if stage.temperature is None else stage.temperature
     hidden = stage.hidden_weight > 0
     maps = stage.attention_weight > 0  # run_kd puts both models in eager attention, which returns the maps
