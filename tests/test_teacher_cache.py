@@ -86,8 +86,8 @@ def test_a_cached_run_trains_without_a_teacher_forward_in_its_training_steps(tin
     monkeypatch.setattr(loop._Step, "forward", step)
     monkeypatch.setattr(TeacherView, "forward", teacher)
     out = tmp_path / "cached"
-    metrics = run(tiny_run_config(tiny_teacher, out, teacher_cache=str(cache[0]), alpha=1.0, eval_every=5,
-                                  stages=[{"kind": "kd", "steps": 10}]))
+    metrics = run(tiny_run_config(tiny_teacher, out, teacher_cache=str(cache[0]), eval_every=5,
+                                  stages=[{"kind": "kd", "steps": 10, "kl_weight": 1.0, "ce_weight": 0.0}]))
     assert forwards["training"] == 0 and forwards["scoring"] > 0  # val and test are still scored on the teacher
     for name in ("adapter/adapter_model.safetensors", "checkpoint", "config.yaml", "metrics.json", "samples.md"):
         assert (out / name).exists(), name
@@ -110,7 +110,8 @@ def test_with_every_token_cached_a_run_starts_with_the_loss_of_the_online_run_on
     for name, changes in {"online": {"train_windows": "fixed"}, "cached": {"teacher_cache": str(tmp_path / "full")}
                           }.items():
         out = tmp_path / name
-        run(tiny_run_config(tiny_teacher, out, alpha=0.5, stages=[{"kind": "kd", "steps": 2}], n_generations=0,
+        run(tiny_run_config(tiny_teacher, out, stages=[{"kind": "kd", "steps": 2, "kl_weight": 0.5, "ce_weight": 0.5}],
+                            n_generations=0,
                             val_windows=1, test_windows=1, **changes))
         first[name] = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()
                        if '"loss"' in line]

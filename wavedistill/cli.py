@@ -10,6 +10,7 @@ import sys
 
 from .argtypes import device_map_arg, int_list, json_dict, layer_list, name_list, stages_list
 from .core.devices import DTYPES, resolve_device
+from .data import DataSplit
 from .errors import WavedistillError
 
 DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from DistillConfig
@@ -377,8 +378,8 @@ def add_held_out_args(p: argparse.ArgumentParser, splits: list[str]) -> None:
     p.add_argument("--split", default="test", choices=splits,
                    help="which part of --data: the run's test split (default)" + (" or all of it" if "all" in splits
                                                                                    else ""))
-    p.add_argument("--val-frac", type=float, help="default: the run's config.yaml, else 0.05")
-    p.add_argument("--test-frac", type=float, help="default: the run's config.yaml, else 0.10")
+    p.add_argument("--val-frac", type=float, help=f"default: the run's config.yaml, else {DataSplit.val_frac}")
+    p.add_argument("--test-frac", type=float, help=f"default: the run's config.yaml, else {DataSplit.test_frac}")
     p.add_argument("--n-samples", type=int, help="documents to read (0 = all; hub: 20000); default: the run's when "
                    "--data is the run's data")
 
@@ -405,8 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=256, help="window length: the run's --seq-len (default: 256)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per teacher forward (default: 16)")
     p.add_argument("--n-samples", type=int, default=0, help="documents to read, as the run's --n-samples (default: 0)")
-    p.add_argument("--val-frac", type=float, default=0.05, help="the run's val_frac (default: 0.05)")
-    p.add_argument("--test-frac", type=float, default=0.10, help="the run's test_frac (default: 0.10)")
+    p.add_argument("--val-frac", type=float, default=DataSplit.val_frac,
+                   help=f"the run's val_frac (default: {DataSplit.val_frac})")
+    p.add_argument("--test-frac", type=float, default=DataSplit.test_frac,
+                   help=f"the run's test_frac (default: {DataSplit.test_frac})")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.set_defaults(fn=cmd_cache_teacher)

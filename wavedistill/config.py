@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from .core.configs import build, read_changes, to_yaml
+from .data import DataSplit
 from .errors import WavedistillError
 from .mixers import get_mixer_class
 from .mixers.base import mixers_with_matrix
@@ -31,8 +32,8 @@ class DistillConfig:
     reinit: list[str] | None = None  # mixer submodules re-initialised at random after the teacher init (ablations)
     data: str = "HuggingFaceFW/fineweb-edu:sample-10BT"
     n_samples: int = 0  # documents to read; 0 = all (hub datasets: 20000)
-    val_frac: float = 0.05
-    test_frac: float = 0.10
+    val_frac: float = DataSplit.val_frac
+    test_frac: float = DataSplit.test_frac
     seq_len: int = 256
     batch_size: int = 16
     train_windows: str = "random"  # random: windows at random offsets; fixed: rows of the consecutive windows

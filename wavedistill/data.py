@@ -113,6 +113,15 @@ def _read_hub(name: str, n_samples: int, text_field: str) -> list[str]:
                         "pass a local .txt/.jsonl/.parquet file with --data") from None
 
 
+@dataclass(frozen=True)
+class DataSplit:
+    """How a run's documents are split, by document (never by window): the last ``test_frac`` of them are
+    test, the ``val_frac`` before those val, the rest train. The one definition of the default fractions."""
+
+    val_frac: float = 0.05
+    test_frac: float = 0.10
+
+
 @dataclass
 class Splits:
     train: Tensor  # (N_train,) token ids
@@ -156,7 +165,8 @@ def run_documents(data: str, n_samples: int = 0) -> list[str]:
     return read_documents(data, n_samples or (0 if local else 20000))
 
 
-def run_splits(data: str, tokenizer, *, n_samples: int = 0, val_frac: float = 0.05, test_frac: float = 0.10) -> Splits:
+def run_splits(data: str, tokenizer, *, n_samples: int = 0, val_frac: float = DataSplit.val_frac,
+               test_frac: float = DataSplit.test_frac) -> Splits:
     """The train / val / test split of a run's data, the same for every command that reads a run
     (distill, eval, layers, demo, make-tasks)."""
     return split_documents(run_documents(data, n_samples), tokenizer, val_frac, test_frac)

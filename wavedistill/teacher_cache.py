@@ -6,7 +6,6 @@ for every other token. ``distill --teacher-cache DIR`` then trains on those targ
 steps run no teacher forward (val and test are still scored against the teacher itself).
 
 Format: a folder (written to a temporary sibling and renamed when complete)::
-
     cache.json                what was cached and from what: teacher (fingerprint, architecture), a hash of
                               the tokenizer's vocabulary, data settings and a hash of the cached training
                               tokens, seq_len, k; windows, tokens, bytes per token, teacher tokens per second
@@ -32,12 +31,17 @@ import shutil
 import time
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from . import __version__
 from .core.devices import DTYPES
+from .data import DataSplit, check_lengths, eval_windows, run_splits, window_draw
 from .errors import WavedistillError
+from .io import architecture, base_fingerprint, embedding_sample, load_teacher, same_base
 from .kd.cached import teacher_targets
+from .recipes import KDLoss
 from .run_folder import claim, sha256, umask, write_json_atomic
 
 CACHE_JSON = "cache.json"
@@ -71,7 +75,8 @@ def tokens_hash(ids: Tensor) -> str:
 
 
 def write_cache(teacher: str, data: str, output_dir: str, *, top_k: int = DEFAULT_TOP_K, seq_len: int = 256,
-                batch_size: int = 16, n_samples: int = 0, val_frac: float = 0.05, test_frac: float = 0.10,
+                batch_size: int = 16, n_samples: int = 0, val_frac: float = DataSplit.val_frac,
+                test_frac: float = DataSplit.test_frac,
                 dtype: str = "float32", device: str = "cpu", shard_bytes: int = SHARD_BYTES,
                 overwrite: bool = False) -> dict:
     """Run ``teacher`` over the training split of ``data`` (the split ``distill`` makes with the same
@@ -101,9 +106,6 @@ def write_cache(teacher: str, data: str, output_dir: str, *, top_k: int = DEFAUL
 
 def _write_cache(teacher, data, output_dir, top_k, seq_len, batch_size, n_samples, val_frac, test_frac, dtype, device,
                  shard_bytes) -> dict:
-    from .data import check_lengths, eval_windows, run_splits
-    from .io import architecture, base_fingerprint, embedding_sample, load_teacher
-
     t_start = time.perf_counter()
     model, tokenizer = load_teacher(teacher, dtype=DTYPES[dtype], device=device)
     head = model.get_output_embeddings()
@@ -119,7 +121,6 @@ def _write_cache(teacher, data, output_dir, top_k, seq_len, batch_size, n_sample
     shards, pending, teacher_s = [], {k: [] for k in KEYS}, 0.0
 
     def flush(n: int) -> None:  # the first n pending windows become the next shard
-        from safetensors.torch import save_file
 
         name = f"shard_{len(shards):05d}.safetensors"
         tensors = {k: torch.cat(v) for k, v in pending.items()}
@@ -170,8 +171,6 @@ class TeacherCache:
     """A cache folder opened for training: windows read on demand from memory-mapped shards."""
 
     def __init__(self, path: str) -> None:
-        from safetensors import SafetensorError, safe_open
-
         self.path = path
         meta_path = os.path.join(path, CACHE_JSON)
         if not os.path.isfile(meta_path):
@@ -234,7 +233,6 @@ class TeacherCache:
 
     def batch(self, batch_size: int, seed: int, step: int) -> dict[str, Tensor]:
         """Training batch ``step``: the windows a ``train_windows: fixed`` run draws at that step, with targets."""
-        from .data import window_draw
 
         return self.windows(window_draw(self.n_windows, batch_size, seed, step))
 
@@ -242,7 +240,6 @@ class TeacherCache:
 def check_stages(stages, cfg) -> None:
     """Refuse stages a cache cannot feed: those needing the teacher's activations on training batches, and
     any temperature but 1 (softening needs the teacher's whole distribution)."""
-    from .recipes import KDLoss
 
     for i, stage in enumerate(stages):
         name = f"stage {i} ({stage.kind})"
@@ -265,7 +262,6 @@ def check_stages(stages, cfg) -> None:
 
 def open_for_run(cfg, stages, base, tokenizer, splits) -> TeacherCache:
     """``cfg.teacher_cache`` opened and checked against the run; every mismatch is a one-line error."""
-    from .io import base_fingerprint, same_base
 
     path = cfg.teacher_cache
     cache = TeacherCache(path)

@@ -18,6 +18,7 @@ import math
 import os
 import time
 
+from ..data import DataSplit
 from ..errors import WavedistillError
 from ..io import write_text
 from .scoring import as_model
@@ -89,7 +90,7 @@ def check_task_folder(include_path: str | None, tokenizer, model: str, run_confi
                                f"{model} has another; make them again with make-tasks --model {model}")
     if run_config and os.path.abspath(run_config.get("data", "")) == manifest["data"]:
         same = all(run_config.get(k, d) == manifest[k] for k, d in
-                   (("val_frac", 0.05), ("test_frac", 0.10), ("n_samples", 0)))
+                   (("val_frac", DataSplit.val_frac), ("test_frac", DataSplit.test_frac), ("n_samples", 0)))
         if not same or manifest["split"] == "all":
             raise WavedistillError(f"the tasks in {include_path} come from {manifest['data']} split otherwise than "
                                    f"{model} was trained ({manifest['split']} split, val_frac {manifest['val_frac']}, "
