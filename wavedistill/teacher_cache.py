@@ -174,8 +174,8 @@ class TeacherCache:
         self.path = path
         meta_path = os.path.join(path, CACHE_JSON)
         if not os.path.isfile(meta_path):
-            raise WavedistillError(f"--teacher-cache {path!r} is not a teacher cache ({CACHE_JSON} is missing: none was "
-                                   "written there, or its writing was interrupted); write one with `wavedistill "
+            raise WavedistillError(f"--teacher-cache {path!r} is not a teacher cache ({CACHE_JSON} is missing: none "
+                                   "was written there, or its writing was interrupted); write one with `wavedistill "
                                    "cache-teacher` (--overwrite to reuse the folder)")
         try:
             with open(meta_path) as f:

@@ -130,8 +130,8 @@ class WaveTransformer(nn.Module):
         accepted = set(accepted_kwargs(mixer))
         kw = {**{k: v for k, v in defaults.items() if k in accepted}, **(mixer_kwargs or {})}
         self.blocks = nn.ModuleList(
-            Block(d_model, d_mlp, build_mixer(mixer, d_model, layer_idx=i, **kw), norm, activation)
-            for i in range(n_layers))
+            Block(d_model, d_mlp, build_mixer(mixer, d_model, **kw), norm, activation)
+            for _ in range(n_layers))
         self.norm = make_norm(norm, d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.classifier = nn.Linear(d_model, n_classes) if n_classes else None

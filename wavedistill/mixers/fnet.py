@@ -37,8 +37,7 @@ class FNet(WaveMixer):
     """
 
     def __init__(self, d_model: int, *, proj: bool = True, causal: bool = True, n_heads: int | None = None,
-                 n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
-                 layer_idx: int | None = None) -> None:
+                 n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False) -> None:
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
         self.proj = proj

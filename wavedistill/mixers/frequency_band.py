@@ -53,7 +53,7 @@ class FrequencyBand(QKVMixer):
     def __init__(self, d_model: int, *, window: int = 64, fft_branch: bool = True, n_bands: int = 8,
                  kernel_len: int = 2048, qk_norm: bool = False, rope: bool = True, rope_theta: float = 10000.0,
                  n_heads: int | None = None, n_kv_heads: int | None = None, head_dim: int | None = None,
-                 bias: bool = False, causal: bool = True, layer_idx: int | None = None) -> None:
+                 bias: bool = False, causal: bool = True) -> None:
         super().__init__(d_model, qk_norm=qk_norm, rope=rope, rope_theta=rope_theta, n_heads=n_heads,
                          n_kv_heads=n_kv_heads, head_dim=head_dim, bias=bias, causal=causal)
         if not causal:

@@ -111,7 +111,7 @@ class GatedDeltaNet(QKVMixer):
     def __init__(self, d_model: int, *, chunk: int | None = None, min_tau: float = 8.0, max_tau: float = 512.0,
                  qk_norm: bool = False, rope: bool = True, rope_theta: float = 10000.0, n_heads: int | None = None,
                  n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
-                 causal: bool = True, layer_idx: int | None = None) -> None:
+                 causal: bool = True) -> None:
         super().__init__(d_model, qk_norm=qk_norm, rope=rope, rope_theta=rope_theta, n_heads=n_heads,
                          n_kv_heads=n_kv_heads, head_dim=head_dim, bias=bias, causal=causal)
         if not causal:

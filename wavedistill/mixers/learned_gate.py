@@ -51,8 +51,7 @@ class LearnedGate(WaveMixer):
 
     def __init__(self, d_model: int, *, kernel_len: int = 512, short_len: int = 32, n_decays: int = 16,
                  gate: bool = True, n_heads: int | None = None, n_kv_heads: int | None = None,
-                 head_dim: int | None = None, bias: bool = False, causal: bool = True,
-                 layer_idx: int | None = None) -> None:
+                 head_dim: int | None = None, bias: bool = False, causal: bool = True) -> None:
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
         if not causal:

@@ -58,8 +58,7 @@ class SelectiveS4D(WaveMixer):
 
     def __init__(self, d_model: int, *, state_dim: int = 32, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  chunk: int = 64, n_heads: int | None = None, n_kv_heads: int | None = None,
-                 head_dim: int | None = None, bias: bool = False, causal: bool = True,
-                 layer_idx: int | None = None) -> None:
+                 head_dim: int | None = None, bias: bool = False, causal: bool = True) -> None:
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
         if not causal:

@@ -36,7 +36,7 @@ class WaveNetwork(WaveMixer):
 
     def __init__(self, d_model: int, *, mode: str = "interference", eps: float = 1e-6, n_heads: int | None = None,
                  n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
-                 causal: bool = True, layer_idx: int | None = None) -> None:
+                 causal: bool = True) -> None:
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
         if mode not in MODES:

@@ -45,7 +45,7 @@ class WDA(WaveMixer):
 
     def __init__(self, d_model: int, *, n_masks: int = 4, n_components: int = 4, n_heads: int | None = None,
                  n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
-                 causal: bool = True, layer_idx: int | None = None) -> None:
+                 causal: bool = True) -> None:
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
         if not causal:

@@ -193,7 +193,7 @@ def convert(model: nn.Module, mixer: str = "learned_gate", layers=None, init_fro
     for i in chosen:
         attn = blocks[i].self_attn
         device, dtype = placement(attn)
-        m = build_mixer(mixer, model.get_decoder().config.hidden_size, layer_idx=i, **kwargs)
+        m = build_mixer(mixer, model.get_decoder().config.hidden_size, **kwargs)
         if init_from_teacher:
             with materialized(attn):
                 m.init_from_attention(attn)
