@@ -16,3 +16,6 @@ wavedistill bench --decode --mixers learned_gate,frequency_band,phase_shift,fnet
 wavedistill bench --loss --output-dir "$R/loss"
 # ... and at 2,048 positions, where the dense loss fits in memory too.
 wavedistill bench --loss --loss-positions 2048 --output-dir "$R/loss_2048"
+# 4. The plots and raw numbers docs/benchmarks.md shows (generated files live in docs/img/).
+cp "$R/train/bench.json" docs/img/benchmarks_cpu.json && cp "$R/train/bench.png" docs/img/benchmarks_cpu.png
+cp "$R/decode/decode.json" docs/img/benchmarks_decode_cpu.json && cp "$R/decode/decode.png" docs/img/benchmarks_decode_cpu.png

@@ -19,6 +19,7 @@ import sys
 import time
 
 import torch
+from matplotlib.figure import Figure
 
 from .core.devices import resolve_device
 
@@ -123,7 +124,8 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
     names = list(dict.fromkeys(r["mixer"] for r in rows))
     lines = [f"device: {meta['device']} ({meta['gpu'] or meta['cpu']}), torch {meta['torch']}, "
              f"{meta['threads']} threads; d_model {rows[0]['d_model']}, batch {rows[0]['batch']}\n",
-             "| mixer | T | fwd ms | fwd+bwd ms | speed-up vs attention (fwd+bwd; > 1 faster) | peak MB (fwd+bwd) | status |",
+             "| mixer | T | fwd ms | fwd+bwd ms | speed-up vs attention (fwd+bwd; > 1 faster) | peak MB (fwd+bwd) "
+             "| status |",
              "|---|---:|---:|---:|---:|---:|---|"]
     base = {r["seq_len"]: r["fwdbwd_ms"] for r in rows if r["mixer"] == "attention" and r["status"] == "ok"}
     for r in sorted(rows, key=lambda r: (names.index(r["mixer"]), r["seq_len"])):
@@ -135,29 +137,38 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: str, meta: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for ax, key, label in zip(axes, ("fwd_ms", "fwdbwd_ms", "peak_mb"),
-                              ("forward (ms)", "forward + backward (ms)", "peak memory, fwd+bwd (MB)")):
-        for name in dict.fromkeys(r["mixer"] for r in rows):
-            pts = [(r["seq_len"], r[key]) for r in rows if r["mixer"] == name and r["status"] == "ok"]
+def plot_panels(path: str, panels: list[tuple[str, list[dict], str]], x_key: str, xlabel: str,
+                suptitle: str | None = None) -> None:
+    """Side-by-side log-log panels, one per (title, rows, y key): a line per mixer over ``x_key`` (rows whose status
+    is ok), attention dashed; a legend wherever the mixers differ from the panel before. The bench plots' one helper."""
+    fig = Figure(figsize=(5 * len(panels), 4.5))
+    axes = fig.subplots(1, len(panels))
+    shown = None
+    for ax, (title, rows, key) in zip(axes, panels):
+        names = list(dict.fromkeys(r["mixer"] for r in rows))
+        for name in names:
+            pts = [(r[x_key], r[key]) for r in rows if r["mixer"] == name and r["status"] == "ok"]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=name, linestyle="--" if name == "attention" else "-")
+                ax.plot(*zip(*pts), marker="o", label=name, linestyle="--" if name.startswith("attention") else "-")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("sequence length T")
-        ax.set_title(label)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"wavedistill bench on {meta['device']} ({meta['gpu'] or meta['cpu']})")
+        if names != shown:
+            ax.legend(fontsize=8)
+            shown = names
+    if suptitle:
+        fig.suptitle(suptitle)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def plot(rows: list[dict], path: str, meta: dict) -> None:
+    panels = [("forward (ms)", rows, "fwd_ms"), ("forward + backward (ms)", rows, "fwdbwd_ms"),
+              ("peak memory, fwd+bwd (MB)", rows, "peak_mb")]
+    plot_panels(path, panels, "seq_len", "sequence length T",
+                f"wavedistill bench on {meta['device']} ({meta['gpu'] or meta['cpu']})")
 
 
 if __name__ == "__main__":

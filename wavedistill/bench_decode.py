@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from .bench import run_cell
+from .bench import plot_panels, run_cell
 from .errors import WavedistillError
 
 
@@ -139,31 +139,10 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    panels = (("layer", "ms_per_token", "one layer: ms per token"),
-              ("model", "ms_per_token", "whole model: ms per token"),
-              ("model", "state_mb", "whole model: decoding state (MB)"))
-    for ax, (table, key, title) in zip(axes, panels):
-        for name in dict.fromkeys(r["mixer"] for r in rows if r["table"] == table):
-            pts = [(r["prompt"], r[key]) for r in rows
-                   if r["table"] == table and r["mixer"] == name and r["status"] == "ok"]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=name, linestyle="--" if name.startswith("attention") else "-")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("prompt length")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    layer, model = ([r for r in rows if r["table"] == t] for t in ("layer", "model"))
+    plot_panels(path, [("one layer: ms per token", layer, "ms_per_token"),
+                       ("whole model: ms per token", model, "ms_per_token"),
+                       ("whole model: decoding state (MB)", model, "state_mb")], "prompt", "prompt length")
 
 
 if __name__ == "__main__":
