@@ -11,7 +11,8 @@ import torch
 from tests.conftest import tiny_model, tiny_run_config
 from wavedistill.attention_maps import attention_map_loss, eager_attention, teacher_heads
 from wavedistill.errors import WavedistillError
-from wavedistill.student import StudentSpec, build_student_model
+from wavedistill.student import build_student_model
+from wavedistill.student_spec import StudentSpec
 
 
 def _maps(model, ids):

@@ -8,7 +8,8 @@ import torch
 
 from tests.conftest import TINY_FAMILIES, tiny_model
 from wavedistill.errors import WavedistillError
-from wavedistill.student import PRESETS, StudentSpec, build_student_model, shared_vocab, student_config
+from wavedistill.student import build_student_model, shared_vocab, student_config
+from wavedistill.student_spec import PRESETS, StudentSpec
 
 
 def _teacher(family="llama", **kw):

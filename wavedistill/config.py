@@ -13,6 +13,7 @@ from .errors import WavedistillError
 from .mixers import get_mixer_class
 from .mixers.base import mixers_with_matrix
 from .recipes import LOSS_FIELDS, LOSS_KINDS, make_stage
+from .student_spec import StudentSpec, parse_student
 
 
 TRACKERS = ("tensorboard", "wandb", "aim", "mlflow")
@@ -40,7 +41,7 @@ class DistillConfig:
     teacher_dtype: str | None = None  # dtype the base (teacher) loads in; None = dtype
     teacher_device_map: str | dict | None = None  # auto | balanced | sequential | a device | {module: device}
     teacher_max_memory: dict | None = None  # with a device map: per-device caps, e.g. {"cpu": "2GB"}; beyond: disk
-    student: dict | None = None  # a separate, smaller student (wavedistill.student.StudentSpec keys); None = convert
+    student: dict | None = None  # a separate, smaller student (student_spec.StudentSpec keys); None = convert
     teacher_cache: str | None = None  # folder of `wavedistill cache-teacher`: train on its targets, no teacher forward
     epochs: float = 1.0
     max_steps: int = 0  # > 0 overrides epochs
@@ -211,8 +212,6 @@ def validate(cfg: DistillConfig) -> None:
     stages = recipe_stages(cfg)
     mixer = cfg.wave_type
     if cfg.student is not None:
-        from .student import student_spec
-
         mixer = student_spec(cfg).mixer
     matched = [s for s in stages if getattr(s, "attention_weight", 0) > 0]
     if matched and mixer != "attention":
@@ -223,6 +222,25 @@ def validate(cfg: DistillConfig) -> None:
         if not get_mixer_class(mixer).mixing_rows_are_distributions and any(s.attention_loss == "kl" for s in matched):
             raise WavedistillError(f"the rows of {mixer!r}'s mixing matrix are not distributions over keys, so a KL "
                                    "to attention rows is undefined; set attention_loss: mse")
+
+
+# settings of a conversion in place, at their defaults: a separate student refuses any other value
+_CONVERSION_ONLY = {"wave_type": "learned_gate", "layers": None, "keep_attention": None, "keep_attention_every": 0,
+                    "reinit": None, "unfreeze_mlps": False, "lora_mlp": 0}
+
+
+def student_spec(cfg: DistillConfig) -> StudentSpec:
+    """``cfg.student`` as a :class:`StudentSpec`, checked against the rest of the run's config (one-line errors)."""
+    spec = parse_student(cfg.student)
+    clash = [k for k, default in _CONVERSION_ONLY.items() if getattr(cfg, k) != default]
+    if clash:
+        raise WavedistillError(f"{', '.join(clash)} convert the teacher in place; a separate student takes "
+                               "--student-* settings instead (its mixer: --student-mixer, with --mixer-kwargs)")
+    other = sorted({s.kind for s in recipe_stages(cfg)} - {"kd"})
+    if other:
+        raise WavedistillError(f"stages {other} train mixers inside the teacher; a separate student trains with kd "
+                               "stages only")
+    return spec
 
 
 def recipe_stages(cfg: DistillConfig, default_steps: int = 1):

@@ -21,31 +21,37 @@ import json
 import math
 import os
 import random
+import shutil
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoint import restore_checkpoint, save_checkpoint
-from .config import DistillConfig, recipe_stages
+from .config import (DistillConfig, check_resume, recipe_stages, recorded_settings, saved_config,
+                     student_spec)
 from .core.configs import to_yaml
 from .core.devices import DTYPES, resolve_device
 from .data import check_lengths, eval_windows, run_splits
 from .errors import WavedistillError
 from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
+from .features import FeatureProjection
 from .io import ADAPTER_WEIGHTS, load_adapter_weights, load_teacher, write_text
 from .loop import STUDENT_INIT, Run, log_candidate, make_accelerator, trainable_counts
+from .lora import add_mlp_lora, lora_parameters, merge_mlp_lora
 from .rss import peak_mb
+from .run_folder import claim, contents, read_manifest
+from .stages import RUNNERS
+from .student import save_student_folder, student_for_run, student_summary
 from .surgery import (TeacherView, convert, converted_layers, decoder_layers, keep_frozen_mlps, params_in_use,
                       unconvert, wave_attention_modules)
+from .teacher_cache import open_for_run
 
 
 def check_output_dir(cfg: DistillConfig) -> bool:
     """Claim the output folder (run_folder.claim: refused if it holds another run or foreign files unless
     --overwrite), and check a --resume against the run's config.yaml and checkpoint; nothing is deleted unasked.
     Returns whether the folder was empty when claimed (a run that fails before its first checkpoint removes it)."""
-    from .config import check_resume, recorded_settings, saved_config
-    from .run_folder import claim, contents, read_manifest
 
     out = cfg.output_dir
     command = "kd" if cfg.student else "distill"
@@ -78,7 +84,6 @@ def resumable(folder: str) -> bool:
     """Whether a command that runs distill into ``folder`` on its own (compare, layers) should pass resume: the
     folder holds an unfinished distill run, with a checkpoint or stopped before its first one (distill then
     starts it again with the settings it recorded)."""
-    from .run_folder import read_manifest
 
     return os.path.isdir(os.path.join(folder, "checkpoint")) or read_manifest(folder).get("command") == "distill"
 
@@ -108,7 +113,6 @@ def build_student(base, cfg: DistillConfig):
     use autocast over those float32 master weights: AdamW on bf16 weights loses small updates of O(1)
     wave parameters.
     """
-    from .lora import add_mlp_lora, lora_parameters
 
     student = base
     convert(student, cfg.wave_type, layers=wave_layers(cfg, len(decoder_layers(student))), **cfg.mixer_kwargs)
@@ -156,17 +160,14 @@ def run(cfg: DistillConfig) -> dict | None:
     except BaseException:
         # A run that fails before its first checkpoint leaves nothing behind (there is nothing to resume).
         if fresh and not os.path.isdir(os.path.join(cfg.output_dir, "checkpoint")):
-            import shutil
-
             shutil.rmtree(cfg.output_dir, ignore_errors=True)
         raise
 
 
 def train_and_evaluate(cfg: DistillConfig, acc) -> dict | None:
     """Load, convert, split, train the recipe's stages, select and evaluate, in the claimed output folder."""
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # lazy: loads TensorBoard's protobuf stack, only for this tracker
 
-    from .stages import RUNNERS
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -182,7 +183,6 @@ def train_and_evaluate(cfg: DistillConfig, acc) -> dict | None:
     stages = recipe_stages(cfg, default_steps=max(1, math.ceil(cfg.epochs * len(splits.train) / tokens_per_step)))
     cache = None
     if cfg.teacher_cache:  # checked against this teacher, tokenizer, split and recipe before anything is written
-        from .teacher_cache import open_for_run
 
         cache = open_for_run(cfg, stages, base, tokenizer, splits)
     student_layer_map = rows = None
@@ -190,7 +190,6 @@ def train_and_evaluate(cfg: DistillConfig, acc) -> dict | None:
         student = build_student(base, cfg)
         teacher = TeacherView(student)
     else:  # a separate, smaller student; the base is only the teacher
-        from .student import save_student_folder, student_for_run
 
         student, student_layer_map, rows = student_for_run(base, tokenizer, cfg)
         teacher = base
@@ -206,8 +205,6 @@ def train_and_evaluate(cfg: DistillConfig, acc) -> dict | None:
                                                                                  cfg.test_windows), acc,
             teacher_cache=cache, student_layer_map=student_layer_map, shared_vocab=rows)
     if student_layer_map is not None and any(getattr(s, "hidden_weight", 0) > 0 for s in stages):
-        from .features import FeatureProjection
-
         r.features = FeatureProjection(student.config.hidden_size, base.config.hidden_size,
                                        len(student_layer_map)).to(acc.device)
 
@@ -278,7 +275,6 @@ def train_and_evaluate(cfg: DistillConfig, acc) -> dict | None:
                   os.path.join(cfg.output_dir, "final_logits.safetensors"))
     metrics = finish(r, counts)
     if offload is not None:  # the offloaded weights are a copy of the base: no need to keep them
-        import shutil
 
         shutil.rmtree(offload, ignore_errors=True)
     return metrics
@@ -289,7 +285,6 @@ def start_tracker(cfg: DistillConfig, acc) -> None:
     ``OUT/mlruns`` unless MLFLOW_TRACKING_URI says otherwise: a local file store, which needs no server or
     database (MLflow 3 keeps it in maintenance mode and asks for MLFLOW_ALLOW_FILE_STORE, set here for it);
     wandb follows WANDB_MODE (``offline`` writes under ``OUT/wandb``)."""
-    import dataclasses
 
     if cfg.tracker == "mlflow" and "MLFLOW_TRACKING_URI" not in os.environ:
         os.environ["MLFLOW_TRACKING_URI"] = "file://" + os.path.abspath(os.path.join(cfg.output_dir, "mlruns"))
@@ -304,7 +299,6 @@ def separate_student(r: Run) -> dict | None:
     """:func:`wavedistill.student.student_summary` of a separate student; None when the teacher was converted."""
     if r.student_layer_map is None:
         return None
-    from .student import student_spec, student_summary
 
     return student_summary(r.student, r.student_layer_map, student_spec(r.cfg).mixer)
 
@@ -332,15 +326,11 @@ def finish(r: Run, counts: dict) -> dict:
     metrics, rows = evaluate_student(r.teacher, student, r.tokenizer, r.test_windows, prompts, device=r.device,
                                      vocab=r.shared_vocab)
     if cfg.lora_merge:
-        from .lora import merge_mlp_lora
-
         merge_mlp_lora(student)
         r.save_adapter(adapter)
     converted = converted_layers(student)
     separate = separate_student(r)
     if separate is not None:
-        from .student import save_student_folder
-
         save_student_folder(student, r.tokenizer, os.path.join(cfg.output_dir, "student"), cfg.teacher, adapter=True)
         metrics["student"] = separate
     metrics["params"] = separate["params"] if separate else params_in_use(student)

@@ -23,48 +23,24 @@ from __future__ import annotations
 import copy
 import os
 import re
-from dataclasses import dataclass
+import shutil
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .config import student_spec
 from .errors import WavedistillError
-
-# (width, depth) as fractions of the teacher: the ratios of the sequence-model presets (64 / 32 / 24 wide,
-# 6 / 4 / 3 deep).
-PRESETS: dict[str, tuple[float, float]] = {"standard": (1.0, 1.0), "compressed": (0.5, 4 / 6), "tiny": (0.375, 0.5)}
-INITS = ("teacher", "random")
-
-
-@dataclass
-class StudentSpec:
-    """How to build the student; every size None = the preset's (or the teacher's)."""
-
-    preset: str | None = None  # standard | compressed | tiny
-    path: str | None = None  # a local Hugging Face model folder instead (its own shape and weights)
-    layers: int | None = None
-    hidden_size: int | None = None
-    heads: int | None = None
-    kv_heads: int | None = None
-    intermediate_size: int | None = None
-    mixer: str = "attention"  # attention keeps softmax attention; any other registered mixer replaces it
-    init: str = "teacher"  # teacher (weight selection along the layer map) | random
-    layer_map: str | list[int] = "uniform"
-
+from .io import base_identity, replace_dir, write_adapter_files
+from .layer_map import layer_map
+from .student_spec import PRESETS, StudentSpec, check_choices
+from .surgery import attach_wave, convert, converted_layers, detach_wave, params_in_use, wave_attention_modules
 
 def _heads(config) -> tuple[int, int, int]:
     n_heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or n_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
     return n_heads, kv, head_dim
-
-
-def check_choices(spec: StudentSpec) -> None:
-    """The spec's named choices (preset, init) exist; one-line errors listing the known ones."""
-    if spec.preset is not None and spec.preset not in PRESETS:
-        raise WavedistillError(f"unknown student preset {spec.preset!r}; known: {', '.join(PRESETS)}")
-    if spec.init not in INITS:
-        raise WavedistillError(f"unknown student init {spec.init!r}; known: {', '.join(INITS)}")
 
 
 def student_config(teacher_config, spec: StudentSpec):
@@ -173,55 +149,13 @@ def shared_vocab(teacher_tokenizer, student_tokenizer, teacher_rows: int, studen
 
 
 # Settings of in-place conversion that have no meaning for a separate student (the default of each).
-_CONVERSION_ONLY = {"wave_type": "learned_gate", "layers": None, "keep_attention": None, "keep_attention_every": 0,
-                    "reinit": None, "unfreeze_mlps": False, "lora_mlp": 0}
-
-
-def student_spec(cfg) -> StudentSpec:
-    """``cfg.student`` as a :class:`StudentSpec`, checked against the rest of the run's config (one-line errors)."""
-    from dataclasses import fields
-
-    from .config import recipe_stages
-    from .mixers import get_mixer_class
-
-    known = [f.name for f in fields(StudentSpec)]
-    if not isinstance(cfg.student, dict):
-        raise WavedistillError(f"student must be a mapping of {', '.join(known)}")
-    unknown = sorted(set(cfg.student) - set(known))
-    if unknown:
-        raise WavedistillError(f"unknown student keys {unknown}; known: {', '.join(known)}")
-    spec = StudentSpec(**cfg.student)
-    if spec.mixer != "attention":
-        get_mixer_class(spec.mixer)
-    check_choices(spec)
-    sizes = [k for k in ("preset", "layers", "hidden_size", "heads", "kv_heads", "intermediate_size")
-             if getattr(spec, k) is not None]
-    if spec.path is not None and sizes:
-        raise WavedistillError(f"a student folder ({spec.path}) has its own shape; drop {', '.join(sizes)}")
-    clash = [k for k, default in _CONVERSION_ONLY.items() if getattr(cfg, k) != default]
-    if clash:
-        raise WavedistillError(f"{', '.join(clash)} convert the teacher in place; a separate student takes "
-                               "--student-* settings instead (its mixer: --student-mixer, with --mixer-kwargs)")
-    other = sorted({s.kind for s in recipe_stages(cfg)} - {"kd"})
-    if other:
-        raise WavedistillError(f"stages {other} train mixers inside the teacher; a separate student trains with kd "
-                               "stages only")
-    return spec
-
-
 def student_for_run(teacher: nn.Module, teacher_tokenizer, cfg) -> tuple[nn.Module, list[int], int | None]:
     """(student, layer map, shared logit rows) of a run with ``cfg.student``: built (or loaded) in float32,
     its layers converted to ``mixer`` unless it keeps attention, everything but replaced attention trainable.
     The shared rows are None when teacher and student have the same number of output rows."""
-    from .io import base_identity
-    from .layer_map import layer_map
-    from .surgery import convert, wave_attention_modules
-
     spec = student_spec(cfg)
     n_teacher = teacher.config.num_hidden_layers
     if spec.path is not None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         try:
             student = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(spec.path)
@@ -249,8 +183,6 @@ def student_for_run(teacher: nn.Module, teacher_tokenizer, cfg) -> tuple[nn.Modu
 def train_all_but_replaced_attention(student: nn.Module) -> None:
     """A separate student trains every weight, except the attention its mixers replaced (kept, unused, so
     that :func:`unconvert` could restore it)."""
-    from .surgery import wave_attention_modules
-
     replaced = {id(p) for m in wave_attention_modules(student).values() for p in m.base_attn.parameters()}
     for p in student.parameters():
         p.requires_grad_(id(p) not in replaced)
@@ -263,11 +195,6 @@ def save_student_folder(student: nn.Module, tokenizer, directory: str, teacher_m
     base is the folder itself, so ``load_student(directory)`` gives the whole student (the subfolder also keeps
     transformers from taking ``adapter_config.json`` for a PEFT adapter). Written to a temporary folder, then
     swapped in."""
-    import shutil
-
-    from .io import replace_dir, write_adapter_files
-    from .surgery import attach_wave, converted_layers, detach_wave
-
     tmp = directory.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     wave = detach_wave(student, converted_layers(student))
@@ -292,7 +219,6 @@ def save_student_folder(student: nn.Module, tokenizer, directory: str, teacher_m
 
 def student_summary(student: nn.Module, layer_map: list[int], mixer: str) -> dict:
     """The student's shape, map, mixer and parameters in use (a converted layer's replaced attention excluded)."""
-    from .surgery import params_in_use
 
     c = student.config
     return {"layers": c.num_hidden_layers, "hidden_size": c.hidden_size, "heads": c.num_attention_heads,
