@@ -19,11 +19,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
 from .core.devices import materialized
 from .errors import AdapterError, ModelLoadError
 from .run_folder import umask, verify_checksums, write_checksums
 from .surgery import convert, decoder_layers, handoff_gate_parameters, mixer_state_dict
+from .version import __version__
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"

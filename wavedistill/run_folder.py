@@ -20,6 +20,7 @@ import sys
 import time
 
 from .errors import WavedistillError
+from .version import __version__
 
 MANIFEST = "wavedistill_run.json"
 CHECKSUMS = "checksums.json"
@@ -87,7 +88,6 @@ def claim(folder: str, command: str, settings: dict | None = None, *, resume: bo
 
 
 def write_manifest(folder: str, command: str, settings: dict | None = None) -> dict:
-    from . import __version__
 
     manifest = {"command": command, "argv": sys.argv[1:], "version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": settings or {}}

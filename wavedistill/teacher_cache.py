@@ -35,7 +35,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from . import __version__
 from .core.devices import DTYPES
 from .data import DataSplit, check_lengths, eval_windows, run_splits, window_draw
 from .errors import WavedistillError
@@ -43,6 +42,7 @@ from .io import architecture, base_fingerprint, embedding_sample, load_teacher, 
 from .kd.cached import teacher_targets
 from .recipes import KDLoss
 from .run_folder import claim, sha256, umask, write_json_atomic
+from .version import __version__
 
 CACHE_JSON = "cache.json"
 FORMAT_VERSION = 1

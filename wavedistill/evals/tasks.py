@@ -26,9 +26,9 @@ import os
 import random
 import re
 
-from .. import __version__
 from ..errors import WavedistillError
 from ..io import write_text
+from ..version import __version__
 
 MANIFEST = "wavedistill_tasks.json"
 TASKS = ("story_ending", "final_word")

@@ -16,8 +16,8 @@ import statistics
 
 import yaml
 
-from .. import __version__
 from ..errors import WavedistillError
+from ..version import __version__
 from .config import LabConfig, make_lab_config, resolve, upgraded
 from .tasks import TASKS
 

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import save_file
 
-from .. import __version__
 from ..core.devices import resolve_device
 from ..core.params import param_groups
 from ..errors import TrainingError, WavedistillError
 from ..features import FeatureProjection
 from ..layer_map import layer_map
+from ..version import __version__
 from .config import LabConfig, resolve
 from .distill import block_feature_loss, data_seed, load_teacher, output_loss
 from .model import WaveTransformer, build_model
