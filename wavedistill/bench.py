@@ -19,16 +19,14 @@ import sys
 import time
 
 import torch
-from matplotlib.figure import Figure
 
 from .core.devices import resolve_device
+from .mixers import build_mixer, get_mixer_class, list_mixers
+from .rss import peak_mb, reset_peak, rss_mb
 
 
 def measure(name: str, d_model: int, T: int, batch: int, device: str, repeats: int) -> dict:
     """One cell, in the current process: {fwd_ms, fwdbwd_ms, peak_mb}."""
-    from .mixers import build_mixer
-    from .rss import peak_mb, reset_peak, rss_mb
-
     torch.manual_seed(0)
     m = build_mixer(name, d_model).to(device)
     x = torch.randn(batch, T, d_model, device=device, requires_grad=True)
@@ -83,8 +81,6 @@ def estimate_gb(name: str, d_model: int, T: int, batch: int) -> float:
 
 
 def run_bench(args) -> list[dict]:
-    from .mixers import get_mixer_class, list_mixers
-
     names = list_mixers() if args.mixers == "all" else args.mixers.split(",")
     names = ["attention"] + [n for n in names if n != "attention"]
     for n in names[1:]:
@@ -141,6 +137,8 @@ def plot_panels(path: str, panels: list[tuple[str, list[dict], str]], x_key: str
                 suptitle: str | None = None) -> None:
     """Side-by-side log-log panels, one per (title, rows, y key): a line per mixer over ``x_key`` (rows whose status
     is ok), attention dashed; a legend wherever the mixers differ from the panel before. The bench plots' one helper."""
+    from matplotlib.figure import Figure  # lazy: matplotlib adds ~0.8 s to every command's start, only plots need it
+
     fig = Figure(figsize=(5 * len(panels), 4.5))
     axes = fig.subplots(1, len(panels))
     shown = None

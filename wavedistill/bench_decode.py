@@ -21,9 +21,13 @@ import sys
 import time
 
 import torch
+from transformers import DynamicCache
 
 from .bench import plot_panels, run_cell
 from .errors import WavedistillError
+from .mixers import build_mixer, list_mixers
+from .surgery import convert
+from .surgery.cache import WaveCacheLayer
 
 
 def _bytes(tensors) -> int:
@@ -32,8 +36,6 @@ def _bytes(tensors) -> int:
 
 @torch.no_grad()
 def measure_layer(name: str, d_model: int, prompt: int, n_tokens: int) -> dict:
-    from .mixers import build_mixer
-
     torch.manual_seed(0)
     m = build_mixer(name, d_model).eval()
     if not m.has_state:
@@ -50,6 +52,7 @@ def measure_layer(name: str, d_model: int, prompt: int, n_tokens: int) -> dict:
 
 
 def decode_model(d_model: int, n_layers: int, vocab: int = 1024, max_len: int = 65536):
+    # lazy: a model class pulls in transformers' modelling stack (~3 s), which only the model table needs
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     head_dim = 64 if d_model % 64 == 0 else 8
@@ -62,11 +65,6 @@ def decode_model(d_model: int, n_layers: int, vocab: int = 1024, max_len: int = 
 
 @torch.no_grad()
 def measure_model(name: str, d_model: int, n_layers: int, prompt: int, n_tokens: int) -> dict:
-    from transformers import DynamicCache
-
-    from .surgery import convert
-    from .surgery.cache import WaveCacheLayer
-
     model = decode_model(d_model, n_layers)
     if name != "attention_teacher":
         convert(model, name)
@@ -92,8 +90,6 @@ def measure_model(name: str, d_model: int, n_layers: int, prompt: int, n_tokens:
 
 
 def run_decode_bench(args) -> list[dict]:
-    from .mixers import build_mixer, list_mixers
-
     names = list_mixers() if args.mixers == "all" else [n for n in args.mixers.split(",") if n]
     names = ["attention"] + [n for n in names if n != "attention" and build_mixer(n, args.d_model).has_state]
     prompts = [int(p) for p in args.prompts.split(",")]

@@ -18,12 +18,13 @@ import time
 
 import torch
 
+from .bench import run_cell
+from .kd.chunked import kd_loss_chunked
+from .losses import kd_loss
+from .rss import peak_mb, reset_peak, rss_mb
+
 
 def measure(kind: str, T: int, V: int) -> dict:
-    from .kd.chunked import kd_loss_chunked
-    from .losses import kd_loss
-    from .rss import peak_mb, reset_peak, rss_mb
-
     g = torch.Generator().manual_seed(0)
     student = _bf16_randn(T, V, g).requires_grad_(True)
     teacher = _bf16_randn(T, V, g)
@@ -56,8 +57,6 @@ def estimate_dense_gb(T: int, V: int) -> float:
 
 
 def run_loss_bench(args) -> list[dict]:
-    from .bench import run_cell
-
     T, V = args.loss_positions, args.loss_vocab
     os.makedirs(args.output_dir, exist_ok=True)
     rows = []

@@ -8,10 +8,31 @@ import json
 import os
 import sys
 
+import torch
+from transformers.utils import logging as hf_logging
+
 from .argtypes import device_map_arg, int_list, json_dict, layer_list, name_list, stages_list
+from .bench import run_bench
+from .compare import run_compare
+from .config import DistillConfig, load_yaml, make_config, saved_config
 from .core.devices import DTYPES, resolve_device
-from .data import DataSplit
+from .data import DataSplit, eval_windows
+from .demo import run_demo
+from .distill import run
 from .errors import WavedistillError
+from .evals.harness import run_lm_eval
+from .evals.report import SUITE, load_suite, suite_comparison, suite_table
+from .evals.suite import PARTS, SuiteSettings, parse_parts, run_suite
+from .evals.tasks import make_tasks
+from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
+from .io import load_student, load_teacher, load_tokenizer
+from .lab.cli import add_lab_parsers
+from .layer_report import run_layer_report
+from .mixers import get_mixer_class, list_mixers
+from .recipes import LOSS_FIELDS, KDLoss
+from .run_folder import write_manifest
+from .runs import eval_destination, eval_identity, held_out, is_student, load_run_models, teacher_name
+from .teacher_cache import write_cache
 
 DISTILL_FLAGS = {  # flag (and aliases) -> config field; defaults come from DistillConfig
     ("--teacher",): "teacher", ("--wave-type", "--wave_type", "--mixer"): "wave_type", ("--layers",): "layers",
@@ -55,9 +76,6 @@ def layer_map_arg(text: str) -> str | list[int]:
 
 
 def add_distill_args(p: argparse.ArgumentParser) -> None:
-    from .config import DistillConfig
-    from .recipes import LOSS_FIELDS, KDLoss
-
     defaults = DistillConfig()
     types = {"layers": layer_list, "keep_attention": layer_list, "reinit": name_list, "mixer_kwargs": json_dict,
              "teacher_device_map": device_map_arg, "teacher_max_memory": json_dict,
@@ -104,9 +122,6 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
 
 def distill_changes(args: argparse.Namespace) -> dict:
     """Config changes from --config / --recipe and the flags given (flags win)."""
-    from .config import load_yaml
-    from .recipes import LOSS_FIELDS
-
     if args.removed_alpha is not None:
         raise WavedistillError("--alpha was replaced by --kl-weight and --ce-weight (--alpha A = --kl-weight A "
                                "--ce-weight 1-A)")
@@ -133,8 +148,6 @@ def distill_changes(args: argparse.Namespace) -> dict:
 
 def distill_config(args: argparse.Namespace):
     """The run's config; with --resume, the run's own config.yaml with the flags given on top (checked by the run)."""
-    from .config import DistillConfig, make_config, saved_config
-
     changes = distill_changes(args)
     if changes.get("resume"):
         out = changes.get("output_dir", DistillConfig.output_dir)
@@ -146,8 +159,6 @@ def distill_config(args: argparse.Namespace):
 
 
 def cmd_distill(args) -> None:
-    from .distill import run
-
     cfg = distill_config(args)
     if args.command == "kd" and cfg.student is None:
         raise WavedistillError("wavedistill kd distils into a separate student: pass --student standard|compressed|"
@@ -161,8 +172,6 @@ def cmd_distill(args) -> None:
 
 
 def cmd_cache_teacher(args) -> None:
-    from .teacher_cache import write_cache
-
     meta = write_cache(args.teacher, args.data, args.output_dir, top_k=args.top_k, seq_len=args.seq_len,
                        batch_size=args.batch_size, n_samples=args.n_samples, val_frac=args.val_frac,
                        test_frac=args.test_frac, dtype=args.dtype, device=resolve_device(args.device),
@@ -173,8 +182,6 @@ def cmd_cache_teacher(args) -> None:
 
 
 def cmd_layers(args) -> None:
-    from .layer_report import run_layer_report
-
     changes = distill_changes(args)
     given = sorted(set(changes) - {"output_dir"})
     if args.from_run and given:
@@ -185,17 +192,12 @@ def cmd_layers(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from .compare import run_compare
-
     changes = distill_changes(args)
     changes.pop("output_dir", None)
     run_compare(changes, [m for m in args.mixers.split(",") if m.strip()], args.output_dir or "runs/compare")
 
 
 def cmd_eval(args) -> None:
-    from .evals.suite import PARTS, SuiteSettings, parse_parts, run_suite
-    from .runs import eval_destination, held_out
-
     device = resolve_device(args.device)
     names = ["agreement", *PARTS] if args.suite == "all" else [p.strip() for p in args.suite.split(",") if p.strip()]
     parts = parse_parts(",".join(p for p in names if p != "agreement")) if set(names) - {"agreement"} else []
@@ -220,11 +222,6 @@ def cmd_eval(args) -> None:
 
 def eval_agreement(args, held, device: str, out: str, prefix: str) -> None:
     """Top-k agreement, KL and perplexities over every held-out window, plus side-by-side generations."""
-    from .data import eval_windows
-    from .evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
-    from .run_folder import write_manifest
-    from .runs import eval_identity, load_run_models
-
     models = load_run_models(args.student, base=args.base, teacher=args.teacher, dtype=DTYPES[args.dtype],
                              device=device, mixer_attrs=args.mixer_attrs)
     stream = held.stream(models.tokenizer)
@@ -245,8 +242,6 @@ def eval_agreement(args, held, device: str, out: str, prefix: str) -> None:
 
 
 def cmd_lm_eval(args) -> None:
-    from .evals.harness import run_lm_eval
-
     result = run_lm_eval(args.model, args.tasks, include_path=args.include_path, num_fewshot=args.num_fewshot,
                          limit=args.limit, batch_size=args.batch_size, device=resolve_device(args.device),
                          dtype=DTYPES[args.dtype], with_teacher=args.with_teacher, teacher=args.teacher,
@@ -257,10 +252,6 @@ def cmd_lm_eval(args) -> None:
 
 
 def cmd_make_tasks(args) -> None:
-    from .evals.tasks import make_tasks
-    from .io import load_tokenizer
-    from .runs import held_out, is_student, teacher_name
-
     run = args.model if is_student(args.model) else None
     held = held_out(run, args.data, args.split, val_frac=args.val_frac, test_frac=args.test_frac,
                     n_samples=args.n_samples)
@@ -273,11 +264,6 @@ def cmd_make_tasks(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    import torch
-
-    from .io import load_student, load_teacher
-    from .runs import is_student
-
     if args.max_new_tokens < 1:
         raise WavedistillError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if not args.temperature >= 0:
@@ -296,8 +282,6 @@ def cmd_generate(args) -> None:
 
 
 def cmd_mixers(args) -> None:
-    from .mixers import get_mixer_class, list_mixers
-
     for name in list_mixers():
         cls = get_mixer_class(name)
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
@@ -306,8 +290,6 @@ def cmd_mixers(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .evals.report import SUITE, load_suite, suite_comparison, suite_table
-
     if args.suite:
         folders = [os.path.join(d, "suite") for d in args.runs]
         missing = [d for d, f in zip(args.runs, folders) if not os.path.isfile(os.path.join(f, SUITE))]
@@ -362,14 +344,11 @@ def cmd_bench(args) -> None:
 
         run_decode_bench(args)
         return
-    from .bench import run_bench
 
     run_bench(args)
 
 
 def cmd_demo(args) -> None:
-    from .demo import run_demo
-
     run_demo(args)
 
 
@@ -427,8 +406,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_args(p)
     p.add_argument("--mixers", required=True, help="comma-separated mixer names, e.g. learned_gate,fnet")
     p.set_defaults(fn=cmd_compare)
-
-    from .lab.cli import add_lab_parsers
 
     add_lab_parsers(sub)
 
@@ -554,7 +531,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
 
     # Keep stderr for messages: weight-loading progress bars would bury a one-line error.
     hf_logging.disable_progress_bar()

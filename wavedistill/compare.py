@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 import os
 
+from .config import check_same_run, make_config
+from .distill import resumable, run
 from .errors import WavedistillError
+from .evaluate import report_table
+from .mixers import get_mixer_class
 
 
 def run_compare(changes: dict, mixers: list[str], output_dir: str) -> str:
-    from .evaluate import report_table
-    from .config import check_same_run, make_config
-    from .distill import resumable, run
-    from .mixers import get_mixer_class
-
     if not mixers:
         raise WavedistillError("--mixers is empty; name at least one mixer, e.g. --mixers learned_gate,fnet")
     for name in mixers:

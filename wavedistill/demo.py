@@ -16,6 +16,15 @@ import os
 import random
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from .config import make_config
+from .data import tokenize_documents, train_batch
+from .distill import run
+from .errors import WavedistillError
+from .io import load_student, load_teacher
+from .run_folder import contents
 
 NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max", "Anna", "Sam", "Zoe", "Leo"]
 ANIMALS = ["cat", "dog", "bird", "fish", "frog", "duck", "bunny", "bear"]
@@ -45,15 +54,11 @@ def write_corpus(path: str, n_stories: int, seed: int) -> None:
 
 
 def build_tokenizer(corpus: str):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     words = sorted(set(open(corpus).read().split()))
     vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", *words])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    from tokenizers import decoders
 
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
@@ -61,9 +66,8 @@ def build_tokenizer(corpus: str):
 
 
 def train_teacher(teacher_dir: str, corpus: str, steps: int, seed: int) -> None:
+    # lazy: a model class pulls in transformers' modelling stack (~3 s), which only this step needs
     from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from .data import tokenize_documents, train_batch
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(corpus)
@@ -105,12 +109,6 @@ def name_copy_accuracy(model, tokenizer, seed: int, n_stories: int = 100) -> tup
 
 
 def run_demo(args) -> dict:
-    from .config import make_config
-    from .distill import run
-
-    from .errors import WavedistillError
-    from .run_folder import contents
-
     out = args.output_dir
     student_dir = os.path.join(out, f"student_{args.mixer}")
     if contents(student_dir) and not args.overwrite:
@@ -123,7 +121,6 @@ def run_demo(args) -> dict:
         write_corpus(corpus, n_stories=args.stories, seed=args.seed)
         print(f"wrote synthetic corpus {corpus}; pre-training a tiny Qwen3 teacher in {teacher_dir}")
         train_teacher(teacher_dir, corpus, steps=args.teacher_steps, seed=args.seed)
-    from .io import load_teacher
 
     teacher, tokenizer = load_teacher(teacher_dir)
     acc, n = name_copy_accuracy(teacher.eval(), tokenizer, args.seed)
@@ -134,7 +131,6 @@ def run_demo(args) -> dict:
                        "save_every": max(1, min(100, args.steps)),
                        "output_dir": student_dir, "seed": args.seed, "overwrite": args.overwrite})
     metrics = run(cfg)
-    from .io import load_student
 
     student, tokenizer = load_student(student_dir)
     acc_s, n = name_copy_accuracy(student, tokenizer, args.seed)

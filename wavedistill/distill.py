@@ -168,7 +168,6 @@ def train_and_evaluate(cfg: DistillConfig, acc) -> dict | None:
     """Load, convert, split, train the recipe's stages, select and evaluate, in the claimed output folder."""
     from torch.utils.tensorboard import SummaryWriter  # lazy: loads TensorBoard's protobuf stack, only for this tracker
 
-
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 

@@ -18,11 +18,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .core.devices import materialized
 from .errors import AdapterError, ModelLoadError
+from .lora import lora_parameters
 from .run_folder import umask, verify_checksums, write_checksums
-from .surgery import convert, decoder_layers, handoff_gate_parameters, mixer_state_dict
+from .surgery import TeacherView, convert, decoder_layers, handoff_gate_parameters, keep_frozen_mlps, mixer_state_dict
 from .version import __version__
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -39,8 +41,6 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
     through accelerate's big-model loading across devices, with CPU / disk offload beyond ``max_memory``
     (e.g. ``{"cpu": "2GB"}``) into ``offload_folder``; ``device`` is then ignored.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     _check_local(name_or_path)
     placed = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory,
                                             "offload_folder": offload_folder}
@@ -62,8 +62,6 @@ def _check_local(name_or_path: str) -> None:
 
 def load_tokenizer(name_or_path: str):
     """(tokenizer, context length or None) of a model folder or hub id, without loading its weights."""
-    from transformers import AutoConfig, AutoTokenizer
-
     _check_local(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
@@ -100,7 +98,6 @@ def architecture(model: nn.Module) -> str:
 
 
 def _embeddings(model: nn.Module) -> torch.Tensor:
-
     with materialized(model.get_input_embeddings()) as emb:  # offloaded by a device map: read it in
         return emb.weight.detach().float().flatten().cpu()
 
@@ -135,8 +132,6 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """What a student adds to its base: mixer weights, LoRA tensors, and any other decoder weight that
     was trained (MLPs unfrozen for recovery) or changed (LoRA merged into an MLP). Hand-off gates
     are training-time state and never part of an adapter."""
-    from .lora import lora_parameters
-
     sd = mixer_state_dict(model)
     if getattr(model, "wavedistill_lora", None):
         sd.update(lora_parameters(model))
@@ -301,8 +296,6 @@ def student_and_teacher(base: nn.Module, directory: str):
     original for the teacher view; any other replaced base weight is refused, since the teacher
     could not be recovered from a shared copy.
     """
-    from .surgery import TeacherView, keep_frozen_mlps
-
     config = read_adapter_config(directory)
     others = sorted(set(config.get("unfrozen") or []) - {"mlp"})
     if others:
@@ -317,7 +310,6 @@ def student_and_teacher(base: nn.Module, directory: str):
 def load_adapter_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
     """Copy adapter tensors into a converted model; every mixer (and LoRA) tensor must be present, nothing unknown."""
     targets = {**model.get_decoder().state_dict(keep_vars=True), **_untied_head(model)}
-    from .lora import lora_parameters
 
     needed = set(mixer_state_dict(model)) | (set(lora_parameters(model)) if getattr(model, "wavedistill_lora", None)
                                              else set())

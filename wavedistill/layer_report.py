@@ -23,18 +23,22 @@ import copy
 import json
 import os
 
+from transformers import AutoConfig
+
+from .config import check_same_run, make_config
 from .core.configs import to_yaml
 from .core.devices import DTYPES
+from .data import eval_windows, run_splits
+from .distill import resumable, run
 from .errors import WavedistillError
+from .evaluate import attention_zeroed, compare
+from .io import adapter_dir, apply_adapter, load_teacher
+from .runs import read_run_config
+from .stages.transfer import held_out_layer_losses
+from .surgery import attach_wave, detach_wave, wave_attention_modules
 
 
 def run_layer_report(cfg, output_dir: str, select_keep: int | None = None, from_run: str | None = None) -> list[dict]:
-    from .data import eval_windows, run_splits
-    from .evaluate import attention_zeroed, compare
-    from .io import apply_adapter, load_teacher
-    from .stages.transfer import held_out_layer_losses
-    from .surgery import attach_wave, detach_wave, wave_attention_modules
-
     if os.path.exists(os.path.join(output_dir, "layers.json")):
         raise WavedistillError(f"{output_dir!r} already holds a layer report; choose another --output-dir")
     run_cfg, adapter = _student_run(cfg, output_dir, from_run, select_keep)
@@ -89,12 +93,6 @@ def run_layer_report(cfg, output_dir: str, select_keep: int | None = None, from_
 def _student_run(cfg, output_dir: str, from_run: str | None, select_keep: int | None):
     """(the config of the run whose student is scored, its adapter folder): ``from_run``'s, or the report's own
     transfer run in ``OUT/transfer``, trained (or finished) here."""
-    from transformers import AutoConfig
-
-    from .config import check_same_run, make_config
-    from .distill import resumable, run
-    from .io import adapter_dir
-    from .runs import read_run_config
 
     if from_run is not None:
         saved = read_run_config(from_run)
@@ -129,9 +127,6 @@ def select_layers_to_keep(teacher, student, windows, k: int, device: str = "cpu"
     restored so far, ``kl`` / ``top5_overlap`` after it, ``candidates``: each tried layer's KL). The student is
     left as it was given.
     """
-    from .evaluate import compare
-    from .surgery import attach_wave, detach_wave, wave_attention_modules
-
     def score() -> dict:
         return compare(teacher, student, windows, device=device, with_baseline=False)
 

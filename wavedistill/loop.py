@@ -22,8 +22,13 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
+from tqdm import tqdm
 
+from .checkpoint import save_checkpoint
 from .config import DistillConfig
 from .core.devices import MIXED_PRECISION
 from .core.params import param_groups
@@ -31,17 +36,15 @@ from .data import eval_windows, train_batch, window_draw
 from .errors import TrainingError, WavedistillError
 from .evaluate import compare
 from .io import save_adapter
-from .surgery import WaveAttention, mixer_parameters, set_handoff, wave_attention_modules
+from .lora import lora_parameters
+from .surgery import (WaveAttention, decoder_layers, handoff_gate_parameters, mixer_parameters, set_handoff,
+                      wave_attention_modules)
 
 STUDENT_INIT = "student_init"  # a separate student's initial weights: the base of its adapters
 
 
 def make_accelerator(cfg: DistillConfig):
     """The run's Accelerator: the launcher's process group (if any), the config's mixed precision."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
-
     # Accelerator state is per process; several runs in one process (tests, `compare`) may differ in dtype.
     AcceleratorState._reset_state()
     placed = cfg.teacher_device_map is not None
@@ -94,9 +97,6 @@ class _Step(nn.Module):
 def trainable_counts(model: nn.Module, params=None) -> dict[str, int]:
     """Trainable parameters per group among ``params`` (default: all): mixers, lora, mlp, handoff_gates, and for a
     separate student also its attention, embeddings (input and output) and norms."""
-    from .lora import lora_parameters
-    from .surgery import handoff_gate_parameters
-
     chosen = {id(p) for p in (params if params is not None else model.parameters()) if p.requires_grad}
     groups = {"mixers": {id(p) for p in mixer_parameters(model)},
               "lora": {id(p) for p in lora_parameters(model).values()},
@@ -114,6 +114,7 @@ def trainable_counts(model: nn.Module, params=None) -> dict[str, int]:
 
 def lr_schedule(optimizer, cfg: DistillConfig, n_steps: int):
     """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` of the lr (transformers')."""
+    # lazy: transformers.optimization loads its Trainer utilities (and peft), ~3 s that only training needs
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     return get_cosine_with_min_lr_schedule_with_warmup(optimizer, min(cfg.warmup_steps, n_steps), n_steps,
@@ -123,8 +124,6 @@ def lr_schedule(optimizer, cfg: DistillConfig, n_steps: int):
 @torch.no_grad()
 def layer_grad_norms(model: nn.Module) -> dict[int, float]:
     """The L2 norm of the gradients of each decoder layer's parameters (layers without gradients left out)."""
-    from .surgery import decoder_layers
-
     norms = {}
     for i, block in enumerate(decoder_layers(model)):
         grads = [p.grad.float().norm() for p in block.parameters() if p.grad is not None]
@@ -274,9 +273,6 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
     continues the right one. One optimizer (AdamW) and cosine schedule with warm-up per call.
     Returns steps, tokens, training wall time (evaluation excluded) and tokens per second.
     """
-    from tqdm import tqdm
-
-    from .checkpoint import save_checkpoint
 
     cfg, acc = run.cfg, run.acc
     params = [p for p in params if p.requires_grad]

@@ -88,7 +88,6 @@ def claim(folder: str, command: str, settings: dict | None = None, *, resume: bo
 
 
 def write_manifest(folder: str, command: str, settings: dict | None = None) -> dict:
-
     manifest = {"command": command, "argv": sys.argv[1:], "version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": settings or {}}
     os.makedirs(folder, exist_ok=True)

@@ -13,19 +13,21 @@ import os
 from dataclasses import dataclass
 
 import torch
+import yaml
 from torch import nn
 
 from .config import DistillConfig
+from .data import run_documents, split_texts, tokenize_documents
 from .errors import WavedistillError
 from .io import ADAPTER_CONFIG, adapter_dir, apply_adapter, load_teacher, read_adapter_config, student_and_teacher
+from .run_folder import check_not_file, contents, read_manifest
+from .surgery import wave_attention_modules
 
 SPLITS = ("test", "val", "all")
 
 
 def read_run_config(path: str) -> dict | None:
     """The run's ``config.yaml`` as a dict; None for a bare adapter folder or a model."""
-    import yaml
-
     config = os.path.join(path, "config.yaml")
     if not os.path.isfile(config):
         return None
@@ -54,8 +56,6 @@ class HeldOut:
                 f"{self.val_frac:.2f} / {self.test_frac:.2f}{f', first {self.n_samples}' if self.n_samples else ''})")
 
     def documents(self) -> list[str]:
-        from .data import run_documents, split_texts
-
         docs = run_documents(self.data, self.n_samples)
         if self.split == "all":
             return docs
@@ -64,8 +64,6 @@ class HeldOut:
 
     def stream(self, tokenizer) -> torch.Tensor:
         """The split's token ids, one stream with each document's BOS (as training saw them)."""
-        from .data import tokenize_documents
-
         return tokenize_documents(self.documents(), tokenizer)
 
 
@@ -143,8 +141,6 @@ def teacher_name(path: str) -> str:
 
 def set_mixer_attrs(model: nn.Module, attrs: dict) -> None:
     """Set attributes on every converted layer's mixer (branch switches of a hybrid, for ablations)."""
-    from .surgery import wave_attention_modules
-
     for i, m in wave_attention_modules(model).items():
         for name, value in attrs.items():
             if not hasattr(m.mixer, name) or callable(getattr(m.mixer, name)):
@@ -159,8 +155,6 @@ def eval_destination(student: str, output_dir: str | None, mixer_attrs: dict | N
     eval's own (its manifest is written with the results): a folder holding another run, another student's eval or
     foreign files is refused in one line.
     """
-    from .run_folder import check_not_file, contents, read_manifest
-
     out = output_dir or student
     if os.path.realpath(out) == os.path.realpath(student):
         return out, "eval_"

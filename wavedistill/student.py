@@ -36,6 +36,7 @@ from .layer_map import layer_map
 from .student_spec import PRESETS, StudentSpec, check_choices
 from .surgery import attach_wave, convert, converted_layers, detach_wave, params_in_use, wave_attention_modules
 
+
 def _heads(config) -> tuple[int, int, int]:
     n_heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or n_heads

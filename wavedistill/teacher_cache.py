@@ -70,7 +70,6 @@ def tokens_hash(ids: Tensor) -> str:
     return hashlib.sha256(ids.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-@torch.no_grad()
 # --------------------------------------------------------------------------------------------- writing
 
 

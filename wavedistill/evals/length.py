@@ -90,7 +90,7 @@ def _ppl(mean_loss: float, se: float, n: int) -> dict:
 def decode_speed(models, stream: torch.Tensor, names, lengths: list[int], decode_tokens: int = 32) -> dict:
     """Milliseconds per greedy token after a prompt of each length (median of ``decode_tokens`` steps after one
     warm-up step), through each model's own cache: attention's keys / values, a wave mixer's state."""
-    
+
     if decode_tokens < 1:
         raise WavedistillError(f"--decode-tokens must be at least 1, got {decode_tokens}")
     out = {"decode_tokens": decode_tokens, "threads": torch.get_num_threads(), "ms_per_token": {}}

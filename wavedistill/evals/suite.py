@@ -19,13 +19,18 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
+import torch
+
+from ..data import eval_windows
 from ..errors import WavedistillError
-from ..io import write_text
+from ..io import context_length, write_text
+from ..runs import load_run_models
 from . import length as length_probe
 from . import recall as recall_probe
+from .harness import check_limit, evaluate, headline, load_task_data, table_markdown, task_manager, write_results
 from .report import SUITE, load_suite, plot_suite, suite_markdown
-from .scoring import MODELS
-
+from .scoring import MODELS, as_model
+from .tasks import TASKS, make_tasks
 
 
 @dataclass
@@ -74,10 +79,6 @@ def run_suite(student: str, parts: list[str], held, settings: SuiteSettings, *, 
               base: str | None = None, teacher: str | None = None, device: str = "cpu", dtype=None,
               mixer_attrs: dict | None = None) -> str:
     """Run ``parts`` for the student at ``student`` on ``held`` (:class:`wavedistill.runs.HeldOut`); the folder."""
-    import torch
-
-    from ..io import context_length
-    from ..runs import load_run_models
 
     small = [k for k in ("sequences", "passages", "trials", "decode_tokens", "batch_size") if getattr(settings, k) < 1]
     if small:
@@ -130,8 +131,6 @@ class SuiteInputs:
 
 
 def run_recall(x: SuiteInputs) -> dict:
-    from ..data import eval_windows
-
     s, names = x.settings, list(MODELS)
     windows = eval_windows(x.stream, x.held.seq_len, s.max_windows)
     return {"induction": recall_probe.induction(x.models, x.models.tokenizer, names, s.induction_lengths, s.sequences,
@@ -153,11 +152,6 @@ def run_length(x: SuiteInputs) -> dict:
 
 def run_lm_eval_part(x: SuiteInputs) -> dict:
     """Tasks made from the held-out documents, scored by lm-eval for teacher, no mixing and student."""
-    from .harness import (check_limit, evaluate, headline, load_task_data, table_markdown, task_manager,
-                          write_results)
-    from .scoring import as_model
-    from .tasks import TASKS, make_tasks
-
     limit = check_limit(x.settings.lm_eval_limit)
     tasks_dir = os.path.join(x.directory, "tasks")
     manifest = make_tasks(x.held, x.models.tokenizer, tasks_dir, model=x.student, max_context=x.context,
@@ -192,5 +186,3 @@ def write_part(directory: str, part: str, result: dict, identity: dict, settings
     loaded = load_suite(directory)
     write_text(os.path.join(directory, "suite.md"), suite_markdown(loaded))
     plot_suite(loaded, directory)
-
-

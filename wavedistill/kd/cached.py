@@ -26,6 +26,7 @@ _STUDENT_FLOOR = -1e30  # log q_rest when the k ids cover the whole vocabulary
 _TEACHER_FLOOR = -1e4  # exp() of it is 0 in float32
 
 
+@torch.no_grad()
 def teacher_targets(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """(..., V) logits -> top-k ids (..., k), their log-probabilities (..., k), log of the rest's mass (...)."""
     logp = F.log_softmax(logits.float(), dim=-1)

@@ -21,6 +21,7 @@ PRESETS = {"standard": dict(d_model=64, n_layers=6, n_heads=4, d_mlp=256, state_
 #: Loss weights (ground truth, teacher outputs, teacher features) with and without a teacher.
 DISTILL_WEIGHTS = dict(task_weight=0.3, output_weight=0.5, hidden_weight=0.2)
 PLAIN_WEIGHTS = dict(task_weight=1.0, output_weight=0.0, hidden_weight=0.0)
+FEATURE_LOSSES = ("relative_mse", "mse")
 #: keys of earlier versions -> their names now; a config or flag with an old key is a one-line error, and a run
 #: folder that recorded one is read with the new name
 RENAMED = {"alpha": "task_weight", "beta": "output_weight", "gamma": "hidden_weight"}
@@ -30,7 +31,7 @@ RENAMED_MESSAGES = {old: f"{old} was renamed {new} (--{new.replace('_', '-')})" 
 def upgraded(saved: dict) -> dict:
     """Settings a lab run recorded before the loss weights were renamed (wavedistill 0.1), in today's keys."""
     return {RENAMED.get(k, k): v for k, v in saved.items()}
-FEATURE_LOSSES = ("relative_mse", "mse")
+
 
 GENERIC = dict(d_model=64, n_layers=2, n_heads=4, d_mlp=256, activation="gelu", norm="rms", steps=1000,
                batch_size=32, lr=1e-3, weight_decay=0.1, beta2=0.98, warmup_steps=50, grad_clip=1.0, eval_every=100)

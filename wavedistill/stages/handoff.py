@@ -23,7 +23,6 @@ from .kd import kd_objective
 
 
 def run_handoff(run, stage) -> dict:
-
     layers = layer_order(sorted(wave_attention_modules(run.student)), stage.order)
     gates = add_handoff_gates(run.student) if stage.learned_gate else []
     resumed = run.resuming(0)

@@ -116,7 +116,6 @@ def kd_objective(run, stage, n_steps: int):
 
 
 def run_kd(run, stage) -> dict:
-
     params = [p for p in run.student.parameters() if p.requires_grad]
     if stage.hidden_weight > 0 and run.features is not None:
         params += list(run.features.parameters())

@@ -21,7 +21,6 @@ from .transfer import held_out_layer_losses
 
 
 def run_progressive(run, stage) -> dict:
-
     resumed = run.resuming()
     if resumed is None:
         modules = wave_attention_modules(run.student)

@@ -21,7 +21,6 @@ from ..recipes import TRANSFER_LOSSES
 from ..surgery import decoder_layers, padding_mask_from_attention_mask, wave_attention_modules
 
 
-
 @dataclass
 class AttentionRecord:
     hidden_states: Tensor  # (B, T, D) input of self_attn
