@@ -70,6 +70,11 @@ class WaveMixer(nn.Module):
         self.register_buffer(name, tensor, persistent=persistent)
         self._fixed_buffers = getattr(self, "_fixed_buffers", set()) | {name}
 
+    def causal_only(self, form: str) -> None:
+        """Refuse ``causal=False`` for a mixer whose only form is ``form`` (e.g. "a causal recurrence")."""
+        if not self.causal:
+            raise MixerValueError(f"{self.name} is {form}; it has no bidirectional form")
+
     def keep_float32(self, *names: str) -> None:
         """Parameters (dotted names, e.g. ``"dt_proj.bias"``) that a cast to bf16 / fp16 leaves in float32.
 

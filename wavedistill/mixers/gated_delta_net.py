@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..core.params import no_weight_decay
 from ..errors import MixerValueError
 from .base import State
-from .qkv import QKVMixer, decay_gate, decay_logits
+from .qkv import QKVMixer, add_decay_gate, decay_logits
 from .registry import register_mixer
 from .scan import chunk_for, chunk_state_recurrence
 
@@ -109,13 +109,9 @@ class GatedDeltaNet(QKVMixer):
     state_form = "per head a (head_dim x head_dim) key -> value memory; O(head_dim^2) per token"
 
     def __init__(self, d_model: int, *, chunk: int | None = None, min_tau: float = 8.0, max_tau: float = 512.0,
-                 qk_norm: bool = False, rope: bool = True, rope_theta: float = 10000.0, n_heads: int | None = None,
-                 n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
-                 causal: bool = True) -> None:
-        super().__init__(d_model, qk_norm=qk_norm, rope=rope, rope_theta=rope_theta, n_heads=n_heads,
-                         n_kv_heads=n_kv_heads, head_dim=head_dim, bias=bias, causal=causal)
-        if not causal:
-            raise MixerValueError("gated_delta_net is a causal recurrence; it has no bidirectional form")
+                 **geometry) -> None:
+        super().__init__(d_model, **geometry)
+        self.causal_only("a causal recurrence")
         if chunk is not None and chunk < 1:
             raise MixerValueError(f"gated_delta_net chunk must be >= 1, got {chunk}")
         self.chunk = chunk or chunk_for(self.head_dim // 2)
@@ -123,8 +119,7 @@ class GatedDeltaNet(QKVMixer):
         self.beta_proj = nn.Linear(d_model, H, bias=True)  # W_b = 0, b_b = 0: beta = 1/2
         nn.init.zeros_(self.beta_proj.weight)
         nn.init.zeros_(self.beta_proj.bias)
-        self.decay_proj = decay_gate(d_model, H, min_tau, max_tau, "gated_delta_net")
-        self.keep_float32("decay_proj.weight", "decay_proj.bias")
+        add_decay_gate(self, min_tau, max_tau)
         self.out_gain = no_weight_decay(nn.Parameter(torch.ones(H)))  # (H,) g_h
 
     def _inputs(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, padding_mask):

@@ -54,8 +54,7 @@ class LearnedGate(WaveMixer):
                  head_dim: int | None = None, bias: bool = False, causal: bool = True) -> None:
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
-        if not causal:
-            raise MixerValueError("learned_gate is a causal convolution; it has no bidirectional form")
+        self.causal_only("a causal convolution")
         for arg, value, low in (("kernel_len", kernel_len, 1), ("short_len", short_len, 1), ("n_decays", n_decays, 1)):
             if value < low:
                 raise MixerValueError(f"learned_gate {arg} must be >= {low}, got {value}")

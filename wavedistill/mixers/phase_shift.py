@@ -42,8 +42,7 @@ class PhaseShift(WaveMixer):
                  causal: bool = True) -> None:
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
-        if not causal:
-            raise MixerValueError("phase_shift is a causal IIR all-pass filter; it has no bidirectional form")
+        self.causal_only("a causal IIR all-pass filter")
         if n_sections < 1:
             raise MixerValueError(f"phase_shift n_sections must be >= 1, got {n_sections}")
         self.add_value_projections()

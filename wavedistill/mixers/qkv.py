@@ -40,6 +40,13 @@ def decay_logits(gate: nn.Linear, x: Tensor) -> Tensor:
     return F.linear(x.to(ct), gate.weight.to(ct), gate.bias.to(ct))
 
 
+def add_decay_gate(mixer: WaveMixer, min_tau: float, max_tau: float) -> None:
+    """``mixer.decay_proj``: a :func:`decay_gate` over its heads, kept float32 in low-precision models (a time
+    constant of 512 tokens needs its bias unrounded)."""
+    mixer.decay_proj = decay_gate(mixer.d_model, mixer.n_heads, min_tau, max_tau, mixer.name)
+    mixer.keep_float32("decay_proj.weight", "decay_proj.bias")
+
+
 class HeadRMSNorm(nn.Module):
     """RMS norm over head_dim, as Qwen3's q_norm/k_norm."""
 

@@ -42,9 +42,18 @@ def get_mixer_class(name: str) -> type[nn.Module]:
 
 
 def mixer_kwargs(name: str) -> list[str]:
-    """Keyword arguments the mixer's constructor accepts (besides ``d_model``)."""
-    params = inspect.signature(get_mixer_class(name).__init__).parameters
-    return [p for p in params if p not in ("self", "d_model")]
+    """Keyword arguments the mixer's constructor accepts (besides ``d_model``); a constructor that hands
+    ``**geometry`` on to its base class accepts the base's keyword arguments too."""
+    accepted: list[str] = []
+    for cls in get_mixer_class(name).__mro__:
+        if "__init__" not in cls.__dict__:
+            continue
+        params = inspect.signature(cls.__dict__["__init__"]).parameters.values()
+        accepted += [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                     and p.name not in ("self", "d_model", *accepted)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return accepted
+    return accepted
 
 
 def build_mixer(name: str, d_model: int, **kwargs) -> nn.Module:

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from ..errors import MixerValueError
 from .base import State
 from .functional import window_exp_sums
-from .qkv import QKVMixer, decay_gate, decay_logits
+from .qkv import QKVMixer, add_decay_gate, decay_logits
 from .registry import register_mixer
 from .scan import chunk_for, decayed_linear_attention, decayed_linear_attention_step
 
@@ -83,14 +83,9 @@ class RotaryGLA(QKVMixer):
 
     def __init__(self, d_model: int, *, feature_map: str = "hedgehog", feature_dim: int | None = None,
                  window: int = 0, sinks: int = 0, min_tau: float = 8.0, max_tau: float = 512.0,
-                 chunk: int | None = None,
-                 qk_norm: bool = False, rope: bool = True, rope_theta: float = 10000.0, n_heads: int | None = None,
-                 n_kv_heads: int | None = None, head_dim: int | None = None, bias: bool = False,
-                 causal: bool = True) -> None:
-        super().__init__(d_model, qk_norm=qk_norm, rope=rope, rope_theta=rope_theta, n_heads=n_heads,
-                         n_kv_heads=n_kv_heads, head_dim=head_dim, bias=bias, causal=causal)
-        if not causal:
-            raise MixerValueError("rotary_gla is a causal recurrence; it has no bidirectional form")
+                 chunk: int | None = None, **geometry) -> None:
+        super().__init__(d_model, **geometry)
+        self.causal_only("a causal recurrence")
         if feature_map not in FEATURE_MAPS:
             raise MixerValueError(f"rotary_gla feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
         if (chunk is not None and chunk < 1) or (feature_dim is not None and feature_dim < 1):
@@ -118,8 +113,7 @@ class RotaryGLA(QKVMixer):
             P = torch.randn(H, hd, f) / math.sqrt(hd)
             P[:, :, : min(f, hd)] = torch.eye(hd, min(f, hd))
             self.feature_proj = nn.Parameter(P * hd ** -0.25)  # (H, hd, f)
-        self.decay_proj = decay_gate(d_model, H, min_tau, max_tau, "rotary_gla")
-        self.keep_float32("decay_proj.weight", "decay_proj.bias")
+        add_decay_gate(self, min_tau, max_tau)
 
     @property
     def has_state(self) -> bool:

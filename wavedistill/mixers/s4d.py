@@ -42,6 +42,14 @@ def _complex(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
+def check_modes(mixer: str, state_dim: int, dt_min: float, dt_max: float) -> None:
+    """An S4D-family state: an even number of reals (state_dim / 2 complex modes), steps 0 < dt_min <= dt_max."""
+    if state_dim < 2 or state_dim % 2:
+        raise MixerValueError(f"{mixer} state_dim must be even and >= 2 (state_dim / 2 complex modes), got {state_dim}")
+    if not 0 < dt_min <= dt_max:
+        raise MixerValueError(f"{mixer} needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+
+
 @register_mixer("s4d")
 class S4D(WaveMixer):
     """Args:
@@ -56,12 +64,8 @@ class S4D(WaveMixer):
                  bias: bool = False, causal: bool = True) -> None:
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
-        if not causal:
-            raise MixerValueError("s4d is a causal recurrence; it has no bidirectional form")
-        if state_dim < 2 or state_dim % 2:
-            raise MixerValueError(f"s4d state_dim must be even and >= 2 (N/2 complex modes), got {state_dim}")
-        if not 0 < dt_min <= dt_max:
-            raise MixerValueError(f"s4d needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        self.causal_only("a causal recurrence")
+        check_modes(self.name, state_dim, dt_min, dt_max)
         self.state_dim = state_dim
         self.add_value_projections()
         C, n = self.inner_dim, state_dim // 2

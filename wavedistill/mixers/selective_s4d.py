@@ -41,6 +41,7 @@ from ..errors import MixerValueError
 from .base import State, WaveMixer
 from .functional import complex_expm1
 from .registry import register_mixer
+from .s4d import check_modes
 from .scan import decayed_linear_attention
 
 
@@ -61,12 +62,8 @@ class SelectiveS4D(WaveMixer):
                  head_dim: int | None = None, bias: bool = False, causal: bool = True) -> None:
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
-        if not causal:
-            raise MixerValueError("selective_s4d is a causal recurrence; it has no bidirectional form")
-        if state_dim < 2 or state_dim % 2:
-            raise MixerValueError(f"selective_s4d state_dim must be even and >= 2 (n complex modes), got {state_dim}")
-        if not 0 < dt_min <= dt_max:
-            raise MixerValueError(f"selective_s4d needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        self.causal_only("a causal recurrence")
+        check_modes(self.name, state_dim, dt_min, dt_max)
         if chunk < 1:
             raise MixerValueError(f"selective_s4d chunk must be >= 1, got {chunk}")
         self.state_dim, self.chunk = state_dim, chunk

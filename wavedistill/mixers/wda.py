@@ -48,8 +48,7 @@ class WDA(WaveMixer):
                  causal: bool = True) -> None:
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=causal,
                          bias=bias)
-        if not causal:
-            raise MixerValueError("wda is a causal per-token mixture of causal filters; it has no bidirectional form")
+        self.causal_only("a causal per-token mixture of causal filters")
         for arg, value in (("n_masks", n_masks), ("n_components", n_components)):
             if value < 1:
                 raise MixerValueError(f"wda {arg} must be >= 1, got {value}")
