@@ -166,11 +166,44 @@ def run(cfg: DistillConfig) -> dict | None:
 
 def train_and_evaluate(cfg: DistillConfig, acc) -> dict | None:
     """Load, convert, split, train the recipe's stages, select and evaluate, in the claimed output folder."""
-    from torch.utils.tensorboard import SummaryWriter  # lazy: loads TensorBoard's protobuf stack, only for this tracker
-
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
+    r, offload = build_run(cfg, acc)
+    if r.main:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+    acc.wait_for_everyone()
+    if cfg.resume:
+        restore_checkpoint(r)
+        if r.main:
+            print(f"resuming {cfg.output_dir} at step {r.step} (stage {r.stage_index} of {len(r.stages)})")
+    counts = trainable_counts(r.student)
+    if r.main:
+        open_logs(r, counts)
+    if cfg.tracker != "tensorboard":
+        start_tracker(cfg, acc)
+    run_stages(r)
+    acc.wait_for_everyone()
+    if not r.main:
+        return None
+    r.writer.close()
+    r.log.close()
+    if cfg.tracker != "tensorboard":
+        acc.end_training()
+    # Logits of the in-memory student at the end of training (the state in checkpoint/), so a
+    # fresh process can check that load_student(DIR/checkpoint) reproduces them.
+    with torch.no_grad():
+        probe = r.test_windows[:1].to(acc.device)
+        save_file({"input_ids": probe.cpu(), "logits": r.student.eval()(probe, use_cache=False).logits.float().cpu()},
+                  os.path.join(cfg.output_dir, "final_logits.safetensors"))
+    metrics = finish(r, counts)
+    if offload is not None:  # the offloaded weights are a copy of the base: no need to keep them
+        shutil.rmtree(offload, ignore_errors=True)
+    return metrics
 
+
+def build_run(cfg: DistillConfig, acc) -> tuple[Run, str | None]:
+    """The run's state: teacher, data splits, recipe, student (converted in place or separate), on its devices;
+    and the folder a device-mapped base offloads to (None without a device map)."""
     placed = cfg.teacher_device_map is not None
     offload = os.path.join(cfg.output_dir, "offload") if placed else None  # disk offload of a device-mapped base
     base, tokenizer = load_teacher(cfg.teacher, dtype=DTYPES[cfg.teacher_dtype or cfg.dtype], device=acc.device,
@@ -182,14 +215,12 @@ def train_and_evaluate(cfg: DistillConfig, acc) -> dict | None:
     stages = recipe_stages(cfg, default_steps=max(1, math.ceil(cfg.epochs * len(splits.train) / tokens_per_step)))
     cache = None
     if cfg.teacher_cache:  # checked against this teacher, tokenizer, split and recipe before anything is written
-
         cache = open_for_run(cfg, stages, base, tokenizer, splits)
     student_layer_map = rows = None
     if cfg.student is None:  # the student is the base with its mixers swapped in; the teacher a view of it
         student = build_student(base, cfg)
         teacher = TeacherView(student)
     else:  # a separate, smaller student; the base is only the teacher
-
         student, student_layer_map, rows = student_for_run(base, tokenizer, cfg)
         teacher = base
         if acc.is_main_process and not cfg.resume:
@@ -206,44 +237,46 @@ def train_and_evaluate(cfg: DistillConfig, acc) -> dict | None:
     if student_layer_map is not None and any(getattr(s, "hidden_weight", 0) > 0 for s in stages):
         r.features = FeatureProjection(student.config.hidden_size, base.config.hidden_size,
                                        len(student_layer_map)).to(acc.device)
+    return r, offload
 
-    if r.main:
-        os.makedirs(cfg.output_dir, exist_ok=True)
-    acc.wait_for_everyone()
-    if cfg.resume:
-        restore_checkpoint(r)
-        if r.main:
-            print(f"resuming {cfg.output_dir} at step {r.step} (stage {r.stage_index} of {len(stages)})")
-    if r.main:
-        # The settings the run trains with (a resume's allowed changes included); how it was started is no setting.
-        # A separate student's map as the teacher layers it resolved to (the strategy's name alone hides them).
-        saved = dataclasses.replace(cfg, resume=False, overwrite=False)
-        if student_layer_map is not None:
-            saved = dataclasses.replace(saved, student={**cfg.student, "layer_map": list(student_layer_map)})
-        write_text(os.path.join(cfg.output_dir, "config.yaml"), to_yaml(saved))
-    if r.main and not cfg.resume:
+
+def open_logs(r: Run, counts: dict) -> None:
+    """On the main process: config.yaml, data_split.json, the run's one-line summary, train_log.jsonl (cut back to
+    the checkpoint on resume) and TensorBoard."""
+    # lazy: loads TensorBoard's protobuf stack, only on the main process of a run
+    from torch.utils.tensorboard import SummaryWriter
+
+    cfg, cache, splits, stages, acc = r.cfg, r.teacher_cache, r.splits, r.stages, r.acc
+    # The settings the run trains with (a resume's allowed changes included); how it was started is no setting.
+    # A separate student's map as the teacher layers it resolved to (the strategy's name alone hides them).
+    saved = dataclasses.replace(cfg, resume=False, overwrite=False)
+    if r.student_layer_map is not None:
+        saved = dataclasses.replace(saved, student={**cfg.student, "layer_map": list(r.student_layer_map)})
+    write_text(os.path.join(cfg.output_dir, "config.yaml"), to_yaml(saved))
+    if not cfg.resume:
         with open(os.path.join(cfg.output_dir, "data_split.json"), "w") as f:
             json.dump({**splits.summary(), "val_windows": len(r.val_windows), "test_windows": len(r.test_windows),
                        "seq_len": cfg.seq_len}, f, indent=2)
-    counts = trainable_counts(r.student)
-    if r.main:
-        source = f" (training targets: top-{cache.meta['top_k']} cache {cfg.teacher_cache})" if cache else ""
-        print(f"teacher {cfg.teacher}{source} | {describe_student(r)} | "
-              f"recipe {' -> '.join(s.kind for s in stages) or 'none (untrained)'} | trainable params "
-              f"{', '.join(f'{k} {v:,}' for k, v in counts.items() if v)} | train tokens {len(splits.train):,} | "
-              f"{tokens_per_step} tokens per step | {acc.num_processes} process(es), {acc.distributed_type.value}, "
-              f"device {acc.device}, mixed precision {acc.mixed_precision}")
-        log_path = os.path.join(cfg.output_dir, "train_log.jsonl")
-        if cfg.resume:
-            # Rows after the checkpoint were logged by the killed run and will be redone: drop them.
-            with open(log_path) as f:
-                kept = [line for line in f if line.strip()][: r.log_rows]
-            with open(log_path, "w") as f:
-                f.writelines(kept)
-        r.writer = SummaryWriter(cfg.output_dir, purge_step=r.step + 1 if cfg.resume else None)
-        r.log = open(log_path, "a")
-    if cfg.tracker != "tensorboard":
-        start_tracker(cfg, acc)
+    source = f" (training targets: top-{cache.meta['top_k']} cache {cfg.teacher_cache})" if cache else ""
+    print(f"teacher {cfg.teacher}{source} | {describe_student(r)} | "
+          f"recipe {' -> '.join(s.kind for s in stages) or 'none (untrained)'} | trainable params "
+          f"{', '.join(f'{k} {v:,}' for k, v in counts.items() if v)} | train tokens {len(splits.train):,} | "
+          f"{cfg.batch_size * cfg.seq_len} tokens per step | {acc.num_processes} process(es), "
+          f"{acc.distributed_type.value}, device {acc.device}, mixed precision {acc.mixed_precision}")
+    log_path = os.path.join(cfg.output_dir, "train_log.jsonl")
+    if cfg.resume:
+        # Rows after the checkpoint were logged by the killed run and will be redone: drop them.
+        with open(log_path) as f:
+            kept = [line for line in f if line.strip()][: r.log_rows]
+        with open(log_path, "w") as f:
+            f.writelines(kept)
+    r.writer = SummaryWriter(cfg.output_dir, purge_step=r.step + 1 if cfg.resume else None)
+    r.log = open(log_path, "a")
+
+
+def run_stages(r: Run) -> None:
+    """The recipe's stages from where the run stands, each followed by a checkpoint."""
+    stages = r.stages
     if not stages:
         log_candidate(r)  # --no-train: the teacher-initialised student is the only candidate
     for i in range(r.stage_index, len(stages)):
@@ -258,25 +291,6 @@ def train_and_evaluate(cfg: DistillConfig, acc) -> dict | None:
         r.resume_state = None
         save_checkpoint(r, {"stage_index": i + 1, "finished_part": r.finished_part if r.final_stage else None})
         r.finished_part = None
-    acc.wait_for_everyone()
-    if not r.main:
-        return None
-    r.writer.close()
-    r.log.close()
-    if cfg.tracker != "tensorboard":
-        acc.end_training()
-
-    # Logits of the in-memory student at the end of training (the state in checkpoint/), so a
-    # fresh process can check that load_student(DIR/checkpoint) reproduces them.
-    with torch.no_grad():
-        probe = r.test_windows[:1].to(acc.device)
-        save_file({"input_ids": probe.cpu(), "logits": r.student.eval()(probe, use_cache=False).logits.float().cpu()},
-                  os.path.join(cfg.output_dir, "final_logits.safetensors"))
-    metrics = finish(r, counts)
-    if offload is not None:  # the offloaded weights are a copy of the base: no need to keep them
-
-        shutil.rmtree(offload, ignore_errors=True)
-    return metrics
 
 
 def start_tracker(cfg: DistillConfig, acc) -> None:

@@ -263,6 +263,45 @@ def log_candidate(run: Run) -> dict:
     return row
 
 
+def _prepare(run: Run, params: list, lr: float, n_steps: int, part):
+    """(model, optimizer, scheduler, first step) of one :func:`train_steps` call: AdamW and the lr schedule over
+    ``params``, prepared by accelerate, restored from the checkpoint when the run stopped inside ``part``."""
+    cfg, acc = run.cfg, run.acc
+    optimizer = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=lr, betas=(0.9, 0.95))
+    scheduler = lr_schedule(optimizer, cfg, n_steps)
+    # The scheduler stays unprepared: accelerate would step it once per process.
+    model, optimizer = acc.prepare(_Step(run.student, run.features), optimizer)
+    state = run.resuming(part)
+    if state is None:
+        return model, optimizer, scheduler, 0
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if acc.scaler is not None:
+        acc.scaler.load_state_dict(state["scaler"])
+    run.resume_state = None
+    return model, optimizer, scheduler, state["part_step"]
+
+
+def _gradients(run: Run, model, loss_fn, batch: dict, stage_step: int) -> dict[str, float]:
+    """Accumulate one update's gradients over this process's rows of ``batch`` in ``grad_accum`` micro-batches;
+    returns each logged loss, averaged over micro-batches and processes."""
+    cfg, acc = run.cfg, run.acc
+    share = cfg.batch_size // acc.num_processes  # rows of the global batch this process trains on
+    rows = slice(acc.process_index * share, (acc.process_index + 1) * share)
+    parts = {k: v[rows].to(acc.device).chunk(cfg.grad_accum) for k, v in batch.items()}
+    micro = [dict(zip(parts, p)) for p in zip(*parts.values())]
+    totals: dict[str, torch.Tensor] = {}
+    for j, mb in enumerate(micro):
+        # Gradients are all-reduced once, on the last micro-batch.
+        sync = contextlib.nullcontext() if j == len(micro) - 1 else acc.no_sync(model)
+        with sync:
+            losses = model(loss_fn, mb, stage_step)
+            acc.backward(losses["loss"] / len(micro))
+        for k, v in losses.items():
+            totals[k] = totals.get(k, 0.0) + v.detach().float() / len(micro)
+    return dict(zip(totals, acc.reduce(torch.stack(list(totals.values())), reduction="mean").tolist()))
+
+
 def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, before_step=None,
                 extra_state=None) -> dict:
     """Train ``params`` for ``n_steps`` on ``loss_fn(batch, stage_step) -> {"loss": ..., ...}``.
@@ -278,22 +317,8 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
     params = [p for p in params if p.requires_grad]
     if not params:
         raise WavedistillError(f"stage {run.stage.kind!r} has no trainable parameters")
-    optimizer = torch.optim.AdamW(param_groups(params, cfg.weight_decay), lr=lr, betas=(0.9, 0.95))
-    scheduler = lr_schedule(optimizer, cfg, n_steps)
-    # The scheduler stays unprepared: accelerate would step it once per process.
-    model, optimizer = acc.prepare(_Step(run.student, run.features), optimizer)
-    start = 0
-    state = run.resuming(part)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if acc.scaler is not None:
-            acc.scaler.load_state_dict(state["scaler"])
-        start = state["part_step"]
-        run.resume_state = None
+    model, optimizer, scheduler, start = _prepare(run, params, lr, n_steps, part)
     name = f"{run.stage_index}:{run.stage.kind}"
-    share = cfg.batch_size // acc.num_processes  # rows of the global batch this process trains on
-    rows = slice(acc.process_index * share, (acc.process_index + 1) * share)
     tokens, wall, val_kl = 0, 0.0, None
     bar = tqdm(range(start, n_steps), initial=start, total=n_steps, desc=name, dynamic_ncols=True,
                disable=not run.main)
@@ -304,18 +329,7 @@ def train_steps(run: Run, part, params: list, n_steps: int, lr: float, loss_fn, 
         batch = run.batch(run.batches)
         run.batches += 1
         n_tokens = batch["input_ids"].numel()
-        parts = {k: v[rows].to(acc.device).chunk(cfg.grad_accum) for k, v in batch.items()}
-        micro = [dict(zip(parts, p)) for p in zip(*parts.values())]
-        totals: dict[str, torch.Tensor] = {}
-        for j, mb in enumerate(micro):
-            # Gradients are all-reduced once, on the last micro-batch.
-            sync = contextlib.nullcontext() if j == len(micro) - 1 else acc.no_sync(model)
-            with sync:
-                losses = model(loss_fn, mb, s)
-                acc.backward(losses["loss"] / len(micro))
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + v.detach().float() / len(micro)
-        means = dict(zip(totals, acc.reduce(torch.stack(list(totals.values())), reduction="mean").tolist()))
+        means = _gradients(run, model, loss_fn, batch, s)
         if not math.isfinite(means["loss"]):  # on every process alike: the mean was reduced across them
             kept = (f"the last checkpoint in {cfg.output_dir} is untouched (--resume continues from it)"
                     if os.path.isdir(os.path.join(cfg.output_dir, "checkpoint")) else
