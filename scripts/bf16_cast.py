@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=2048)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"| mixer (contract case) | bf16 cast | input rounding alone | ratio |\n|---|---:|---:|---:|")
+    print("| mixer (contract case) | bf16 cast | input rounding alone | ratio |\n|---|---:|---:|---:|")
     for case in CASES:
         name, kw = case.values
         m = make(name, kw, dtype=torch.float32)

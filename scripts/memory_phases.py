@@ -6,7 +6,7 @@ usage: python scripts/memory_phases.py [MODEL_DIR] [--batch-size N] [--grad-chec
 The pieces a `distill` run of configs/real_shape.yaml executes, in fp32, without the loop around them: load the
 base, convert every layer to rotary_gla, a teacher forward, a student forward (graph kept), the chunked KD loss,
 backward, an AdamW step, and the held-out scoring. After each phase: the resident size and the high-water mark
-reached during the phase (the mark is reset after each print, wavedistill/rss.py).
+reached during the phase (the mark is reset after each print, wavedistill/core/rss.py).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import argparse
 
 import torch
 
-from wavedistill.config import load_yaml, make_config
-from wavedistill.distill import build_student
+from wavedistill.training.config import load_yaml, make_config
+from wavedistill.training.distill import build_student
 from wavedistill.evaluate import compare
 from wavedistill.io import load_teacher
 from wavedistill.kd.chunked import kd_loss_chunked
-from wavedistill.rss import peak_mb, reset_peak, rss_mb
+from wavedistill.core.rss import peak_mb, reset_peak, rss_mb
 from wavedistill.surgery import TeacherView
 
 

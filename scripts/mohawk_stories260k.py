@@ -17,7 +17,7 @@ import os
 import statistics
 import sys
 
-from student_stories260k import STUDENTS, mean_sd, run, runs_root_and_pool
+from student_stories260k import STUDENTS, over_seeds, run, runs_root_and_pool
 
 SEEDS = (0, 1, 2)
 # arm: (flags, --max-steps); the mohawk recipe's stages set its 200 + 800 steps
@@ -34,7 +34,8 @@ def attention_kl(out: str) -> str:
 def main() -> None:
     root, pool = runs_root_and_pool()
     jobs = {(arm, s): pool.submit(run, f"{root}/rotary_gla_{arm}_s{s}",
-                                  [*STUDENTS["rotary_gla"], *flags, "--kl-weight", "0.9", "--ce-weight", "0.1", "--lr", "3e-3", "--seed", str(s)],
+                                  [*STUDENTS["rotary_gla"], *flags, "--kl-weight", "0.9", "--ce-weight", "0.1",
+                                   "--lr", "3e-3", "--seed", str(s)],
                                   steps)
             for arm, (flags, steps) in ARMS.items() for s in SEEDS}
     print("| arm | seeds | test top-5 overlap | test KL | test ppl | val KL at the end of each stage (per seed) |")
@@ -42,8 +43,8 @@ def main() -> None:
     for arm in ARMS:
         ms = [jobs[arm, s].result() for s in SEEDS]
         vals = "; ".join(" -> ".join(f"{st['val_kl']:.3f}" for st in m["stages"]) for m in ms)
-        print(f"| {arm} | {len(ms)} | {mean_sd(ms, 'top5_overlap', '.3f')} | {mean_sd(ms, 'kl', '.3f')} | "
-              f"{mean_sd(ms, 'ppl_student', '.2f')} | {vals} |")
+        print(f"| {arm} | {len(ms)} | {over_seeds(ms, 'top5_overlap', '.3f')} | {over_seeds(ms, 'kl', '.3f')} | "
+              f"{over_seeds(ms, 'ppl_student', '.2f')} | {vals} |")
     print("\nper seed (top-5 / KL / ppl):")
     for (arm, s), job in jobs.items():
         m = job.result()

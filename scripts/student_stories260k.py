@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+
+from wavedistill.core.sweep import check_lr_seed, choose, mean_sd
 
 TEACHER = "../shared/teachers/stories260K"
 DATA = "../shared/corpora/tinystories/stories.txt"
@@ -61,9 +62,9 @@ def runs_root_and_pool() -> tuple[str, ThreadPoolExecutor]:
     return root, ThreadPoolExecutor(a.jobs)
 
 
-def mean_sd(metrics: list[dict], key: str, fmt: str) -> str:
-    xs = [m[key] for m in metrics]
-    return f"{statistics.mean(xs):{fmt}} ± {statistics.stdev(xs):{fmt}}"
+def over_seeds(metrics: list[dict], key: str, fmt: str) -> str:
+    """``mean ± sd`` of one metric over the seeds' runs."""
+    return mean_sd([m[key] for m in metrics], fmt)
 
 
 def main() -> None:
@@ -75,10 +76,11 @@ def main() -> None:
              for obj in OBJECTIVES for lr in LRS}
     untrained = pool.submit(run, f"{root}/untrained", ["--no-train"])
     untrained_wave = pool.submit(run, f"{root}/rotary_gla_untrained", [*STUDENTS["rotary_gla"], "--no-train"])
+    check_lr_seed(LR_SEED, SEEDS)
     chosen = {}
     for obj in OBJECTIVES:
         vals = {lr: sweep[obj, lr].result()["selected_val_kl"] for lr in LRS}
-        chosen[obj] = min(vals, key=vals.get)
+        chosen[obj] = choose(vals, lambda kl: kl)
         print(f"lr for {obj}: {chosen[obj]} (val KL {', '.join(f'{lr}: {v:.4f}' for lr, v in vals.items())})")
 
     # 2. seeds 0-2, both objectives, both students, at the chosen lr.
@@ -95,8 +97,9 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for st, obj in arms:
         ms = [jobs[st, obj, s].result() for s in SEEDS]
-        print(f"| {st} | {obj} | {chosen[obj]} | {len(ms)} | {mean_sd(ms, 'top5_overlap', '.3f')} | "
-              f"{mean_sd(ms, 'kl', '.3f')} | {mean_sd(ms, 'ppl_student', '.2f')} | {ms[0]['student']['params']:,} |")
+        print(f"| {st} | {obj} | {chosen[obj]} | {len(ms)} | {over_seeds(ms, 'top5_overlap', '.3f')} | "
+              f"{over_seeds(ms, 'kl', '.3f')} | {over_seeds(ms, 'ppl_student', '.2f')} | "
+              f"{ms[0]['student']['params']:,} |")
     print("\nper seed (top-5 / KL / ppl):")
     for (st, obj, s), job in jobs.items():
         m = job.result()

@@ -138,7 +138,7 @@ def tiny_teacher(tmp_path_factory) -> dict[str, Path]:
 
 def tiny_run_config(tiny_teacher, output_dir, **changes):
     """A DistillConfig on the tiny teacher: 4 x 32-token batches, val every 3 steps, checkpoints every 3."""
-    from wavedistill.config import make_config
+    from wavedistill.training.config import make_config
 
     base = dict(teacher=str(tiny_teacher["teacher"]), data=str(tiny_teacher["corpus"]), seq_len=32, batch_size=4,
                 eval_every=3, save_every=3, n_generations=1, output_dir=str(output_dir))

@@ -15,7 +15,7 @@ import torch
 from tests.tiny_teachers import write_tiny_corpus
 from wavedistill.data import (Splits, check_lengths, eval_windows, read_documents, split_documents,
                               tokenize_documents, train_batch)
-from wavedistill.demo import build_tokenizer
+from wavedistill.cli.demo import build_tokenizer
 from wavedistill.errors import DataError
 
 

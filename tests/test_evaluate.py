@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from wavedistill.data import eval_windows, read_documents, split_documents
-from wavedistill.demo import build_tokenizer, train_teacher, write_corpus
+from wavedistill.cli.demo import build_tokenizer, train_teacher, write_corpus
 from wavedistill.evaluate import attention_zeroed, compare
 from wavedistill.surgery import convert, decoder_layers, mixer_parameters
 

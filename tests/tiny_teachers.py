@@ -2,7 +2,7 @@
 
 tests/conftest.py builds tiny models in memory; the CLI, ``load_teacher`` and ``load_student`` need
 a folder on disk with a tokenizer next to the weights. The tokenizer is the demo's word-level one,
-fitted to a corpus from ``wavedistill.demo.write_corpus``, so every word of that corpus is in the
+fitted to a corpus from ``wavedistill.cli.demo.write_corpus``, so every word of that corpus is in the
 vocabulary and nothing is downloaded.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen3Config, Qwen3ForCausalLM
 
-from wavedistill.demo import build_tokenizer, write_corpus
+from wavedistill.cli.demo import build_tokenizer, write_corpus
 
 N_STORIES = 300
 

@@ -10,6 +10,7 @@ text is cut into consecutive non-overlapping windows, so every held-out token is
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -73,8 +74,6 @@ def _read_local(path: str, ext: str, text_field: str) -> list[str]:
 
 
 def _read_jsonl(path: str, text_field: str) -> list[str]:
-    import json
-
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if text.lstrip().startswith("["):  # a .json file holding one list of objects
@@ -101,7 +100,7 @@ def _read_jsonl(path: str, text_field: str) -> list[str]:
 
 
 def _read_hub(name: str, n_samples: int, text_field: str) -> list[str]:
-    from datasets import load_dataset
+    from datasets import load_dataset  # lazy: datasets loads ~1 s of modules; only hub corpora need it
 
     repo, _, config = name.partition(":")
     try:

@@ -17,14 +17,17 @@ import contextlib
 import json
 import math
 import os
+import time
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
 from torch import nn
+from tqdm import tqdm
 
 from .errors import WavedistillError
-from .losses import kl_teacher_student
-from .recipes import KDLoss
+from .kd.losses import kl_teacher_student
 from .surgery import decoder_layers
 
 
@@ -55,15 +58,13 @@ def compare(teacher: nn.Module, student: nn.Module, windows: torch.Tensor, batch
     """Agreement, KL and perplexities of student vs teacher on (N, T) held-out token windows.
 
     ``vocab``: score only the first ``vocab`` logit rows, those teacher and student share (a separate student
-    whose vocabulary is padded differently, checked by :func:`wavedistill.student.shared_vocab`); otherwise
+    whose vocabulary is padded differently, checked by :func:`wavedistill.training.student.shared_vocab`); otherwise
     both must have the same number of rows. ``desc``: show a progress bar with this label.
 
     Memory: at most ``batch_size`` windows and at most SCORE_ELEMENTS logit values per forward, and the
     metrics over chunks of positions, so that no float32 (B, T, V) copy, log-softmax or probability tensor
     exists: at a 151,936-token vocabulary one 512-token window's logits are 311 MB per model.
     """
-    from tqdm import tqdm
-
     sums = dict(top1=0.0, top5=0.0, t1_in_s5=0.0, kl=0.0, ce_t=0.0, ce_s=0.0, ce_none=0.0, top5_none=0.0, kl_none=0.0)
     positions = targets = 0
     rows = 1  # the first forward learns the vocabulary size, which sets how many windows later ones take
@@ -147,9 +148,7 @@ def side_by_side(teacher: nn.Module, student: nn.Module, tokenizer, prompts: lis
                  max_new_tokens: int = 48, device: str = "cpu") -> list[dict]:
     """Greedy continuations of each prompt by teacher and student, with per-sample token agreement and the
     wall time of each ``generate`` call (batch 1, cached decoding)."""
-    import time
 
-    from tqdm import tqdm
 
     rows = []
     for ids in tqdm(prompts, desc="side-by-side generations", leave=False):
@@ -215,9 +214,6 @@ METRIC_ROWS = [("positions", "{:d}"), ("top1_agreement", "{:.4f}"), ("top5_overl
 
 
 def print_metrics(metrics: dict, title: str = "held-out metrics") -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -225,71 +221,3 @@ def print_metrics(metrics: dict, title: str = "held-out metrics") -> None:
         if key in metrics:
             table.add_row(key, fmt.format(metrics[key]))
     Console().print(table)
-
-
-def folder_mb(path: str) -> float | None:
-    """Bytes of the files in ``path`` (not recursive), in MB; None when it does not exist."""
-    if not os.path.isdir(path):
-        return None
-    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
-               if os.path.isfile(os.path.join(path, f))) / 1e6
-
-
-def _ce_only(run_dir: str) -> bool:
-    """Did the run train on next-token CE alone (its kd stages' KL weight 0)? From its config.yaml."""
-    import yaml
-
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
-        return False
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
-    stages = cfg.get("stages") or [{"kind": "kd"}]
-    loss = cfg.get("loss") or {}  # the loss flags, set on every kd stage
-    # (run folders written before wavedistill 0.2 record the kl weight as alpha)
-    default = cfg.get("alpha", KDLoss.kl_weight)
-    weights = [loss.get("kl_weight", s.get("kl_weight", default)) for s in stages if s.get("kind") == "kd"]
-    return bool(weights) and cfg.get("train", True) and all(w == 0 for w in weights)
-
-
-def report_table(rows: list[tuple[str, dict]]) -> str:
-    """One Markdown row per run, from each run's metrics.json (and the size of what it ships).
-
-    ``params``: the student's parameters in use (a converted model's replaced attention excluded); ``MB``:
-    a separate student's ``student/`` folder, else the ``adapter/`` folder (the base model not counted);
-    ``train tok/s``: tokens trained on / training wall time, over the stages; ``gen tok/s``: greedy generation of the
-    side-by-side samples, student (teacher), batch 1.
-    """
-    head = ("| run | mixer | recipe | attention kept | params | MB | T | steps | tokens seen | train wall s | "
-            "train tok/s | gen tok/s student (teacher) | positions | top-1 | top-5 overlap | T-top1 in S-top5 | KL | "
-            "ppl teacher | ppl student | ppl no-mixing | gap closed |")
-    lines = [head, "|" + "---|" * 4 + "---:|" * 17]
-    for run_dir, m in rows:
-        recipe = " → ".join(m.get("recipe") or []) or ("kd" if m.get("steps") else "untrained")
-        if m.get("mixer_attrs"):  # `eval --mixer-attrs` of a trained student: an ablation, not a run of its own
-            recipe = f"eval of {m.get('student_run', 'a student')} with mixers set to {json.dumps(m['mixer_attrs'])}"
-        if m.get("lora"):
-            recipe += f" + LoRA r{m['lora']['r']}{' (merged)' if m['lora']['merged'] else ''}"
-        elif (m.get("trainable_params") or {}).get("mlp") and not m.get("student"):
-            recipe += " + MLPs"
-        if _ce_only(run_dir):
-            recipe += " (CE only)"
-        kept = ",".join(str(i) for i in m.get("kept_attention_layers") or []) or "—"
-        if m.get("student"):
-            recipe = f"{recipe} (student {m['student']['layers']}L x {m['student']['hidden_size']})"
-        size = folder_mb(os.path.join(run_dir, "student" if m.get("student") else "adapter"))
-        # From the stages' own counts: the run's total wall time is rounded to 0.1 s.
-        stages = [x for x in m.get("stages") or [] if x.get("train_wall_s")]
-        wall = sum(x["train_wall_s"] for x in stages)
-        trained_tokens = sum(x.get("tokens", 0) for x in stages)
-        gen_s, gen_t = m.get("generate_tokens_per_s_student"), m.get("generate_tokens_per_s_teacher")
-        cells = [os.path.basename(os.path.normpath(run_dir)), m.get("mixer", "?"), recipe, kept,
-                 f"{m['params']:,}" if m.get("params") else "?", f"{size:.2f}" if size is not None else "—",
-                 m.get("seq_len", "?"), m.get("steps", "?"), f"{m.get('tokens_seen', 0):,}", m.get("train_wall_s", "?"),
-                 f"{trained_tokens / wall:,.0f}" if wall else "—",
-                 f"{gen_s:,.0f} ({gen_t:,.0f})" if gen_s and gen_t else "—", m["positions"],
-                 f"{m['top1_agreement']:.3f}", f"{m['top5_overlap']:.3f}", f"{m['teacher_top1_in_student_top5']:.3f}",
-                 f"{m['kl']:.3f}", f"{m['ppl_teacher']:.2f}", f"{m['ppl_student']:.2f}",
-                 f"{m.get('ppl_no_mixing', float('nan')):.2f}", f"{m.get('gap_closed', float('nan')):.3f}"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -21,10 +21,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .core.devices import materialized
+from .core.run_folder import umask, verify_checksums, write_checksums
 from .errors import AdapterError, ModelLoadError
-from .lora import lora_parameters
-from .run_folder import umask, verify_checksums, write_checksums
 from .surgery import TeacherView, convert, decoder_layers, handoff_gate_parameters, keep_frozen_mlps, mixer_state_dict
+from .surgery.lora import add_mlp_lora, lora_parameters
 from .version import __version__
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -282,8 +282,6 @@ def apply_adapter(model: nn.Module, directory: str) -> nn.Module:
     for kw, layers in groups.items():
         convert(model, config["mixer"], layers=layers, init_from_teacher=False, **json.loads(kw))
     if config.get("lora"):
-        from .lora import add_mlp_lora
-
         add_mlp_lora(model, config["lora"]["r"], config["lora"]["alpha"], config["lora"]["targets"])
     load_adapter_weights(model, weights, directory)
     return model

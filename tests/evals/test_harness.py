@@ -10,7 +10,7 @@ import pytest
 from wavedistill.errors import WavedistillError
 from wavedistill.evals import harness
 from wavedistill.evals.tasks import make_tasks
-from wavedistill.runs import HeldOut
+from wavedistill.evals.runs import HeldOut
 
 
 def test_limit_zero_or_negative_is_refused_not_read_as_all():

@@ -12,8 +12,8 @@ from tests.conftest import tiny_model
 from wavedistill.errors import WavedistillError
 from wavedistill.evals import length
 from wavedistill.evaluate import attention_zeroed
-from wavedistill.losses import kl_teacher_student
-from wavedistill.runs import RunModels
+from wavedistill.kd.losses import kl_teacher_student
+from wavedistill.evals.runs import RunModels
 from wavedistill.surgery import TeacherView, convert
 
 NAMES = ["teacher", "no_mixing", "student"]

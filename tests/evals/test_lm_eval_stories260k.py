@@ -28,7 +28,7 @@ def scored(tmp_path_factory):
     from wavedistill.evals.harness import run_lm_eval
     from wavedistill.evals.tasks import make_tasks
     from wavedistill.io import load_teacher, save_adapter
-    from wavedistill.runs import HeldOut
+    from wavedistill.evals.runs import HeldOut
     from wavedistill.surgery import convert
 
     root = tmp_path_factory.mktemp("lm_eval_stories260k")

@@ -11,7 +11,7 @@ from torch import nn
 
 from wavedistill.errors import WavedistillError
 from wavedistill.evals import recall
-from wavedistill.runs import RunModels
+from wavedistill.evals.runs import RunModels
 
 V = 600
 

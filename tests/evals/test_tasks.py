@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 from wavedistill.data import read_documents, split_texts
 from wavedistill.errors import WavedistillError
 from wavedistill.evals.tasks import MANIFEST, final_words, make_tasks, sentences, story_endings
-from wavedistill.runs import HeldOut
+from wavedistill.evals.runs import HeldOut
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from wavedistill.kd.cached import cached_kd_loss, cached_kd_loss_dense, teacher_targets
 from wavedistill.kd.chunked import kd_loss_chunked
 from wavedistill.kd.engine import DIVERGENCES
-from wavedistill.losses import kd_loss
+from wavedistill.kd.losses import kd_loss
 
 
 def _case(seed: int = 0, B: int = 2, T: int = 9, V: int = 37, k: int = 5):

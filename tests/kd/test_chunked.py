@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from wavedistill.errors import WavedistillError
 from wavedistill.kd.chunked import kd_loss_chunked
 from wavedistill.kd.engine import DIVERGENCES, divergence
-from wavedistill.losses import kd_loss
+from wavedistill.kd.losses import kd_loss
 
 
 def _case(seed: int = 0, B: int = 2, T: int = 9, V: int = 37):
@@ -91,7 +91,7 @@ def test_unknown_divergence_is_refused():
 def test_the_loss_bench_measures_both_losses_and_skips_a_dense_loss_that_cannot_fit(tmp_path):
     from types import SimpleNamespace
 
-    from wavedistill.bench_loss import measure, run_loss_bench
+    from wavedistill.bench.loss import measure, run_loss_bench
 
     small = measure("chunked", 64, 1000)
     assert small["peak_mb"] >= small["peak_without_grad_mb"] and small["grad_mb"] == 64 * 1000 * 2 / 2**20

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wavedistill.errors import WavedistillError
-from wavedistill.features import FeatureProjection, feature_loss
+from wavedistill.kd.features import FeatureProjection, feature_loss
 from wavedistill.lab.config import PRESETS, make_lab_config, resolve
 from wavedistill.lab.distill import block_feature_loss, data_seed, output_gap, output_loss
 from wavedistill.lab.model import build_model

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.test_cli import ENV, assert_one_line_error, ok, wavedistill_here
+from tests.cli.test_main import ENV, assert_one_line_error, ok, wavedistill_here
 from wavedistill.errors import WavedistillError
 from wavedistill.lab.config import make_lab_config
 from wavedistill.lab.sweep import run_compare, run_lab
@@ -124,7 +124,7 @@ def test_bad_lab_input_is_one_line_error(tmp_path, args, needles):
 def test_a_student_is_sized_by_preset_and_flags_on_the_command_line(tmp_path):
     import argparse
 
-    from wavedistill.lab.cli import add_lab_parsers, lab_changes
+    from wavedistill.cli.lab import add_lab_parsers, lab_changes
     from wavedistill.lab.config import make_lab_config, resolve
 
     parser = argparse.ArgumentParser()

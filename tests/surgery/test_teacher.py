@@ -9,8 +9,8 @@ import torch
 
 from tests.conftest import tiny_model
 from tests.surgery.test_convert import greedy, jitter_mixers, rand_ids
-from wavedistill.config import DistillConfig
-from wavedistill.distill import build_student
+from wavedistill.training.config import DistillConfig
+from wavedistill.training.distill import build_student
 from wavedistill.surgery import TeacherView, as_teacher, decoder_layers
 
 

@@ -18,9 +18,12 @@ import math
 import os
 import time
 
+import torch
+
 from ..data import DataSplit
 from ..errors import WavedistillError
-from ..io import write_text
+from ..io import load_teacher, write_text
+from .runs import is_student, load_run_models, read_run_config
 from .scoring import as_model
 from .tasks import read_manifest, tokenizer_fingerprint
 
@@ -113,7 +116,6 @@ def evaluate(model, tokenizer, names: list[str], manager, *, num_fewshot: int | 
              max_length: int | None) -> dict:
     """lm-eval's ``simple_evaluate`` over ``HFLM(model)``: its results dict, per-example samples included, and
     under ``wavedistill`` the wall time of the evaluation (model loading excluded), batch size and device."""
-    import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -221,10 +223,7 @@ def run_lm_eval(target: str, tasks: list[str], *, include_path: str | None = Non
     Everything that can be checked (lm-eval installed, limit, task names and data, tokenizer of a make-tasks
     folder, output folder) is checked before a model runs, and nothing is written before the first result.
     """
-    import torch
 
-    from ..io import load_teacher
-    from ..runs import is_student, load_run_models, read_run_config
 
     require_lm_eval()
     limit = check_limit(limit)

@@ -17,10 +17,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from ..data import eval_windows
 from ..errors import WavedistillError
-from ..losses import kl_teacher_student
+from ..kd.losses import kl_teacher_student
 from .scoring import as_model, logits
 from .stats import estimate, ratio_se
 
@@ -100,8 +101,6 @@ def decode_speed(models, stream: torch.Tensor, names, lengths: list[int], decode
 
 
 def _decode_times(models, name: str, stream: torch.Tensor, lengths: list[int], decode_tokens: int) -> dict:
-    from transformers import DynamicCache
-
     row = {}
     with as_model(name, models.student, models.teacher) as model:
         device = next(model.parameters()).device

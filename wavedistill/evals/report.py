@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+from .harness import paired_difference
+
 SUITE = "suite.json"
 
 LABELS = {"teacher": "teacher", "no_mixing": "no mixing", "student": "student"}
@@ -244,8 +246,6 @@ def _v(e, digits: int = 3) -> str:
 
 def _paired(suite: dict, who: str, task: str, metric: str) -> str:
     """``who`` − teacher on the examples both scored, ± its standard error, from the suite's per-example records."""
-    from .harness import paired_difference
-
     if who == "teacher":
         return "—"
     samples = {}

@@ -12,6 +12,8 @@ import contextlib
 import torch
 
 from ..errors import WavedistillError
+from ..evaluate import attention_zeroed
+from ..surgery import TeacherView, as_teacher
 
 MODELS = ("teacher", "no_mixing", "student")
 
@@ -19,9 +21,6 @@ MODELS = ("teacher", "no_mixing", "student")
 @contextlib.contextmanager
 def as_model(name: str, student, teacher):
     """The plain ``PreTrainedModel`` that computes ``name`` (teacher / no_mixing / student) inside the block."""
-    from ..evaluate import attention_zeroed
-    from ..surgery import TeacherView, as_teacher
-
     if name not in MODELS:
         raise WavedistillError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     if name == "student":

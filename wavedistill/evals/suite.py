@@ -24,11 +24,10 @@ import torch
 from ..data import eval_windows
 from ..errors import WavedistillError
 from ..io import context_length, write_text
-from ..runs import load_run_models
-from . import length as length_probe
-from . import recall as recall_probe
+from . import length as length_probe, recall as recall_probe
 from .harness import check_limit, evaluate, headline, load_task_data, table_markdown, task_manager, write_results
 from .report import SUITE, load_suite, plot_suite, suite_markdown
+from .runs import load_run_models
 from .scoring import MODELS, as_model
 from .tasks import TASKS, make_tasks
 
@@ -78,7 +77,7 @@ def check_suite_dir(directory: str, identity: dict) -> None:
 def run_suite(student: str, parts: list[str], held, settings: SuiteSettings, *, output_dir: str | None = None,
               base: str | None = None, teacher: str | None = None, device: str = "cpu", dtype=None,
               mixer_attrs: dict | None = None) -> str:
-    """Run ``parts`` for the student at ``student`` on ``held`` (:class:`wavedistill.runs.HeldOut`); the folder."""
+    """Run ``parts`` for the student at ``student`` on ``held`` (:class:`wavedistill.evals.runs.HeldOut`); the folder."""
 
     small = [k for k in ("sequences", "passages", "trials", "decode_tokens", "batch_size") if getattr(settings, k) < 1]
     if small:
@@ -121,9 +120,9 @@ class SuiteInputs:
     """What every part scores with: the loaded models, the held-out stream and the teacher's context."""
 
     student: str
-    held: object  # wavedistill.runs.HeldOut
+    held: object  # wavedistill.evals.runs.HeldOut
     settings: SuiteSettings
-    models: object  # wavedistill.runs.RunModels
+    models: object  # wavedistill.evals.runs.RunModels
     stream: object  # (N,) held-out token ids
     context: int | None
     lengths: list[int]

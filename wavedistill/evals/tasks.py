@@ -140,7 +140,7 @@ metadata: {metadata}
 
 def make_tasks(held, tokenizer, output_dir: str, model: str, max_context: int | None, n_choices: int = 4,
                seed: int = 0, max_examples: int = 0) -> dict:
-    """Write both tasks for ``held`` (a :class:`wavedistill.runs.HeldOut`) into ``output_dir``; the manifest.
+    """Write both tasks for ``held`` (a :class:`wavedistill.evals.runs.HeldOut`) into ``output_dir``; the manifest.
 
     ``max_context``: examples whose context + longest continuation exceed it (in ``tokenizer``'s tokens,
     with its special tokens) are left out. ``max_examples`` > 0 keeps a seeded sample of that many per task.

@@ -1,4 +1,4 @@
-"""The KD loss on an offline teacher cache's targets (:mod:`wavedistill.teacher_cache`).
+"""The KD loss on an offline teacher cache's targets (:mod:`wavedistill.training.teacher_cache`).
 
 The divergence between teacher and student distributions *coarsened* to k + 1 outcomes, the teacher's k cached
 tokens and one "rest" bucket. For forward KL, per position::
@@ -10,7 +10,7 @@ other log-probabilities, exact even when the top k hold nearly all of its mass).
 full KL (coarsening never increases a divergence) and equals it when k = V. Reverse KL and JSD are
 taken over the same k + 1 outcomes (:func:`.engine.divergence`). Temperature 1 only:
 softening needs the teacher's whole distribution. CE on the next token and masks as in
-:func:`wavedistill.losses.kd_loss`; the loss runs a chunk of positions at a time through :mod:`.engine`.
+:func:`wavedistill.kd.losses.kd_loss`; the loss runs a chunk of positions at a time through :mod:`.engine`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The KD loss against the live teacher's logits, chunked (:mod:`.engine`): numerically equal to the dense
-:func:`wavedistill.losses.kd_loss` (tests compare loss and gradient), without its (B, T, V) float32 buffers.
+:func:`wavedistill.kd.losses.kd_loss` (tests compare loss and gradient), without its (B, T, V) float32 buffers.
 
 At temperature T the divergence compares both distributions softened by T and is scaled by T^2 (Hinton et
 al. 2015); the CE is always at temperature 1."""
@@ -18,7 +18,7 @@ def kd_loss_chunked(student_logits: Tensor, teacher_logits: Tensor, input_ids: T
                     temperature: float | Tensor = 1.0, kl_weight: float = 0.9, ce_weight: float = 0.1,
                     mask: Tensor | None = None, divergence_kind: str = "forward_kl",
                     chunk: int | None = None, label_smoothing: float = 0.0) -> dict[str, Tensor]:
-    """:func:`wavedistill.losses.kd_loss` (same arguments, same returned ``loss``, ``kl``, ``ce``), chunked.
+    """:func:`wavedistill.kd.losses.kd_loss` (same arguments, same returned ``loss``, ``kl``, ``ce``), chunked.
 
     ``kl`` is the unweighted mean divergence of ``divergence_kind`` at the temperature used; ``temperature`` is
     a number or a (B, T) tensor. ``chunk``: positions per chunk; None sizes it to 32 MB of float32 per buffer.

@@ -1,6 +1,6 @@
 """The chunked engine every logit-distillation loss runs through: a KD loss a chunk of positions at a time.
 
-The dense loss (:func:`wavedistill.losses.kd_loss`) materialises several float32 copies of the
+The dense loss (:func:`wavedistill.kd.losses.kd_loss`) materialises several float32 copies of the
 logits at once (both log-softmaxes, the teacher's probabilities, their product, the gradient): at
 Qwen3's 151,936-token vocabulary that is ~11 GiB at 16 x 256 positions. Here the loss and its
 gradient with respect to the student's logits are computed in one pass over chunks of ``chunk``

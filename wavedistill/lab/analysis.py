@@ -23,6 +23,8 @@ from safetensors.torch import load_file
 
 from ..errors import WavedistillError
 from .config import LabConfig
+from .model import build_model
+from .tasks import build_task
 
 DEAD_THRESHOLD = 0.01
 
@@ -43,9 +45,6 @@ def read_log(folder: str) -> list[dict]:
 
 def load_seed(folder: str):
     """(config, task, model) of a finished seed folder, rebuilt from its config.yaml and model.safetensors."""
-    from .model import build_model
-    from .tasks import build_task
-
     with open(os.path.join(folder, "config.yaml")) as f:
         saved = yaml.safe_load(f)
     names = {f.name for f in dataclasses.fields(LabConfig)}

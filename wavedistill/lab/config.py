@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from ..core.configs import build
 from ..errors import WavedistillError
+from ..mixers import get_mixer_class
+from .tasks import TASKS, check_task_options
 
 #: Student sizes for lab distillation (the issue's sequence-model presets): width, depth, heads and the state
 #: size of mixers that take ``state_dim``; the MLP is 4 x the width. Explicit fields win over a preset.
@@ -71,7 +73,7 @@ class LabConfig:
     output_weight: float | None = None
     hidden_weight: float | None = None
     temperature: float = 4.0
-    layer_map: str = "uniform"  # student block i matches teacher block layer_map[i] (wavedistill.layer_map)
+    layer_map: str = "uniform"  # student block i matches teacher block layer_map[i] (wavedistill.training.layer_map)
     feature_loss: str = "relative_mse"  # relative_mse (MSE / the teacher block's mean square) | mse
     data_seed: int | None = None  # the task's data; None = the run seed, or the teacher's data seed with a teacher
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -82,8 +84,6 @@ class LabConfig:
 
 def resolve(cfg: LabConfig) -> dict:
     """Every field with the task's defaults filled in."""
-    from .tasks import TASKS
-
     if cfg.task not in TASKS:
         raise WavedistillError(f"unknown lab task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
     values = dataclasses.asdict(cfg)
@@ -106,9 +106,6 @@ def resolve(cfg: LabConfig) -> dict:
 
 
 def check(cfg: LabConfig) -> None:
-    from ..mixers import get_mixer_class
-    from .tasks import check_task_options
-
     get_mixer_class(cfg.mixer)
     check_task_options(cfg.task, cfg.task_kwargs)
     r = resolve(cfg)

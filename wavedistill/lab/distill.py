@@ -5,8 +5,8 @@
 * output loss: mean squared error to the teacher's predictions (regression tasks), or
   ``T^2 KL(p_teacher || p_student)`` at temperature T over the scored targets (token tasks);
 * feature loss: mean over student blocks i of the MSE between block i's output (through a learned
-  linear map where the widths differ, :class:`wavedistill.features.FeatureProjection`) and the output of
-  teacher block ``layer_map[i]`` (:mod:`wavedistill.layer_map`); ``relative_mse`` (default) divides each
+  linear map where the widths differ, :class:`wavedistill.kd.features.FeatureProjection`) and the output of
+  teacher block ``layer_map[i]`` (:mod:`wavedistill.training.layer_map`); ``relative_mse`` (default) divides each
   layer's MSE by the teacher block output's mean square. The residual stream grows with depth to mean
   squares in the hundreds, so the plain MSE outweighed the output losses about 300 to 1 on event_hold
   (docs/lab.md) and the weights no longer meant what they said; the relative MSE is scale-free.
@@ -24,11 +24,14 @@ import os
 
 import torch
 import yaml
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ..errors import WavedistillError
-from ..losses import kl_teacher_student
+from ..kd.features import hidden_state_loss
+from ..kd.losses import kl_teacher_student
 from .config import LabConfig, make_lab_config, upgraded
+from .model import build_model
 
 
 def teacher_config(folder: str) -> tuple[LabConfig, int]:
@@ -49,9 +52,7 @@ def teacher_config(folder: str) -> tuple[LabConfig, int]:
 
 def load_teacher(cfg: LabConfig, task, device) -> torch.nn.Module:
     """The frozen teacher of ``cfg``, checked against the student's task."""
-    from safetensors.torch import load_file
 
-    from .model import build_model
 
     tcfg, _ = teacher_config(cfg.teacher)
     if tcfg.task != cfg.task or tcfg.task_kwargs != cfg.task_kwargs:
@@ -90,8 +91,6 @@ def output_gap(kind: str, student: Tensor, teacher: Tensor) -> Tensor:
 
 def block_feature_loss(student: list[Tensor], teacher: list[Tensor], projection, kind: str) -> Tensor:
     """Mean over matched blocks of the MSE (``mse``) or the MSE over the teacher's mean square (``relative_mse``)."""
-    from ..features import hidden_state_loss
-
     losses = []
     for i, (s, t) in enumerate(zip(student, teacher, strict=True)):
         mse = hidden_state_loss(projection(i, s.float()), t, "mse")

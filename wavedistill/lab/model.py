@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import WavedistillError
-from ..mixers import build_mixer
-from ..mixers import mixer_kwargs as accepted_kwargs
+from ..mixers import build_mixer, mixer_kwargs as accepted_kwargs
+from .config import resolve
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -184,8 +184,6 @@ class WaveTransformer(nn.Module):
 
 def build_model(cfg, task) -> WaveTransformer:
     """The lab model of a (resolved) ``LabConfig`` for ``task``."""
-    from .config import resolve
-
     r = resolve(cfg)
     regress = task.kind == "regress"
     return WaveTransformer(task.vocab_size, task.seq_len, mixer=cfg.mixer, mixer_kwargs=r["mixer_kwargs"],

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
-import statistics
+from concurrent.futures import ProcessPoolExecutor
 
+import torch
 import yaml
+from accelerate import PartialState
 
+from ..core.sweep import check_lr_seed, choose, fmt_spread, spread
 from ..errors import WavedistillError
 from ..version import __version__
+from .analysis import analyze, plot_compare
 from .config import LabConfig, make_lab_config, resolve, upgraded
 from .tasks import TASKS
+from .train import train_seed
 
 SETTINGS_IGNORED = ("seeds", "jobs", "output_dir", "device")  # they do not change what one seed computes
 
@@ -53,10 +59,6 @@ def finished_seed(cfg: LabConfig, seed: int) -> dict | None:
 
 
 def _train(job: tuple[dict, int]) -> dict:
-    import torch
-
-    from .train import train_seed
-
     torch.set_num_threads(1)
     changes, seed = job
     cfg = make_lab_config(changes)
@@ -69,26 +71,16 @@ def run_jobs(cfgs: list[LabConfig], jobs: int) -> None:
     for changes, seed in todo:
         folder = seed_dir(make_lab_config(changes), seed)
         print(f"lab: {changes['task']} / {changes['mixer']} / seed {seed} -> {folder}")
-    from accelerate import PartialState
 
     # Under a multi-process launcher the processes train each seed together (DDP), one seed at a time.
     if jobs <= 1 or len(todo) <= 1 or PartialState().num_processes > 1:
         for job in todo:
             _train(job)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for _ in pool.map(_train, todo):
             pass
-
-
-def spread(values: list) -> dict | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def aggregate(cfg: LabConfig) -> dict:
@@ -108,20 +100,12 @@ def aggregate(cfg: LabConfig) -> dict:
 
 
 def run_lab(cfg: LabConfig) -> dict:
-    from .analysis import analyze
-
     # No folder before the first seed starts (each seed makes its own): a run refused at the start leaves nothing.
     run_jobs([cfg], cfg.jobs)
     summary = aggregate(cfg)
     analyze(cfg.output_dir)
     print(summary_line(summary))
     return summary
-
-
-def fmt_spread(s: dict | None, fmt: str = "{:.0f}") -> str:
-    if s is None:
-        return "—"
-    return f"{fmt.format(s['median'])} [{fmt.format(s['min'])}, {fmt.format(s['max'])}]"
 
 
 def summary_line(s: dict) -> str:
@@ -164,8 +148,7 @@ def choose_lrs(changes: dict, mixers: list[str], output_dir: str, lrs: list[floa
     from the reported seeds'; the lr with the best final test accuracy of *that* run (lowest bits per
     character for char-LM; then lowest loss) is used for the reported seeds. ``lr_search.md`` lists all.
     """
-    if lr_seed in changes.get("seeds", [0]):
-        raise WavedistillError(f"--lr-seed {lr_seed} is also a reported seed; choose a seed outside --seeds")
+    check_lr_seed(lr_seed, changes.get("seeds", [0]))
     trials = {(m, lr): make_lab_config({**changes, "mixer": m, "lr": lr, "seeds": [lr_seed],
                                          "output_dir": os.path.join(output_dir, "lr_search", m, f"lr{lr:g}")})
               for m in mixers for lr in lrs}
@@ -178,7 +161,7 @@ def choose_lrs(changes: dict, mixers: list[str], output_dir: str, lrs: list[floa
         score = r.get("final_test_bpc") if r.get("final_test_bpc") is not None else -r["final_test_acc"]
         return score, r.get("final_test_loss") or 0.0
 
-    chosen = {m: min(lrs, key=lambda lr: badness(results[m, lr])) for m in mixers}
+    chosen = {m: choose({lr: results[m, lr] for lr in lrs}, badness) for m in mixers}
     lines = [f"lr chosen per mixer on seed {lr_seed} (final test metric of that seed's own held-out data)\n",
              "| mixer | lr | final test acc | final test loss | chosen |", "|---|---:|---:|---:|---|"]
     for (m, lr), r in results.items():
@@ -192,8 +175,6 @@ def choose_lrs(changes: dict, mixers: list[str], output_dir: str, lrs: list[floa
 
 def run_compare(changes: dict, mixers: list[str], output_dir: str, lrs: list[float] | None = None,
                 lr_seed: int = 100) -> str:
-    from .analysis import analyze, plot_compare
-
     if not mixers:
         raise WavedistillError("--mixers is empty; name at least one, e.g. --mixers attention,learned_gate")
     chosen = choose_lrs(changes, mixers, output_dir, lrs, lr_seed) if lrs else {}

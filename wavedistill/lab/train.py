@@ -22,16 +22,18 @@ import time
 import torch
 import torch.nn.functional as F
 import yaml
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from safetensors.torch import save_file
 
 from ..core.devices import resolve_device
 from ..core.params import param_groups
 from ..errors import TrainingError, WavedistillError
-from ..features import FeatureProjection
-from ..layer_map import layer_map
+from ..kd.features import FeatureProjection
+from ..training.layer_map import layer_map
 from ..version import __version__
 from .config import LabConfig, resolve
-from .distill import block_feature_loss, data_seed, load_teacher, output_loss
+from .distill import block_feature_loss, data_seed, load_teacher, output_gap, output_loss
 from .model import WaveTransformer, build_model
 from .tasks import IGNORE, build_task
 
@@ -67,8 +69,6 @@ def scored(model: WaveTransformer, task, x, y, pad, forward=None) -> tuple[torch
 def evaluate(model, task, sets: dict, device: str, batch_rows: int = 512, teacher=None) -> dict:
     """Per split: mean loss, accuracy and target count; with ``teacher``, the mean distance to its outputs
     (``mse_vs_teacher`` for regression, ``kl_vs_teacher`` in nats otherwise)."""
-    from .distill import output_gap
-
     model.eval()
     out = {}
     gap_name = "mse_vs_teacher" if task.kind == "regress" else "kl_vs_teacher"
@@ -115,13 +115,69 @@ def step_marks(rows: list[dict], threshold: float) -> tuple[int | None, int | No
     return memorized, grok
 
 
+def loss_terms(cfg: LabConfig, r: dict, net, forward, task, rows: tuple, teacher, matched: list[int], projection):
+    """The unweighted loss terms of one batch (``task``; ``output`` and ``feature`` against a teacher, when their
+    weights are on) and the per-target correctness of the student's predictions."""
+    hidden = [] if r["hidden_weight"] > 0 else None
+    out, target = predict(net, task, *rows, forward=forward, hidden=hidden)
+    task_loss, correct = target_loss(task, out, target)
+    terms = {"task": task_loss.mean()}
+    if r["output_weight"] > 0 or r["hidden_weight"] > 0:
+        t_hidden = [] if r["hidden_weight"] > 0 else None
+        with torch.no_grad():
+            t_out, _ = predict(teacher, task, *rows, hidden=t_hidden)
+        if r["output_weight"] > 0:
+            terms["output"] = output_loss(task.kind, out, t_out, cfg.temperature)
+        if r["hidden_weight"] > 0:
+            terms["feature"] = block_feature_loss(hidden, [t_hidden[j] for j in matched], projection, cfg.feature_loss)
+    return terms, correct
+
+
+def seed_summary(cfg: LabConfig, r: dict, seed: int, rows: list[dict], step: int, train_s: float,
+                 train_positions: int, net, task, device) -> dict:
+    """summary.json of one seed: when it memorised and generalised, its final metrics, speed and size."""
+    memorized, grok = step_marks(rows, r["grok_threshold"])
+    last = rows[-1]
+    summary = {"seed": seed, "grok_step": grok, "memorization_step": memorized, "steps_run": step,
+               "final_train_acc": last["train_acc"], "final_test_acc": last["test_acc"],
+               "final_test_loss": last["test_loss"], "test_targets": last["test_targets"],
+               "steps_per_s": round(step / train_s, 2), "train_tokens_per_s": round(train_positions / train_s),
+               "infer_tokens_per_s": round(inference_tokens_per_s(net, task, device)),
+               "params": sum(p.numel() for p in net.parameters()),
+               "mixer_params": sum(p.numel() for b in net.blocks for p in b.mixer.parameters()),
+               "teacher": cfg.teacher,
+               "loss_weights": {"task": r["task_weight"], "output": r["output_weight"], "hidden": r["hidden_weight"]}}
+    for k in ("test_bpc", "test_mse_vs_teacher", "test_kl_vs_teacher"):
+        if k in last:
+            summary[f"final_{k}"] = last[k]
+    return summary
+
+
+def log_batch(writer, step: int, batch: list[float], grad_norm: float, terms: dict) -> None:
+    """TensorBoard scalars of one update: the task loss and accuracy (mean over processes), the gradient norm
+    before clipping, and each weighted term with the total when there are several."""
+    writer.add_scalar("train/batch_loss", batch[0], step)
+    writer.add_scalar("train/batch_acc", batch[1], step)
+    writer.add_scalar("train/grad_norm", grad_norm, step)
+    if len(terms) > 1:
+        writer.add_scalar("train/batch_total_loss", batch[2], step)
+        for k, v in terms.items():
+            writer.add_scalar(f"train/batch_{k}_loss", v.item(), step)
+
+
+def open_seed_logs(out_dir: str, settings: dict):
+    """(TensorBoard writer, train_log.jsonl) of a seed folder, after its config.yaml records ``settings``."""
+    from torch.utils.tensorboard import SummaryWriter  # lazy: TensorBoard's protobuf stack, only for a training seed
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(settings, f, sort_keys=False)
+    return SummaryWriter(out_dir), open(os.path.join(out_dir, "train_log.jsonl"), "w")
+
+
 def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
     """Train one seed; under a multi-process launcher every process trains its share of each batch's rows
     (DDP through accelerate) and the main process writes. Returns the summary (None on other processes)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from torch.utils.tensorboard import SummaryWriter
-
     r = resolve(cfg)
     resolve_device(cfg.device)
     AcceleratorState._reset_state()  # seeds of a sweep run one after another in one process
@@ -132,8 +188,6 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
     task = build_task(cfg.task, task_seed, **cfg.task_kwargs)
     task.order_seed = seed  # the run seed draws the batches, whatever seed drew the data
     net = build_model(cfg, task).to(device)
-    n_params = sum(p.numel() for p in net.parameters())
-    mixer_params = sum(p.numel() for b in net.blocks for p in b.mixer.parameters())
     teacher = load_teacher(cfg, task, device) if cfg.teacher else None
     task_w, output_w, hidden_w = r["task_weight"], r["output_weight"], r["hidden_weight"]
     projection, matched = None, []
@@ -152,13 +206,10 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
     sets = task.eval_sets()
 
     if main:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump({**r, "seed": seed, "task_data_seed": task_seed, "wavedistill_version": __version__,
-                            "task_info": task.describe(), "num_processes": acc.num_processes,
-                            **({"layer_map_used": matched} if matched else {})}, f, sort_keys=False)
-        writer = SummaryWriter(out_dir)
-        log = open(os.path.join(out_dir, "train_log.jsonl"), "w")
+        writer, log = open_seed_logs(out_dir, {**r, "seed": seed, "task_data_seed": task_seed,
+                                               "wavedistill_version": __version__, "task_info": task.describe(),
+                                               "num_processes": acc.num_processes,
+                                               **({"layer_map_used": matched} if matched else {})})
     threshold, rows = r["grok_threshold"], []
     train_s, train_positions, step = 0.0, 0, 0
     for step in range(1, r["steps"] + 1):
@@ -169,19 +220,7 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
         part = slice(acc.process_index * share, (acc.process_index + 1) * share)
         t0 = time.perf_counter()
         rows_here = (x[part].to(device), y[part].to(device), None if pad is None else pad[part].to(device))
-        hidden = [] if hidden_w > 0 else None
-        out, target = predict(net, task, *rows_here, forward=wrapped, hidden=hidden)
-        task_loss, correct = target_loss(task, out, target)
-        terms = {"task": task_loss.mean()}
-        if output_w > 0 or hidden_w > 0:
-            t_hidden = [] if hidden_w > 0 else None
-            with torch.no_grad():
-                t_out, _ = predict(teacher, task, *rows_here, hidden=t_hidden)
-            if output_w > 0:
-                terms["output"] = output_loss(task.kind, out, t_out, cfg.temperature)
-            if hidden_w > 0:
-                terms["feature"] = block_feature_loss(hidden, [t_hidden[j] for j in matched], projection,
-                                                      cfg.feature_loss)
+        terms, correct = loss_terms(cfg, r, net, wrapped, task, rows_here, teacher, matched, projection)
         weights = {"task": task_w, "output": output_w, "feature": hidden_w}
         loss = sum(weights[k] * v for k, v in terms.items())
         logged = torch.stack([terms["task"].detach(), correct.float().mean(), loss.detach()])
@@ -197,13 +236,7 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
         train_s += time.perf_counter() - t0
         train_positions += len(x) * x.shape[1]
         if main:
-            writer.add_scalar("train/batch_loss", batch[0], step)
-            writer.add_scalar("train/batch_acc", batch[1], step)
-            writer.add_scalar("train/grad_norm", float(grad_norm), step)
-            if len(terms) > 1:
-                writer.add_scalar("train/batch_total_loss", batch[2], step)
-                for k, v in terms.items():
-                    writer.add_scalar(f"train/batch_{k}_loss", v.item(), step)
+            log_batch(writer, step, batch, float(grad_norm), terms)
         if step % r["eval_every"] and step not in (1, r["steps"]):
             continue
         rows.append({"step": step, "train_batch_loss": batch[0], **evaluate(net, task, sets, device, teacher=teacher),
@@ -217,18 +250,7 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
         grok = step_marks(rows, threshold)[1]
         if cfg.stop_after_grok and grok is not None and step - grok >= cfg.stop_after_grok:
             break
-    memorized, grok = step_marks(rows, threshold)
-    last = rows[-1]
-    summary = {"seed": seed, "grok_step": grok, "memorization_step": memorized, "steps_run": step,
-               "final_train_acc": last["train_acc"], "final_test_acc": last["test_acc"],
-               "final_test_loss": last["test_loss"], "test_targets": last["test_targets"],
-               "steps_per_s": round(step / train_s, 2), "train_tokens_per_s": round(train_positions / train_s),
-               "infer_tokens_per_s": round(inference_tokens_per_s(net, task, device)), "params": n_params,
-               "mixer_params": mixer_params, "teacher": cfg.teacher,
-               "loss_weights": {"task": task_w, "output": output_w, "hidden": hidden_w}}
-    for k in ("test_bpc", "test_mse_vs_teacher", "test_kl_vs_teacher"):
-        if k in last:
-            summary[f"final_{k}"] = last[k]
+    summary = seed_summary(cfg, r, seed, rows, step, train_s, train_positions, net, task, device)
     if main:
         writer.close()
         log.close()

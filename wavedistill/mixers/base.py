@@ -132,7 +132,7 @@ class WaveMixer(nn.Module):
         G groups of value channels share one matrix: G = n_heads (a matrix per head) or inner_dim (per
         channel). Row t weighs value s <= t; the mixer's output is ``o_proj`` of that weighted sum, plus
         a per-channel skip where the mixer has one. MOHAWK's stage 1 matches it to the teacher's attention
-        maps (:mod:`wavedistill.attention_maps`). Mixers without a matrix form raise.
+        maps (:mod:`wavedistill.kd.attention_maps`). Mixers without a matrix form raise.
         """
         raise MixerValueError(f"mixer {self.name!r} has no materialised mixing matrix; mixers that have one: "
                               f"{', '.join(mixers_with_matrix())}")

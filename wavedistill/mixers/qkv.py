@@ -7,6 +7,8 @@ teacher's weights one to one and, with the teacher's rotary tables, reproduces i
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,8 +22,6 @@ from .functional import apply_rope, rope_at, rope_tables
 def decay_gate(d_model: int, n_heads: int, min_tau: float, max_tau: float, mixer: str) -> nn.Linear:
     """A per-head data-dependent decay ``log a_t = logsigmoid(W x_t + b)``: W = 0 and b such that the heads'
     time constants ``1 / (1 - a)`` start log-spaced over ``[min_tau, max_tau]`` tokens."""
-    import math
-
     if not 1.0 < min_tau <= max_tau:
         raise MixerValueError(f"{mixer} needs 1 < min_tau <= max_tau, got {min_tau}, {max_tau}")
     gate = nn.Linear(d_model, n_heads, bias=True)

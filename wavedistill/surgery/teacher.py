@@ -31,7 +31,7 @@ def keep_frozen_mlps(model: nn.Module) -> None:
 @contextlib.contextmanager
 def as_teacher(model: nn.Module):
     """Within the block, ``model`` computes its base model: original attention, no LoRA, frozen MLPs, eval mode."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: peft adds ~3 s to every start; only LoRA students need it
 
     modules = wave_attention_modules(model)
     handoff = {i: m.handoff for i, m in modules.items()}

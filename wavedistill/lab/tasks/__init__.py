@@ -9,6 +9,8 @@ Every task yields ``(inputs, targets, padding_mask)`` batches:
 
 from __future__ import annotations
 
+import inspect
+
 from ...errors import WavedistillError
 from .algorithmic import Copy, Reverse, Sort
 from .base import IGNORE, Task
@@ -24,8 +26,6 @@ TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Modular, Copy, Reverse
 
 def check_task_options(name: str, kwargs: dict) -> type[Task]:
     """The task class, if ``name`` is known and takes every option in ``kwargs``; else a clear error."""
-    import inspect
-
     if name not in TASKS:
         raise WavedistillError(f"unknown lab task {name!r}; known tasks: {', '.join(TASKS)}")
     cls = TASKS[name]
