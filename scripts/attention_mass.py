@@ -16,9 +16,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from wavedistill.kd.attention_maps import eager_attention  # noqa: E402
 from wavedistill.data import eval_windows, run_splits  # noqa: E402
 from wavedistill.io import load_teacher  # noqa: E402
+from wavedistill.kd.attention_maps import eager_attention  # noqa: E402
 
 
 def main() -> None:

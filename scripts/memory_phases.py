@@ -15,13 +15,13 @@ import argparse
 
 import torch
 
-from wavedistill.training.config import load_yaml, make_config
-from wavedistill.training.distill import build_student
+from wavedistill.core.rss import peak_mb, reset_peak, rss_mb
 from wavedistill.evaluate import compare
 from wavedistill.io import load_teacher
 from wavedistill.kd.chunked import kd_loss_chunked
-from wavedistill.core.rss import peak_mb, reset_peak, rss_mb
 from wavedistill.surgery import TeacherView
+from wavedistill.training.config import load_yaml, make_config
+from wavedistill.training.distill import build_student
 
 
 def mark(name: str) -> None:
