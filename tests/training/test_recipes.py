@@ -114,3 +114,12 @@ def test_a_run_folder_that_recorded_alpha_reads_as_the_kd_stages_weights():
     assert [(s.kl_weight, s.ce_weight) for s in stages[1:]] == [(1.0, 0.0), (1.0, 0.3)]  # a stage's own value wins
     (default,) = recipe_stages(make_config({**upgraded({"alpha": 0.5}), "max_steps": 3}))
     assert (default.kl_weight, default.ce_weight) == (0.5, 0.5)
+
+
+def test_a_finished_run_that_recorded_alpha_is_read_in_todays_keys(tmp_path):
+    from wavedistill.evals.runs import read_run_config
+
+    (tmp_path / "config.yaml").write_text("alpha: 1.0\nstages: [{kind: kd, steps: 5}]\n")
+    saved = read_run_config(str(tmp_path))
+    assert "alpha" not in saved and saved["stages"] == [{"kind": "kd", "steps": 5, "kl_weight": 1.0, "ce_weight": 0.0}]
+    make_config(saved)  # `layers --from-run` and `eval` build the run's config from it

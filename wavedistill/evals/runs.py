@@ -22,7 +22,7 @@ from ..data import run_documents, split_texts, tokenize_documents
 from ..errors import WavedistillError
 from ..io import ADAPTER_CONFIG, adapter_dir, apply_adapter, load_teacher, read_adapter_config, student_and_teacher
 from ..surgery import wave_attention_modules
-from ..training.config import DistillConfig
+from ..training.config import DistillConfig, upgraded
 from ..training.recipes import KDLoss
 
 SPLITS = ("test", "val", "all")
@@ -34,7 +34,7 @@ def read_run_config(path: str) -> dict | None:
     if not os.path.isfile(config):
         return None
     with open(config) as f:
-        return yaml.safe_load(f) or {}
+        return upgraded(yaml.safe_load(f) or {})  # in today's keys, whichever version wrote it
 
 
 def is_student(path: str) -> bool:
@@ -193,16 +193,12 @@ def folder_mb(path: str) -> float | None:
 
 def _ce_only(run_dir: str) -> bool:
     """Did the run train on next-token CE alone (its kd stages' KL weight 0)? From its config.yaml."""
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
+    cfg = read_run_config(run_dir)
+    if cfg is None:
         return False
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
     stages = cfg.get("stages") or [{"kind": "kd"}]
     loss = cfg.get("loss") or {}  # the loss flags, set on every kd stage
-    # (run folders written before wavedistill 0.2 record the kl weight as alpha)
-    default = cfg.get("alpha", KDLoss.kl_weight)
-    weights = [loss.get("kl_weight", s.get("kl_weight", default)) for s in stages if s.get("kind") == "kd"]
+    weights = [loss.get("kl_weight", s.get("kl_weight", KDLoss.kl_weight)) for s in stages if s.get("kind") == "kd"]
     return bool(weights) and cfg.get("train", True) and all(w == 0 for w in weights)
 
 
