@@ -13,8 +13,9 @@ from .lab import add_lab_parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wavedistill", description="replace the attention of pretrained transformers "
-                                     "with causal wave token mixers, by distillation; and train wave models from scratch")
+    parser = argparse.ArgumentParser(prog="wavedistill", description="replace the attention of pretrained "
+                                     "transformers with causal wave token mixers, by distillation; and train wave "
+                                     "models from scratch")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("distill", help="replace attention with a wave mixer and distill from the teacher")

@@ -1,6 +1,6 @@
 """Strict dataclass configs: YAML files holding only changes, unknown keys and mistyped values refused with
-the list of known keys. The distill config (:mod:`wavedistill.training.config`) and the lab's (:mod:`wavedistill.lab.config`)
-are both read through these."""
+the list of known keys. The distill config (:mod:`wavedistill.training.config`) and the lab's
+(:mod:`wavedistill.lab.config`) are both read through these."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def check_suite_dir(directory: str, identity: dict) -> None:
 def run_suite(student: str, parts: list[str], held, settings: SuiteSettings, *, output_dir: str | None = None,
               base: str | None = None, teacher: str | None = None, device: str = "cpu", dtype=None,
               mixer_attrs: dict | None = None) -> str:
-    """Run ``parts`` for the student at ``student`` on ``held`` (:class:`wavedistill.evals.runs.HeldOut`); the folder."""
+    """Run ``parts`` for the student at ``student`` on ``held`` (:class:`.runs.HeldOut`); returns the folder."""
 
     small = [k for k in ("sequences", "passages", "trials", "decode_tokens", "batch_size") if getattr(settings, k) < 1]
     if small:

@@ -53,7 +53,7 @@ class DistillConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (the global batch is batch_size)
     grad_checkpointing: bool = False  # recompute the decoder layers' activations in backward (less memory)
     temperature: float = 1.0
-    stages: list[dict] | None = None  # the recipe (see wavedistill.training.recipes); None = one kd stage of max_steps / epochs
+    stages: list[dict] | None = None  # the recipe (training.recipes); None = one kd stage of max_steps / epochs
     loss: dict | None = None  # kd-loss fields (recipes.KDLoss) set on every kd / progressive / handoff stage
     unfreeze_mlps: bool = False
     lora_mlp: int = 0  # > 0: LoRA of this rank on every MLP projection, trained in the end-to-end stages

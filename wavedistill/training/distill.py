@@ -308,7 +308,7 @@ def start_tracker(cfg: DistillConfig, acc) -> None:
 
 
 def separate_student(r: Run) -> dict | None:
-    """:func:`wavedistill.training.student.student_summary` of a separate student; None when the teacher was converted."""
+    """:func:`.student.student_summary` of a separate student; None when the teacher was converted."""
     if r.student_layer_map is None:
         return None
 

@@ -157,7 +157,7 @@ class Run:
     log_rows: int = 0  # rows written to train_log.jsonl
     resume_state: dict | None = None
     finished_part: dict | None = None  # the last train_steps call's resume state, kept in the final checkpoint
-    teacher_cache: object = None  # wavedistill.training.teacher_cache.TeacherCache: training targets without a teacher forward
+    teacher_cache: object = None  # training.teacher_cache.TeacherCache: training targets without a teacher forward
     student_layer_map: list[int] | None = None  # a separate student: the teacher layer of each student layer
     features: nn.Module | None = None  # features.FeatureProjection: trains with the student, not saved in it
     shared_vocab: int | None = None  # a separate student whose vocabulary rows differ: the rows both have

@@ -1,4 +1,4 @@
-"""One function per recipe stage kind, ``run_<kind>(run, stage) -> summary``; see :mod:`wavedistill.training.recipes`."""
+"""One function per recipe stage kind, ``run_<kind>(run, stage) -> summary``; see :mod:`..recipes`."""
 
 from .fit import run_fit
 from .handoff import run_handoff
