@@ -57,7 +57,7 @@ def _read_local(path: str, ext: str, text_field: str) -> list[str]:
                 return f.read().split("\n\n")
         if ext in (".jsonl", ".json"):
             return _read_jsonl(path, text_field)
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: only .parquet corpora need pyarrow
 
         names = pq.read_schema(path).names
         if text_field not in names:

@@ -149,7 +149,6 @@ def side_by_side(teacher: nn.Module, student: nn.Module, tokenizer, prompts: lis
     """Greedy continuations of each prompt by teacher and student, with per-sample token agreement and the
     wall time of each ``generate`` call (batch 1, cached decoding)."""
 
-
     rows = []
     for ids in tqdm(prompts, desc="side-by-side generations", leave=False):
         x = torch.tensor([ids], device=device)

@@ -8,6 +8,8 @@ import sys
 
 import torch
 
+from ..bench.decode import run_decode_bench
+from ..bench.loss import run_loss_bench
 from ..bench.train import run_bench
 from ..core.devices import DTYPES, resolve_device
 from ..core.run_folder import write_manifest
@@ -17,7 +19,8 @@ from ..evals.compare import run_compare
 from ..evals.harness import run_lm_eval
 from ..evals.layers import run_layer_report
 from ..evals.report import SUITE, load_suite, suite_comparison, suite_table
-from ..evals.runs import eval_destination, eval_identity, held_out, is_student, load_run_models, teacher_name
+from ..evals.runs import (eval_destination, eval_identity, held_out, is_student, load_run_models, report_table,
+                          teacher_name)
 from ..evals.suite import PARTS, SuiteSettings, parse_parts, run_suite
 from ..evals.tasks import make_tasks
 from ..evaluate import evaluate_student, print_metrics, window_prompts, write_evaluation
@@ -174,8 +177,6 @@ def cmd_report(args) -> None:
         for run_dir in runs:
             with open(os.path.join(run_dir, "metrics.json")) as f:
                 rows.append((run_dir, json.load(f)))
-        from ..evals.runs import report_table
-
         table = report_table(rows)
         suite = suite_table(runs)
         table += f"\n{suite}" if suite else ""
@@ -206,13 +207,9 @@ def finished_runs(paths: list[str]) -> list[str]:
 
 def cmd_bench(args) -> None:
     if args.loss:
-        from ..bench.loss import run_loss_bench
-
         run_loss_bench(args)
         return
     if args.decode:
-        from ..bench.decode import run_decode_bench
-
         run_decode_bench(args)
         return
 

@@ -33,7 +33,7 @@ MODELS = ("teacher", "no_mixing", "student", "model")  # "model": a plain Huggin
 
 def require_lm_eval():
     try:
-        import lm_eval
+        import lm_eval  # lazy: lm-eval is an optional dependency
     except ImportError:
         raise WavedistillError(INSTALL) from None
     return lm_eval
@@ -52,7 +52,7 @@ def check_limit(limit: float | None) -> float | int | None:
 def task_manager(include_path: str | None, names: list[str]):
     """lm-eval's TaskManager: over ``include_path`` alone when it holds every task named (indexing lm-eval's
     ~15,000 built-in task files takes ~10 s), else over both."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # lazy: lm-eval is an optional dependency
 
     if include_path is not None:
         if not os.path.isdir(include_path):
@@ -116,8 +116,8 @@ def evaluate(model, tokenizer, names: list[str], manager, *, num_fewshot: int | 
              max_length: int | None) -> dict:
     """lm-eval's ``simple_evaluate`` over ``HFLM(model)``: its results dict, per-example samples included, and
     under ``wavedistill`` the wall time of the evaluation (model loading excluded), batch size and device."""
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval import simple_evaluate  # lazy: lm-eval is an optional dependency
+    from lm_eval.models.huggingface import HFLM  # lazy: lm-eval is an optional dependency
 
     # lm-eval warns at every call that an instance (not a name) was passed: that is the intended use here.
     quiet = logging.getLogger("lm_eval")
@@ -138,7 +138,7 @@ def evaluate(model, tokenizer, names: list[str], manager, *, num_fewshot: int | 
 
 def write_results(directory: str, name: str, results: dict) -> None:
     """``<name>.json`` (lm-eval's results without the samples) and ``<name>_samples.jsonl``."""
-    from lm_eval.utils import handle_non_serializable
+    from lm_eval.utils import handle_non_serializable  # lazy: lm-eval is an optional dependency
 
     os.makedirs(directory, exist_ok=True)
     body = {k: v for k, v in results.items() if k != "samples"}
@@ -223,7 +223,6 @@ def run_lm_eval(target: str, tasks: list[str], *, include_path: str | None = Non
     Everything that can be checked (lm-eval installed, limit, task names and data, tokenizer of a make-tasks
     folder, output folder) is checked before a model runs, and nothing is written before the first result.
     """
-
 
     require_lm_eval()
     limit = check_limit(limit)

@@ -174,7 +174,7 @@ def layer_table(rows: list[dict]) -> str:
 
 
 def plot_layers(rows: list[dict], mixer: str, path: str) -> None:
-    import matplotlib
+    import matplotlib  # lazy: ~0.8 s of every command's start, only plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -24,6 +24,7 @@ from ..io import ADAPTER_CONFIG, adapter_dir, apply_adapter, load_teacher, read_
 from ..surgery import wave_attention_modules
 from ..training.config import DistillConfig, upgraded
 from ..training.recipes import KDLoss
+from ..training.student import shared_vocab
 
 SPLITS = ("test", "val", "all")
 
@@ -120,8 +121,6 @@ def load_run_models(path: str, base: str | None = None, teacher: str | None = No
     model, tokenizer = load_teacher(base or config["base_model"], dtype=dtype, device=device)
     vocab = None
     if config.get("teacher_model"):  # a separate student: its base is its own initial state, not the teacher
-        from ..training.student import shared_vocab
-
         student = apply_adapter(model, adapter)
         teacher_model, teacher_tokenizer = load_teacher(teacher or config["teacher_model"], dtype=dtype,
                                                         device=device)

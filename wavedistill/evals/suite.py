@@ -24,8 +24,10 @@ import torch
 from ..data import eval_windows
 from ..errors import WavedistillError
 from ..io import context_length, write_text
-from . import length as length_probe, recall as recall_probe
-from .harness import check_limit, evaluate, headline, load_task_data, table_markdown, task_manager, write_results
+from . import length as length_probe
+from . import recall as recall_probe
+from .harness import (check_limit, evaluate, headline, load_task_data, require_lm_eval, table_markdown, task_manager,
+                      write_results)
 from .report import SUITE, load_suite, plot_suite, suite_markdown
 from .runs import load_run_models
 from .scoring import MODELS, as_model
@@ -91,8 +93,6 @@ def run_suite(student: str, parts: list[str], held, settings: SuiteSettings, *, 
                 "test_frac": held.test_frac}
     check_suite_dir(directory, identity)
     if "lm-eval" in parts:
-        from .harness import require_lm_eval
-
         require_lm_eval()
     models = load_run_models(student, base=base, teacher=teacher, dtype=dtype or torch.float32, device=device,
                              mixer_attrs=mixer_attrs)

@@ -30,7 +30,7 @@ DEAD_THRESHOLD = 0.01
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: ~0.8 s of every command's start, only plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..core.configs import build
 from ..errors import WavedistillError
+from ..mixers import mixer_kwargs
 from ..mixers import get_mixer_class
 from .tasks import TASKS, check_task_options
 
@@ -92,8 +93,6 @@ def resolve(cfg: LabConfig) -> dict:
             raise WavedistillError(f"unknown preset {cfg.preset!r}; known presets: {', '.join(PRESETS)}")
         preset = dict(PRESETS[cfg.preset])
         state_dim = preset.pop("state_dim")
-        from ..mixers import mixer_kwargs
-
         if "state_dim" in mixer_kwargs(cfg.mixer) and "state_dim" not in values["mixer_kwargs"]:
             values["mixer_kwargs"] = {**values["mixer_kwargs"], "state_dim": state_dim}
         for k, v in preset.items():

@@ -53,7 +53,6 @@ def teacher_config(folder: str) -> tuple[LabConfig, int]:
 def load_teacher(cfg: LabConfig, task, device) -> torch.nn.Module:
     """The frozen teacher of ``cfg``, checked against the student's task."""
 
-
     tcfg, _ = teacher_config(cfg.teacher)
     if tcfg.task != cfg.task or tcfg.task_kwargs != cfg.task_kwargs:
         raise WavedistillError(f"the teacher {cfg.teacher!r} was trained on task {tcfg.task} {tcfg.task_kwargs}, the "

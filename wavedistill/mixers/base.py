@@ -255,6 +255,6 @@ def repeat_kv_rows(w: Tensor, n_heads: int, n_kv_heads: int) -> Tensor:
 
 def mixers_with_matrix() -> list[str]:
     """Registered mixers that implement :meth:`WaveMixer.mixing_matrix`."""
-    from .registry import MIXERS
+    from .registry import MIXERS  # here, not at the top: the registry imports this module
 
     return [n for n, cls in MIXERS.items() if cls.mixing_matrix is not WaveMixer.mixing_matrix]

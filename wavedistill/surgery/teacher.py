@@ -13,6 +13,7 @@ and a float32 deep copy of it.
 from __future__ import annotations
 
 import contextlib
+import copy
 
 from torch import nn
 
@@ -22,8 +23,6 @@ from .families import decoder_layers
 
 def keep_frozen_mlps(model: nn.Module) -> None:
     """Before MLPs are unfrozen for training: keep a frozen copy of each, for the teacher view."""
-    import copy
-
     model.__dict__["_wavedistill_frozen_mlps"] = {i: copy.deepcopy(b.mlp).requires_grad_(False)
                                                   for i, b in enumerate(decoder_layers(model))}
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, is_aim_available, is_mlflow_available, is_wandb_available
 from torch import nn
 from tqdm import tqdm
 
@@ -33,7 +33,7 @@ from ..core.params import param_groups
 from ..data import eval_windows, train_batch, window_draw
 from ..errors import TrainingError, WavedistillError
 from ..evaluate import compare
-from ..io import save_adapter
+from ..io import check_device_map, save_adapter
 from ..surgery import (WaveAttention, decoder_layers, handoff_gate_parameters, mixer_parameters, set_handoff,
                        wave_attention_modules)
 from ..surgery.lora import lora_parameters
@@ -50,9 +50,7 @@ def make_accelerator(cfg: DistillConfig):
     placed = cfg.teacher_device_map is not None
     tracker = {}
     if cfg.tracker != "tensorboard":  # TensorBoard is written directly; another tracker goes through accelerate
-        import accelerate.utils as au
-
-        available = {"wandb": au.is_wandb_available, "aim": au.is_aim_available, "mlflow": au.is_mlflow_available}
+        available = {"wandb": is_wandb_available, "aim": is_aim_available, "mlflow": is_mlflow_available}
         if not available[cfg.tracker]():
             raise WavedistillError(f"--tracker {cfg.tracker} is not installed: "
                                    f"pip install 'wavedistill[{cfg.tracker}]'")
@@ -62,8 +60,6 @@ def make_accelerator(cfg: DistillConfig):
                       # a stage may leave some trainable parameters out of a step (hand-off at a = 0)
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     if placed:
-        from ..io import check_device_map
-
         check_device_map(cfg.teacher_device_map)
         if acc.num_processes > 1:
             raise WavedistillError("--teacher-device-map spreads one copy of the model over devices; it cannot be "
