@@ -42,16 +42,16 @@ def test_presets_build_the_stated_sizes(name):
 def test_explicit_sizes_win_over_the_preset_and_unknown_presets_are_refused():
     r = resolve(make_lab_config(dict(task="event_hold", mixer="s4d", preset="tiny", d_model=48,
                                      mixer_kwargs={"state_dim": 16})))
-    assert r["d_model"] == 48 and r["n_layers"] == 3 and r["mixer_kwargs"] == {"state_dim": 16}
+    assert r.d_model == 48 and r.n_layers == 3 and r.mixer_kwargs == {"state_dim": 16}
     with pytest.raises(WavedistillError, match="unknown preset 'huge'; known presets: standard, compressed, tiny"):
         make_lab_config(dict(task="event_hold", preset="huge"))
 
 
 def test_loss_weights_default_by_whether_a_teacher_is_given(teacher):
     weights = ("task_weight", "output_weight", "hidden_weight")
-    assert [resolve(make_lab_config(dict(task="event_hold")))[k] for k in weights] == [1, 0, 0]
+    assert [getattr(resolve(make_lab_config(dict(task="event_hold"))), k) for k in weights] == [1, 0, 0]
     r = resolve(make_lab_config(dict(task="event_hold", task_kwargs=TASK, teacher=teacher)))
-    assert [r[k] for k in weights] == [0.3, 0.5, 0.2]
+    assert [getattr(r, k) for k in weights] == [0.3, 0.5, 0.2]
     with pytest.raises(WavedistillError, match="pass --teacher"):
         make_lab_config(dict(task="event_hold", output_weight=0.5))
     with pytest.raises(WavedistillError, match="^beta was renamed output_weight"):  # an earlier version's key
@@ -125,6 +125,7 @@ def test_distilled_student_matches_the_teacher_better_than_its_control(tmp_path,
     # the same student trained on ground truth for the same steps.
     student = dict(task="event_hold", task_kwargs=TASK, mixer="selective_s4d", d_model=16, n_layers=3, n_heads=2,
                    d_mlp=32, steps=30, eval_every=30, batch_size=16, teacher=teacher, mixer_kwargs={"state_dim": 8})
-    kd = train_seed(make_lab_config({**student, "task_weight": 0.0, "output_weight": 1.0, "hidden_weight": 0.0}), 1, str(tmp_path / "a"))
+    teacher_only = {"task_weight": 0.0, "output_weight": 1.0, "hidden_weight": 0.0}
+    kd = train_seed(make_lab_config({**student, **teacher_only}), 1, str(tmp_path / "a"))
     gt = train_seed(make_lab_config({**student, **GROUND_TRUTH_ONLY}), 1, str(tmp_path / "b"))
     assert kd["final_test_mse_vs_teacher"] < gt["final_test_mse_vs_teacher"]

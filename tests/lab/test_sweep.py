@@ -114,7 +114,8 @@ def test_lab_cli_runs_a_task_with_phase_embeddings(tmp_path):
     (["event_hold", "--preset", "huge"], ["unknown preset", "standard, compressed, tiny"]),
     (["event_hold", "--teacher", "nowhere", "--steps", 1], ["not a finished lab seed folder"]),
 ], ids=["unknown-mixer", "option-of-another-task", "charlm-without-data", "phase-embedding-off-modular",
-        "compare-without-task", "output-weight-without-teacher", "old-flag-name", "unknown-preset", "teacher-not-a-seed-folder"])
+        "compare-without-task", "output-weight-without-teacher", "old-flag-name", "unknown-preset",
+        "teacher-not-a-seed-folder"])
 def test_bad_lab_input_is_one_line_error(tmp_path, args, needles):
     # In this process: each stops before any training, and a fresh interpreter costs ~2.5 s of CI time.
     assert_one_line_error(wavedistill_here("lab", *args, "--output-dir", tmp_path / "out"), *needles)
@@ -132,4 +133,4 @@ def test_a_student_is_sized_by_preset_and_flags_on_the_command_line(tmp_path):
     args = parser.parse_args(["lab", "event_hold", "--mixer", "s4d", "--preset", "compressed", "--d-model", "16",
                               "--state-dim", "64", "--n-layers", "2"])
     r = resolve(make_lab_config(lab_changes(args, "event_hold")))
-    assert (r["d_model"], r["n_layers"], r["mixer_kwargs"], r["d_mlp"]) == (16, 2, {"state_dim": 64}, 128)
+    assert (r.d_model, r.n_layers, r.mixer_kwargs, r.d_mlp) == (16, 2, {"state_dim": 64}, 128)

@@ -79,6 +79,6 @@ def test_classification_from_a_labelled_file_is_learned(tmp_path):
 
 def test_task_defaults_fill_what_the_user_left_open():
     r = resolve(make_lab_config({"task": "modular"}))
-    assert (r["d_model"], r["n_layers"], r["n_heads"], r["d_mlp"]) == (128, 1, 4, 512)
-    assert (r["lr"], r["weight_decay"], r["beta2"], r["batch_size"]) == (1e-3, 1.0, 0.98, 0)
-    assert r["task_kwargs"] == {} and resolve(make_lab_config({"task": "modular", "lr": 3e-3}))["lr"] == 3e-3
+    assert (r.d_model, r.n_layers, r.n_heads, r.d_mlp) == (128, 1, 4, 512)
+    assert (r.lr, r.weight_decay, r.beta2, r.batch_size) == (1e-3, 1.0, 0.98, 0)
+    assert r.task_kwargs == {} and resolve(make_lab_config({"task": "modular", "lr": 3e-3})).lr == 3e-3

@@ -83,8 +83,8 @@ class LabConfig:
     device: str = "cpu"
 
 
-def resolve(cfg: LabConfig) -> dict:
-    """Every field with the task's defaults filled in."""
+def resolve(cfg: LabConfig) -> LabConfig:
+    """``cfg`` with every unset field filled in: the preset's, the task's, the generic defaults and the loss weights."""
     if cfg.task not in TASKS:
         raise WavedistillError(f"unknown lab task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
     values = dataclasses.asdict(cfg)
@@ -101,7 +101,7 @@ def resolve(cfg: LabConfig) -> dict:
     for k, v in {**GENERIC, **TASKS[cfg.task].defaults, **(DISTILL_WEIGHTS if cfg.teacher else PLAIN_WEIGHTS)}.items():
         if values.get(k) is None:
             values[k] = v
-    return values
+    return dataclasses.replace(cfg, **values)
 
 
 def check(cfg: LabConfig) -> None:
@@ -109,20 +109,20 @@ def check(cfg: LabConfig) -> None:
     check_task_options(cfg.task, cfg.task_kwargs)
     r = resolve(cfg)
     checks = [
-        (r["steps"] >= 1, "steps must be >= 1"),
-        (r["batch_size"] >= 0, "batch_size must be >= 0 (0 = full batch)"),
-        (r["lr"] > 0 and r["weight_decay"] >= 0, "lr must be > 0 and weight_decay >= 0"),
-        (r["eval_every"] >= 1, "eval_every must be >= 1"),
-        (r["activation"] in ("relu", "gelu"), "activation must be relu or gelu"),
-        (r["norm"] in ("rms", "none"), "norm must be rms or none"),
+        (r.steps >= 1, "steps must be >= 1"),
+        (r.batch_size >= 0, "batch_size must be >= 0 (0 = full batch)"),
+        (r.lr > 0 and r.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0"),
+        (r.eval_every >= 1, "eval_every must be >= 1"),
+        (r.activation in ("relu", "gelu"), "activation must be relu or gelu"),
+        (r.norm in ("rms", "none"), "norm must be rms or none"),
         (bool(cfg.seeds) and len(set(cfg.seeds)) == len(cfg.seeds), "seeds must be a non-empty list without repeats"),
         (cfg.jobs >= 1, "jobs must be >= 1"),
         (not cfg.phase_embedding or cfg.task == "modular", "phase_embedding is for the modular task (tokens of Z_p)"),
         (0 < cfg.grok_threshold <= 1, "grok_threshold must be in (0, 1]"),
-        (min(r["task_weight"], r["output_weight"], r["hidden_weight"]) >= 0
-         and r["task_weight"] + r["output_weight"] + r["hidden_weight"] > 0,
+        (min(r.task_weight, r.output_weight, r.hidden_weight) >= 0
+         and r.task_weight + r.output_weight + r.hidden_weight > 0,
          "task_weight, output_weight and hidden_weight must be >= 0 with a positive sum"),
-        (bool(cfg.teacher) or r["output_weight"] == r["hidden_weight"] == 0,
+        (bool(cfg.teacher) or r.output_weight == r.hidden_weight == 0,
          "output_weight and hidden_weight weigh losses against a teacher; pass --teacher SEED_FOLDER (a trained lab "
          "run's seed_<k>)"),
         (cfg.temperature > 0, "temperature must be > 0"),

@@ -186,8 +186,8 @@ def build_model(cfg, task) -> WaveTransformer:
     """The lab model of a (resolved) ``LabConfig`` for ``task``."""
     r = resolve(cfg)
     regress = task.kind == "regress"
-    return WaveTransformer(task.vocab_size, task.seq_len, mixer=cfg.mixer, mixer_kwargs=r["mixer_kwargs"],
-                           d_model=r["d_model"], n_layers=r["n_layers"], n_heads=r["n_heads"], d_mlp=r["d_mlp"],
-                           activation=r["activation"], norm=r["norm"],
+    return WaveTransformer(task.vocab_size, task.seq_len, mixer=cfg.mixer, mixer_kwargs=r.mixer_kwargs,
+                           d_model=r.d_model, n_layers=r.n_layers, n_heads=r.n_heads, d_mlp=r.d_mlp,
+                           activation=r.activation, norm=r.norm,
                            phase_embedding=task.p if cfg.phase_embedding else 0, n_classes=task.n_classes,
                            in_features=task.in_features if regress else 0)

@@ -35,8 +35,8 @@ def seed_dir(cfg: LabConfig, seed: int) -> str:
 
 
 def settings(cfg: LabConfig) -> dict:
-    r = resolve(cfg)
-    return yaml.safe_load(yaml.safe_dump({k: v for k, v in r.items() if k not in SETTINGS_IGNORED}))
+    values = dataclasses.asdict(resolve(cfg))
+    return yaml.safe_load(yaml.safe_dump({k: v for k, v in values.items() if k not in SETTINGS_IGNORED}))
 
 
 def finished_seed(cfg: LabConfig, seed: int) -> dict | None:
@@ -89,7 +89,8 @@ def aggregate(cfg: LabConfig) -> dict:
     keys = ["grok_step", "memorization_step", "final_train_acc", "final_test_acc", "final_test_loss", "steps_per_s",
             "final_test_bpc", "final_test_mse_vs_teacher", "final_test_kl_vs_teacher", "train_tokens_per_s",
             "infer_tokens_per_s"]
-    summary = {"task": cfg.task, "mixer": cfg.mixer, "wavedistill_version": __version__, "config": resolve(cfg),
+    summary = {"task": cfg.task, "mixer": cfg.mixer, "wavedistill_version": __version__,
+               "config": dataclasses.asdict(resolve(cfg)),
                "seeds": {str(s): v for s, v in seeds.items()},
                "grokked": sum(v["grok_step"] is not None for v in seeds.values()), "n_seeds": len(seeds),
                "params": next(iter(seeds.values()))["params"], "kind": TASKS[cfg.task].kind,

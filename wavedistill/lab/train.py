@@ -14,6 +14,7 @@ TensorBoard events, ``model.safetensors`` and ``summary.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -115,28 +116,28 @@ def step_marks(rows: list[dict], threshold: float) -> tuple[int | None, int | No
     return memorized, grok
 
 
-def loss_terms(cfg: LabConfig, r: dict, net, forward, task, rows: tuple, teacher, matched: list[int], projection):
+def loss_terms(cfg: LabConfig, r: LabConfig, net, forward, task, rows: tuple, teacher, matched: list[int], projection):
     """The unweighted loss terms of one batch (``task``; ``output`` and ``feature`` against a teacher, when their
     weights are on) and the per-target correctness of the student's predictions."""
-    hidden = [] if r["hidden_weight"] > 0 else None
+    hidden = [] if r.hidden_weight > 0 else None
     out, target = predict(net, task, *rows, forward=forward, hidden=hidden)
     task_loss, correct = target_loss(task, out, target)
     terms = {"task": task_loss.mean()}
-    if r["output_weight"] > 0 or r["hidden_weight"] > 0:
-        t_hidden = [] if r["hidden_weight"] > 0 else None
+    if r.output_weight > 0 or r.hidden_weight > 0:
+        t_hidden = [] if r.hidden_weight > 0 else None
         with torch.no_grad():
             t_out, _ = predict(teacher, task, *rows, hidden=t_hidden)
-        if r["output_weight"] > 0:
+        if r.output_weight > 0:
             terms["output"] = output_loss(task.kind, out, t_out, cfg.temperature)
-        if r["hidden_weight"] > 0:
+        if r.hidden_weight > 0:
             terms["feature"] = block_feature_loss(hidden, [t_hidden[j] for j in matched], projection, cfg.feature_loss)
     return terms, correct
 
 
-def seed_summary(cfg: LabConfig, r: dict, seed: int, rows: list[dict], step: int, train_s: float,
+def seed_summary(cfg: LabConfig, r: LabConfig, seed: int, rows: list[dict], step: int, train_s: float,
                  train_positions: int, net, task, device) -> dict:
     """summary.json of one seed: when it memorised and generalised, its final metrics, speed and size."""
-    memorized, grok = step_marks(rows, r["grok_threshold"])
+    memorized, grok = step_marks(rows, r.grok_threshold)
     last = rows[-1]
     summary = {"seed": seed, "grok_step": grok, "memorization_step": memorized, "steps_run": step,
                "final_train_acc": last["train_acc"], "final_test_acc": last["test_acc"],
@@ -146,7 +147,7 @@ def seed_summary(cfg: LabConfig, r: dict, seed: int, rows: list[dict], step: int
                "params": sum(p.numel() for p in net.parameters()),
                "mixer_params": sum(p.numel() for b in net.blocks for p in b.mixer.parameters()),
                "teacher": cfg.teacher,
-               "loss_weights": {"task": r["task_weight"], "output": r["output_weight"], "hidden": r["hidden_weight"]}}
+               "loss_weights": {"task": r.task_weight, "output": r.output_weight, "hidden": r.hidden_weight}}
     for k in ("test_bpc", "test_mse_vs_teacher", "test_kl_vs_teacher"):
         if k in last:
             summary[f"final_{k}"] = last[k]
@@ -189,31 +190,31 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
     task.order_seed = seed  # the run seed draws the batches, whatever seed drew the data
     net = build_model(cfg, task).to(device)
     teacher = load_teacher(cfg, task, device) if cfg.teacher else None
-    task_w, output_w, hidden_w = r["task_weight"], r["output_weight"], r["hidden_weight"]
+    task_w, output_w, hidden_w = r.task_weight, r.output_weight, r.hidden_weight
     projection, matched = None, []
     if hidden_w > 0:
         matched = layer_map(cfg.layer_map, len(teacher.blocks), len(net.blocks))
-        projection = FeatureProjection(r["d_model"], teacher.d_model, len(net.blocks)).to(device)
+        projection = FeatureProjection(r.d_model, teacher.d_model, len(net.blocks)).to(device)
         if len(projection.maps) and acc.num_processes > 1:
             raise WavedistillError("feature distillation between widths runs in one process (its projections are "
                                    "not part of the DDP model); run without a launcher or with --hidden-weight 0")
     trained = [*net.parameters(), *(projection.parameters() if projection is not None else [])]
-    optimizer = torch.optim.AdamW(param_groups(trained, r["weight_decay"]), lr=r["lr"],
-                                  betas=(r["beta1"], r["beta2"]))
-    warmup = max(1, r["warmup_steps"])
+    optimizer = torch.optim.AdamW(param_groups(trained, r.weight_decay), lr=r.lr,
+                                  betas=(r.beta1, r.beta2))
+    warmup = max(1, r.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     wrapped, optimizer = acc.prepare(net, optimizer)
     sets = task.eval_sets()
 
     if main:
-        writer, log = open_seed_logs(out_dir, {**r, "seed": seed, "task_data_seed": task_seed,
+        writer, log = open_seed_logs(out_dir, {**dataclasses.asdict(r), "seed": seed, "task_data_seed": task_seed,
                                                "wavedistill_version": __version__, "task_info": task.describe(),
                                                "num_processes": acc.num_processes,
                                                **({"layer_map_used": matched} if matched else {})})
-    threshold, rows = r["grok_threshold"], []
+    threshold, rows = r.grok_threshold, []
     train_s, train_positions, step = 0.0, 0, 0
-    for step in range(1, r["steps"] + 1):
-        x, y, pad = task.train_batch(step, r["batch_size"])
+    for step in range(1, r.steps + 1):
+        x, y, pad = task.train_batch(step, r.batch_size)
         share = len(x) // acc.num_processes  # every process draws the whole batch and trains its own rows
         if share * acc.num_processes != len(x):
             raise WavedistillError(f"a batch of {len(x)} rows does not split over {acc.num_processes} processes")
@@ -230,14 +231,14 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
         optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
         # The norm before clipping (clip_grad_norm_ with an infinite bound only measures it).
-        grad_norm = acc.clip_grad_norm_(trained, r["grad_clip"] if r["grad_clip"] > 0 else float("inf"))
+        grad_norm = acc.clip_grad_norm_(trained, r.grad_clip if r.grad_clip > 0 else float("inf"))
         optimizer.step()
         scheduler.step()
         train_s += time.perf_counter() - t0
         train_positions += len(x) * x.shape[1]
         if main:
             log_batch(writer, step, batch, float(grad_norm), terms)
-        if step % r["eval_every"] and step not in (1, r["steps"]):
+        if step % r.eval_every and step not in (1, r.steps):
             continue
         rows.append({"step": step, "train_batch_loss": batch[0], **evaluate(net, task, sets, device, teacher=teacher),
                      "steps_per_s": step / train_s})
