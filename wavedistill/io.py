@@ -18,7 +18,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .core.devices import materialized
 from .core.run_folder import umask, verify_checksums, write_checksums
@@ -41,6 +40,8 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device: 
     through accelerate's big-model loading across devices, with CPU / disk offload beyond ``max_memory``
     (e.g. ``{"cpu": "2GB"}``) into ``offload_folder``; ``device`` is then ignored.
     """
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: transformers' Auto classes add ~0.4 s to every command's start
+
     _check_local(name_or_path)
     placed = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory,
                                             "offload_folder": offload_folder}
@@ -62,6 +63,8 @@ def _check_local(name_or_path: str) -> None:
 
 def load_tokenizer(name_or_path: str):
     """(tokenizer, context length or None) of a model folder or hub id, without loading its weights."""
+    from transformers import AutoConfig, AutoTokenizer  # lazy: transformers' Auto classes add ~0.4 s to every command's start
+
     _check_local(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
