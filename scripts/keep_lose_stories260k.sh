@@ -9,34 +9,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs}/keep_lose
 export OMP_NUM_THREADS=1
-T=../shared/teachers/stories260K
-D=../shared/corpora/tinystories/stories.txt
 mkdir -p "$R"
-train() {  # train NAME COMMAND [flags]: one run into $R/NAME unless it is finished
-  local name=$1 cmd=$2; shift 2
-  [ -f "$R/$name/metrics.json" ] && return 0
-  local resume=(); [ -d "$R/$name/checkpoint" ] && resume=(--resume)
-  wavedistill "$cmd" --teacher $T --data $D --output-dir "$R/$name" "${resume[@]}" "$@" > "$R/$name.log" 2>&1
-}
+. scripts/stories260k_students.sh  # T, D, train, TKD, FD, COMPRESSED and the students' commands
 suite() {  # suite RUN [OUTPUT_DIR FLAGS...]: the evaluation suite of a finished run unless it is done
   local run=$1 out=${2:-$1}; shift; [ $# -gt 0 ] && shift
   [ -f "$R/$out/suite/lm_eval.json" ] && return 0
   local where=(); [ "$out" != "$run" ] && where=(--output-dir "$R/$out")
   wavedistill eval --student "$R/$run" --suite recall,length,lm-eval "${where[@]}" "$@" > "$R/$out.suite.log" 2>&1
 }
-TKD=(--recipe configs/transfer_kd.yaml)  # transfer 500 (lr 0.01) -> kd 1,500: 2,000 steps of 16 x 256 tokens
-FD='{"feature_dim": 64}'
 HYB='{"window": 16, "feature_dim": 64}'
-COMPRESSED=(--student compressed --batch-size 16 --seq-len 256 --seed 0)
 # 1. The students, each with the recipe its earlier section reports (docs/results.md), and their untrained starts.
-train learned_gate distill "${TKD[@]}" --wave-type learned_gate &
+train learned_gate "${LEARNED_GATE[@]}" &
 train frequency_band distill --wave-type frequency_band --max-steps 2000 --batch-size 16 --seq-len 256 &
 wait
-train rotary_gla distill "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs "$FD" --kl-weight 1.0 --ce-weight 0 &
+train rotary_gla "${ROTARY_GLA[@]}" &
 train gated_delta_net distill "${TKD[@]}" --wave-type gated_delta_net &
 wait
 train hybrid16 distill "${TKD[@]}" --wave-type rotary_gla --mixer-kwargs "$HYB" --kl-weight 1.0 --ce-weight 0 &
-train compressed_attention kd "${COMPRESSED[@]}" --max-steps 800 --lr 3e-3 --kl-weight 0.9 --ce-weight 0.1 --eval-every 100 --save-every 200 &
+train compressed_attention "${COMPRESSED_ATTENTION[@]}" &
 wait
 for m in learned_gate frequency_band gated_delta_net; do train ${m}_untrained distill --wave-type $m --no-train; done
 train rotary_gla_untrained distill --wave-type rotary_gla --mixer-kwargs "$FD" --no-train
