@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from ..core.configs import build, read_changes, to_yaml
+from ..core.devices import DTYPES
 from ..data import DataSplit
 from ..errors import WavedistillError
 from ..mixers import get_mixer_class
@@ -178,7 +179,7 @@ def validate(cfg: DistillConfig) -> None:
         (cfg.lr > 0, "lr must be > 0"),
         (cfg.temperature > 0, "temperature must be > 0"),
         (cfg.epochs > 0 or cfg.max_steps > 0 or not cfg.train, "set epochs > 0 or max_steps > 0"),
-        (cfg.dtype in ("float32", "bfloat16", "float16"), "dtype must be float32, bfloat16 or float16"),
+        (cfg.dtype in DTYPES, "dtype must be float32, bfloat16 or float16"),
         (cfg.lora_mlp >= 0 and cfg.lora_alpha >= 0, "lora_mlp and lora_alpha must be >= 0"),
         (not (cfg.lora_mlp and cfg.unfreeze_mlps), "choose one recovery: lora_mlp or unfreeze_mlps, not both"),
         (not cfg.lora_merge or cfg.lora_mlp > 0, "lora_merge needs lora_mlp > 0"),
@@ -188,7 +189,7 @@ def validate(cfg: DistillConfig) -> None:
         (not (cfg.stages and cfg.max_steps > 0), f"max_steps {cfg.max_steps} has no effect on a run with stages (each "
          "stage sets its own steps): drop --max-steps, or change the stages' steps"),
         (cfg.train_windows in ("random", "fixed"), "train_windows must be random or fixed"),
-        (cfg.teacher_dtype in (None, "float32", "bfloat16", "float16"),
+        (cfg.teacher_dtype is None or cfg.teacher_dtype in DTYPES,
          "teacher_dtype must be float32, bfloat16 or float16"),
         (cfg.teacher_max_memory is None or cfg.teacher_device_map is not None,
          "teacher_max_memory needs teacher_device_map (e.g. auto)"),
