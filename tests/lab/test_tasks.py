@@ -126,7 +126,8 @@ def test_unknown_tasks_and_options_are_refused_with_the_known_ones():
         build_task("grok", seed=0)
     with pytest.raises(WavedistillError, match=r"unknown options \['n_pairs'\]"):
         build_task("modular", seed=0, n_pairs=3)
-    assert set(TASKS) == {"modular", "copy", "reverse", "sort", "mqar", "charlm", "classify", "event_hold"}
+    assert set(TASKS) == {"modular", "copy", "reverse", "sort", "mqar", "charlm", "stories", "classify",
+                          "event_hold"}
 
 
 def test_event_hold_worked_example_holds_the_last_loud_sample_and_turns_it():

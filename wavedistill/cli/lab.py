@@ -17,9 +17,10 @@ LAB_FLAGS = {"mixer": str, "steps": int, "lr": float, "weight_decay": float, "ba
              "d_model": int, "n_layers": int, "n_heads": int, "d_mlp": int, "stop_after_grok": int, "jobs": int,
              "device": str, "preset": str, "teacher": str, "task_weight": float, "output_weight": float,
              "hidden_weight": float, "temperature": float, "layer_map": str, "data_seed": int,
-             "feature_loss": str}
+             "feature_loss": str, "positions": str, "match_params": str}
 LAB_TASK_FLAGS = {"p": int, "op": str, "train_frac": float, "data": str, "seq_len": int, "n_pairs": int,
-                  "length": int, "vocab": int, "event_prob": float, "omega": float}
+                  "length": int, "vocab": int, "event_prob": float, "omega": float, "tokenizer": str,
+                  "max_val_windows": int}
 
 
 def lab_changes(args, task: str) -> dict:

@@ -170,18 +170,24 @@ def analyze(run_dir: str) -> dict:
 
 
 def plot_compare(cfgs: list[LabConfig], path: str) -> None:
-    """Test accuracy (val bits per character for charlm) against steps, every seed of every mixer."""
+    """Every seed of every mixer against training: test accuracy per step (log), val bits per character per step
+    for charlm, held-out (test) loss per training token for stories."""
     plt = _plt()
-    key = "test_bpc" if cfgs[0].task == "charlm" else "test_acc"
+    task = cfgs[0].task
+    key = {"charlm": "test_bpc", "stories": "test_loss"}.get(task, "test_acc")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for cfg, color in zip(cfgs, colors * 3):
         for j, seed in enumerate(cfg.seeds):
             rows = read_log(os.path.join(cfg.output_dir, f"seed_{seed}"))
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], color=color, alpha=0.7, linewidth=1,
-                    label=cfg.mixer if j == 0 else None)
-    ax.set(xscale="log", xlabel="step", ylabel="val bits / char" if key == "test_bpc" else "test accuracy (held out)",
-           title=f"{cfgs[0].task}: every seed")
+            label = (cfg.mixer + (f" {cfg.mixer_kwargs}" if cfg.mixer_kwargs else "")) if j == 0 else None
+            x = [r["train_tokens"] if task == "stories" else r["step"] for r in rows]
+            ax.plot(x, [r[key] for r in rows], color=color, alpha=0.7,
+                    linewidth=1, label=label)
+    ylabel = {"test_bpc": "val bits / char", "test_loss": "held-out (test) loss, nats / token"}.get(
+        key, "test accuracy (held out)")
+    ax.set(xscale="linear" if task == "stories" else "log", xlabel="training tokens" if task == "stories" else "step",
+           ylabel=ylabel, title=f"{task}: every seed")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

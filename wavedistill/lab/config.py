@@ -36,7 +36,8 @@ def upgraded(saved: dict) -> dict:
     return {RENAMED.get(k, k): v for k, v in saved.items()}
 
 
-GENERIC = dict(d_model=64, n_layers=2, n_heads=4, d_mlp=256, activation="gelu", norm="rms", steps=1000,
+GENERIC = dict(d_model=64, n_layers=2, n_heads=4, d_mlp=256, activation="gelu", norm="rms", positions="learned",
+               steps=1000,
                batch_size=32, lr=1e-3, weight_decay=0.1, beta2=0.98, warmup_steps=50, grad_clip=1.0, eval_every=100)
 
 
@@ -53,6 +54,10 @@ class LabConfig:
     d_mlp: int | None = None
     activation: str | None = None  # relu | gelu
     norm: str | None = None  # rms | none
+    positions: str | None = None  # learned: absolute position table | none: the mixer alone orders tokens (RoPE, ...)
+    # a reference mixer: d_mlp is chosen so the model's parameters besides the embeddings and read-out match that
+    # mixer's model of the same other settings within 5 % (lab/params.py); None = d_mlp as given
+    match_params: str | None = None
     steps: int | None = None
     batch_size: int | None = None  # 0 = full batch
     lr: float | None = None
@@ -106,6 +111,8 @@ def resolve(cfg: LabConfig) -> LabConfig:
 
 def check(cfg: LabConfig) -> None:
     get_mixer_class(cfg.mixer)
+    if cfg.match_params is not None:
+        get_mixer_class(cfg.match_params)
     check_task_options(cfg.task, cfg.task_kwargs)
     r = resolve(cfg)
     checks = [
@@ -115,6 +122,7 @@ def check(cfg: LabConfig) -> None:
         (r.eval_every >= 1, "eval_every must be >= 1"),
         (r.activation in ("relu", "gelu"), "activation must be relu or gelu"),
         (r.norm in ("rms", "none"), "norm must be rms or none"),
+        (r.positions in ("learned", "none"), "positions must be learned or none"),
         (bool(cfg.seeds) and len(set(cfg.seeds)) == len(cfg.seeds), "seeds must be a non-empty list without repeats"),
         (cfg.jobs >= 1, "jobs must be >= 1"),
         (not cfg.phase_embedding or cfg.task == "modular", "phase_embedding is for the modular task (tokens of Z_p)"),

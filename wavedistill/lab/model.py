@@ -1,7 +1,7 @@
 """``WaveTransformer``: a small pre-norm transformer whose token mixer is any registered mixer.
 
-Everything but the mixer is identical across models: learned token and absolute position
-embeddings (N(0, 1/sqrt(D))), ``n_layers`` blocks ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``,
+Everything but the mixer is identical across models: learned token embeddings and (``positions="learned"``)
+absolute position embeddings (N(0, 1/sqrt(D))), ``n_layers`` blocks ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``,
 a final norm and an untied linear read-out. ``mixer="attention"`` is the softmax-attention
 baseline (PyTorch SDPA) from the same registry. The decoder reads out every position
 (:meth:`logits`); the encoder variant for classification pools the final states over real tokens
@@ -95,10 +95,12 @@ class Block(nn.Module):
 
 class WaveTransformer(nn.Module):
     """Args:
-        vocab_size, max_len: token and position tables.
+        vocab_size, max_len: token table and longest sequence (the position table's length when learned).
         mixer: registry name (``wavedistill mixers``); mixer_kwargs: extra constructor arguments.
         d_model, n_layers, n_heads, d_mlp: sizes (head_dim = d_model / n_heads).
         activation: ``relu`` or ``gelu``; norm: ``rms`` (pre-norm RMSNorm) or ``none``.
+        positions: ``learned`` (an absolute position table) or ``none`` (the mixer orders tokens: RoPE in
+            ``attention``, decays and lags in the recurrences), which decodes past the training length.
         phase_embedding: p > 0 embeds tokens 0..p-1 as fixed Fourier features (off by default).
         n_classes: > 0 adds a classification head over pooled states (the encoder variant).
         in_features: > 0 reads (B, T, in_features) real vectors through a linear map instead of token ids
@@ -107,7 +109,7 @@ class WaveTransformer(nn.Module):
 
     def __init__(self, vocab_size: int, max_len: int, *, mixer: str = "attention", mixer_kwargs: dict | None = None,
                  d_model: int = 128, n_layers: int = 1, n_heads: int = 4, d_mlp: int = 512, activation: str = "relu",
-                 norm: str = "rms", phase_embedding: int = 0, n_classes: int = 0,
+                 norm: str = "rms", positions: str = "learned", phase_embedding: int = 0, n_classes: int = 0,
                  in_features: int = 0) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -122,8 +124,12 @@ class WaveTransformer(nn.Module):
             self.embed = PhaseEmbedding(vocab_size, d_model, phase_embedding)
         else:
             self.embed = nn.Embedding(vocab_size, d_model)
-        self.pos = nn.Embedding(max_len, d_model)
-        for table in (self.pos.weight, *([self.embed.weight] if isinstance(self.embed, nn.Embedding) else [])):
+        if positions not in ("learned", "none"):
+            raise WavedistillError(f"unknown positions {positions!r}; known: learned, none")
+        self.pos = nn.Embedding(max_len, d_model) if positions == "learned" else None
+        tables = [*([self.pos.weight] if self.pos is not None else []),
+                  *([self.embed.weight] if isinstance(self.embed, nn.Embedding) else [])]
+        for table in tables:
             nn.init.normal_(table, std=d_model**-0.5)
         # Geometry every mixer gets if it takes it; the user's mixer_kwargs are passed as given (unknown = error).
         defaults = {"n_heads": n_heads, "head_dim": d_model // n_heads, "kernel_len": max_len}
@@ -150,10 +156,11 @@ class WaveTransformer(nn.Module):
         T = ids.shape[1]
         if T > self.max_len:
             raise WavedistillError(f"sequence of {T} tokens is longer than the model's max_len {self.max_len}")
-        if padding_mask is None:
-            x = self.embed(ids) + self.pos.weight[:T]
-        else:  # positions count real tokens only, so left padding shifts nothing
-            x = self.embed(ids) + self.pos((padding_mask.long().cumsum(1) - 1).clamp_min(0))
+        x = self.embed(ids)
+        if self.pos is not None and padding_mask is None:
+            x = x + self.pos.weight[:T]
+        elif self.pos is not None:  # positions count real tokens only, so left padding shifts nothing
+            x = x + self.pos((padding_mask.long().cumsum(1) - 1).clamp_min(0))
         for block in self.blocks[:-1]:
             x = block(x, padding_mask)
             if hidden is not None:
@@ -182,12 +189,43 @@ class WaveTransformer(nn.Module):
         return self.embed.table() if isinstance(self.embed, PhaseEmbedding) else self.embed.weight
 
 
-def build_model(cfg, task) -> WaveTransformer:
-    """The lab model of a (resolved) ``LabConfig`` for ``task``."""
-    r = resolve(cfg)
+MATCH_TOLERANCE = 0.05  # relative gap a parameter-matched model may keep to its reference
+
+
+def param_counts(model: WaveTransformer) -> dict[str, int]:
+    """Parameters in all, and besides the embeddings (token and position tables) and the untied read-out."""
+    total = sum(p.numel() for p in model.parameters())
+    tables = [model.embed, model.pos, model.head]
+    embedding = sum(p.numel() for m in tables if m is not None for p in m.parameters())
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+
+
+def _model(r, task, mixer: str, mixer_kwargs: dict, d_mlp: int) -> WaveTransformer:
     regress = task.kind == "regress"
-    return WaveTransformer(task.vocab_size, task.seq_len, mixer=cfg.mixer, mixer_kwargs=r.mixer_kwargs,
-                           d_model=r.d_model, n_layers=r.n_layers, n_heads=r.n_heads, d_mlp=r.d_mlp,
-                           activation=r.activation, norm=r.norm,
-                           phase_embedding=task.p if cfg.phase_embedding else 0, n_classes=task.n_classes,
+    return WaveTransformer(task.vocab_size, task.max_len or task.seq_len, mixer=mixer, mixer_kwargs=mixer_kwargs,
+                           d_model=r.d_model, n_layers=r.n_layers, n_heads=r.n_heads, d_mlp=d_mlp,
+                           activation=r.activation, norm=r.norm, positions=r.positions,
+                           phase_embedding=task.p if r.phase_embedding else 0, n_classes=task.n_classes,
                            in_features=task.in_features if regress else 0)
+
+
+def matched_d_mlp(r, task) -> int:
+    """The MLP width that gives ``r.mixer``'s model the non-embedding parameters of ``r.match_params``'s model at
+    ``r.d_mlp`` (within :data:`MATCH_TOLERANCE`), everything else equal; a one-line error where none does."""
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        target = param_counts(_model(r, task, r.match_params, {}, r.d_mlp))["non_embedding"]
+        base = param_counts(_model(r, task, r.mixer, r.mixer_kwargs, 1))["non_embedding"]
+        per_unit = param_counts(_model(r, task, r.mixer, r.mixer_kwargs, 2))["non_embedding"] - base
+        d_mlp = max(1, round(1 + (target - base) / per_unit))
+        got = param_counts(_model(r, task, r.mixer, r.mixer_kwargs, d_mlp))["non_embedding"]
+    if abs(got - target) > MATCH_TOLERANCE * target:
+        raise WavedistillError(f"cannot match {r.mixer!r} to {r.match_params!r}'s {target:,} parameters (besides "
+                               f"embeddings) by the MLP width: at d_mlp {d_mlp} it has {got:,}, over "
+                               f"{MATCH_TOLERANCE:.0%} apart; raise --d-mlp, or drop --match-params")
+    return d_mlp
+
+
+def build_model(cfg, task) -> WaveTransformer:
+    """The lab model of a ``LabConfig`` for ``task``; with ``match_params`` its MLP width is :func:`matched_d_mlp`."""
+    r = resolve(cfg)
+    return _model(r, task, r.mixer, r.mixer_kwargs, matched_d_mlp(r, task) if r.match_params else r.d_mlp)

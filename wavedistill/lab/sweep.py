@@ -87,8 +87,8 @@ def aggregate(cfg: LabConfig) -> dict:
     """summary.json of a run folder from its seeds' summaries."""
     seeds = {s: finished_seed(cfg, s) for s in cfg.seeds}
     keys = ["grok_step", "memorization_step", "final_train_acc", "final_test_acc", "final_test_loss", "steps_per_s",
-            "final_test_bpc", "final_test_mse_vs_teacher", "final_test_kl_vs_teacher", "train_tokens_per_s",
-            "infer_tokens_per_s"]
+            "final_test_bpc", "final_test_ppl", "final_val_loss", "final_val_ppl", "final_test_mse_vs_teacher",
+            "final_test_kl_vs_teacher", "train_tokens_per_s", "infer_tokens_per_s"]
     summary = {"task": cfg.task, "mixer": cfg.mixer, "wavedistill_version": __version__,
                "config": dataclasses.asdict(resolve(cfg)),
                "seeds": {str(s): v for s, v in seeds.items()},
@@ -124,16 +124,20 @@ def summary_line(s: dict) -> str:
 
 def compare_table(summaries: list[dict]) -> str:
     """One Markdown row per mixer: median [min, max] over seeds."""
-    charlm = summaries[0]["task"] == "charlm"
+    task = summaries[0]["task"]
     head = ["mixer", "params", "lr", "seeds"]
-    head += ["val bits/char"] if charlm else ["reached test acc ≥ thr.", "step reached (grok step)",
-                                             "memorisation step", "final test acc"]
+    head += {"charlm": ["val bits/char"], "stories": ["test ppl", "val ppl", "train tokens", "train tok/s"]}.get(
+        task, ["reached test acc ≥ thr.", "step reached (grok step)", "memorisation step", "final test acc"])
     head += ["final train acc", "steps/s"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for s in summaries:
         cells = [f"`{s['mixer']}`", f"{s['params']:,}", f"{s['config']['lr']:g}", str(s["n_seeds"])]
-        if charlm:
+        if task == "charlm":
             cells.append(fmt_spread(s["final_test_bpc"], "{:.3f}"))
+        elif task == "stories":
+            first = next(iter(s["seeds"].values()))
+            cells += [fmt_spread(s["final_test_ppl"], "{:.2f}"), fmt_spread(s["final_val_ppl"], "{:.2f}"),
+                      f"{first['train_tokens']:,}", fmt_spread(s["train_tokens_per_s"])]
         else:
             cells += [f"{s['grokked']}/{s['n_seeds']}", fmt_spread(s["grok_step"]), fmt_spread(s["memorization_step"]),
                       fmt_spread(s["final_test_acc"], "{:.3f}")]
@@ -146,8 +150,10 @@ def choose_lrs(changes: dict, mixers: list[str], output_dir: str, lrs: list[floa
     """Each mixer's learning rate among ``lrs``, chosen on a held-out seed (Zoology tunes lr per mixer).
 
     Every (mixer, lr) trains once with seed ``lr_seed``, whose data and initialisation are drawn apart
-    from the reported seeds'; the lr with the best final test accuracy of *that* run (lowest bits per
-    character for char-LM; then lowest loss) is used for the reported seeds. ``lr_search.md`` lists all.
+    from the reported seeds'; the lr with the best final score of *that* run is used for the reported seeds:
+    the lowest val loss where the task has a val split (``stories``: its val documents, never its test), else
+    the best test accuracy of that seed's own data (lowest bits per character for char-LM; then lowest loss).
+    ``lr_search.md`` lists all.
     """
     check_lr_seed(lr_seed, changes.get("seeds", [0]))
     trials = {(m, lr): make_lab_config({**changes, "mixer": m, "lr": lr, "seeds": [lr_seed],
@@ -158,16 +164,25 @@ def choose_lrs(changes: dict, mixers: list[str], output_dir: str, lrs: list[floa
     run_jobs(list(trials.values()), next(iter(trials.values())).jobs)
     results = {key: finished_seed(c, lr_seed) for key, c in trials.items()}
 
+    on_val = all(r.get("final_val_loss") is not None for r in results.values())
+
     def badness(r: dict) -> tuple:
+        if on_val:
+            return (r["final_val_loss"],)
         score = r.get("final_test_bpc") if r.get("final_test_bpc") is not None else -r["final_test_acc"]
         return score, r.get("final_test_loss") or 0.0
 
     chosen = {m: choose({lr: results[m, lr] for lr in lrs}, badness) for m in mixers}
-    lines = [f"lr chosen per mixer on seed {lr_seed} (final test metric of that seed's own held-out data)\n",
-             "| mixer | lr | final test acc | final test loss | chosen |", "|---|---:|---:|---:|---|"]
-    for (m, lr), r in results.items():
-        lines.append(f"| `{m}` | {lr:g} | {r['final_test_acc']:.3f} | {r.get('final_test_loss') or float('nan'):.3f} | "
-                     f"{'✓' if chosen[m] == lr else ''} |")
+    if on_val:
+        lines = [f"lr chosen per mixer on seed {lr_seed} by the final val loss (val documents; test unseen)\n",
+                 "| mixer | lr | final val loss | final val ppl | chosen |", "|---|---:|---:|---:|---|"]
+        cells = {key: (r["final_val_loss"], r.get("final_val_ppl") or float("nan")) for key, r in results.items()}
+    else:
+        lines = [f"lr chosen per mixer on seed {lr_seed} (final test metric of that seed's own held-out data)\n",
+                 "| mixer | lr | final test acc | final test loss | chosen |", "|---|---:|---:|---:|---|"]
+        cells = {key: (r["final_test_acc"], r.get("final_test_loss") or float("nan")) for key, r in results.items()}
+    for (m, lr), (a, b) in cells.items():
+        lines.append(f"| `{m}` | {lr:g} | {a:.3f} | {b:.3f} | {'✓' if chosen[m] == lr else ''} |")
     with open(os.path.join(output_dir, "lr_search.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

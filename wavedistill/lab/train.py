@@ -35,7 +35,7 @@ from ..training.layer_map import layer_map
 from ..version import __version__
 from .config import LabConfig, resolve
 from .distill import block_feature_loss, data_seed, load_teacher, output_gap, output_loss
-from .model import WaveTransformer, build_model
+from .model import WaveTransformer, build_model, param_counts
 from .tasks import IGNORE, build_task
 
 
@@ -86,8 +86,7 @@ def evaluate(model, task, sets: dict, device: str, batch_rows: int = 512, teache
         out[f"{split}_loss"], out[f"{split}_acc"], out[f"{split}_targets"] = loss_sum / n, correct / n, n
         if teacher is not None:
             out[f"{split}_{gap_name}"] = gap_sum / n
-        if task.name == "charlm":
-            out[f"{split}_bpc"] = out[f"{split}_loss"] / math.log(2)
+        out.update(task.extra_metrics(split, out[f"{split}_loss"]))
     model.train()
     return out
 
@@ -145,10 +144,12 @@ def seed_summary(cfg: LabConfig, r: LabConfig, seed: int, rows: list[dict], step
                "steps_per_s": round(step / train_s, 2), "train_tokens_per_s": round(train_positions / train_s),
                "infer_tokens_per_s": round(inference_tokens_per_s(net, task, device)),
                "params": sum(p.numel() for p in net.parameters()),
+               "non_embedding_params": param_counts(net)["non_embedding"], "d_mlp": net.blocks[0].mlp[0].out_features,
                "mixer_params": sum(p.numel() for b in net.blocks for p in b.mixer.parameters()),
+               "train_tokens": train_positions,
                "teacher": cfg.teacher,
                "loss_weights": {"task": r.task_weight, "output": r.output_weight, "hidden": r.hidden_weight}}
-    for k in ("test_bpc", "test_mse_vs_teacher", "test_kl_vs_teacher"):
+    for k in ("test_bpc", "test_ppl", "val_loss", "val_ppl", "test_mse_vs_teacher", "test_kl_vs_teacher"):
         if k in last:
             summary[f"final_{k}"] = last[k]
     return summary
@@ -227,7 +228,7 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
         logged = torch.stack([terms["task"].detach(), correct.float().mean(), loss.detach()])
         batch = acc.reduce(logged, reduction="mean").tolist()
         if not math.isfinite(batch[2]):
-            raise TrainingError(f"loss became {batch[2]} at step {step} (seed {seed}); lower --lr (now {r['lr']})")
+            raise TrainingError(f"loss became {batch[2]} at step {step} (seed {seed}); lower --lr (now {r.lr})")
         optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
         # The norm before clipping (clip_grad_norm_ with an infinite bound only measures it).
@@ -240,7 +241,7 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
             log_batch(writer, step, batch, float(grad_norm), terms)
         if step % r.eval_every and step not in (1, r.steps):
             continue
-        rows.append({"step": step, "train_batch_loss": batch[0], **evaluate(net, task, sets, device, teacher=teacher),
+        rows.append({"step": step, "train_tokens": train_positions, "train_batch_loss": batch[0], **evaluate(net, task, sets, device, teacher=teacher),
                      "steps_per_s": step / train_s})
         if main:
             log.write(json.dumps(rows[-1]) + "\n")

@@ -19,9 +19,10 @@ from .classify import Classify
 from .event_hold import EventHold
 from .modular import Modular
 from .mqar import MQAR
+from .stories import Stories
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Modular, Copy, Reverse, Sort, MQAR, CharLM, Classify,
-                                                               EventHold)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Modular, Copy, Reverse, Sort, MQAR, CharLM, Stories,
+                                                               Classify, EventHold)}
 
 
 def check_task_options(name: str, kwargs: dict) -> type[Task]:

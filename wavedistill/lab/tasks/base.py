@@ -28,6 +28,7 @@ class Task:
     full_batch: bool = False
     train_pad: Tensor | None = None
     test_pad: Tensor | None = None
+    max_len: int | None = None  # the longest sequence a model of this task takes; None = seq_len
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -47,6 +48,10 @@ class Task:
         n = len(self.train_x) if self.full_batch else min(max_train_rows, len(self.train_x))
         pad = None if self.train_pad is None else self.train_pad[:n]
         return {"train": (self.train_x[:n], self.train_y[:n], pad), "test": (self.test_x, self.test_y, self.test_pad)}
+
+    def extra_metrics(self, split: str, loss: float) -> dict:
+        """Task-specific numbers derived from a split's mean loss (bits per character, perplexity)."""
+        return {}
 
     def describe(self) -> dict:
         """Sizes of the splits, for summary.json."""

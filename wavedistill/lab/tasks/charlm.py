@@ -8,6 +8,7 @@ metric is bits per character, mean cross-entropy / ln 2.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -58,6 +59,9 @@ class CharLM(Task):
         x = torch.stack([self.train_stream[s: s + self.seq_len] for s in starts.tolist()])
         y = torch.stack([self.train_stream[s + 1: s + self.seq_len + 1] for s in starts.tolist()])
         return x, y, None
+
+    def extra_metrics(self, split: str, loss: float) -> dict:
+        return {f"{split}_bpc": loss / math.log(2)}
 
     def describe(self) -> dict:
         return {"data": self.data, "train_chars": len(self.train_stream), "val_chars": len(self.val_stream),
