@@ -9,6 +9,7 @@ from ..core.configs import read_changes
 from ..errors import WavedistillError
 from ..lab.analysis import analyze
 from ..lab.config import RENAMED, RENAMED_MESSAGES, LabConfig, make_lab_config
+from ..lab.lm_report import lm_report
 from ..lab.sweep import run_compare, run_lab
 from ..lab.tasks import TASKS
 from .argtypes import json_dict
@@ -47,6 +48,11 @@ def lab_changes(args, task: str) -> dict:
 
 
 def cmd_lab(args) -> None:
+    if args.runs and args.task != "lm-report":
+        raise WavedistillError(f"unexpected arguments {args.runs}: only `lab lm-report` takes run folders")
+    if args.task == "lm-report":
+        lm_report(args.runs, args.output_dir or "runs/lab/stories/report")
+        return
     if args.task == "compare":
         if not args.compare_task or not args.mixers:
             raise WavedistillError("lab compare needs --task TASK and --mixers a,b,c")
@@ -76,7 +82,8 @@ def _seeds(text: str) -> list[int]:
 def add_lab_parsers(sub) -> None:
     p = sub.add_parser("lab", help="train wave transformers from scratch on a task, several seeds; "
                        "`lab compare --task T --mixers a,b` sweeps mixers")
-    p.add_argument("task", choices=[*TASKS, "compare"])
+    p.add_argument("task", choices=[*TASKS, "compare", "lm-report"])
+    p.add_argument("runs", nargs="*", help="(lab lm-report) finished stories run folders, one table row each")
     p.add_argument("--task", dest="compare_task", choices=list(TASKS), help="(lab compare) the task to sweep")
     p.add_argument("--mixers", help="(lab compare) comma-separated mixers, e.g. attention,fnet,learned_gate")
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default 0)")
