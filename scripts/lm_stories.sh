@@ -10,7 +10,7 @@ WD=${WAVEDISTILL:-wavedistill}
 SHARED=${SHARED:-../shared}
 OUT=${OUT:-runs/lab/stories}
 COMMON=(--task stories --data "$SHARED/corpora/tinystories/stories.txt" --tokenizer "$SHARED/teachers/stories260K"
-        --match-params attention --lr-sweep 1.5e-3,3e-3,6e-3 --seeds "${SEEDS:-0,1,2}" --jobs 2)
+        --match-params attention --lr-sweep 3e-3,6e-3,1.2e-2 --seeds "${SEEDS:-0,1,2}" --jobs 2)
 MIXERS=attention,wda,rotary_gla,gated_delta_net,s4d,learned_gate
 $WD lab compare "${COMMON[@]}" --mixers "$MIXERS" --output-dir "$OUT/pure"
 $WD lab compare "${COMMON[@]}" --mixers rotary_gla --mixer-kwargs '{"window": 16, "sinks": 4}' \

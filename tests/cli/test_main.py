@@ -662,15 +662,16 @@ def test_loss_flags_set_the_kd_loss_of_every_kd_stage():
     from wavedistill.cli.args import distill_config
     from wavedistill.cli.parser import build_parser
     from wavedistill.training.config import recipe_stages
-    from wavedistill.training.recipes import KDStage
+    from wavedistill.training.recipes import KDLoss, KDStage
 
     args = build_parser().parse_args(["kd", "--teacher", "t", "--student", "tiny", "--max-steps", "5",
                                       "--hidden-weight", "0.2", "--hidden-loss", "cosine", "--divergence", "jsd",
                                       "--label-smoothing", "0.1", "--attention-window", "16", "--ce-weight", "0.3"])
     cfg = distill_config(args)
-    assert cfg.loss == {"hidden_weight": 0.2, "hidden_loss": "cosine", "divergence": "jsd", "label_smoothing": 0.1,
-                        "attention_window": 16, "ce_weight": 0.3}
-    assert recipe_stages(cfg) == [KDStage(steps=5, **cfg.loss)]
+    flags = {"hidden_weight": 0.2, "hidden_loss": "cosine", "divergence": "jsd", "label_smoothing": 0.1,
+             "attention_window": 16, "ce_weight": 0.3}
+    assert cfg.loss == KDLoss(**flags)  # parsed once, when the config is made
+    assert recipe_stages(cfg) == [KDStage(steps=5, **flags)]
 
 
 def test_make_tasks_draws_from_the_runs_test_split_and_says_where(run_tasks, finished_run):

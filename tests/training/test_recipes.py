@@ -123,3 +123,36 @@ def test_a_finished_run_that_recorded_alpha_is_read_in_todays_keys(tmp_path):
     saved = read_run_config(str(tmp_path))
     assert "alpha" not in saved and saved["stages"] == [{"kind": "kd", "steps": 5, "kl_weight": 1.0, "ce_weight": 0.0}]
     make_config(saved)  # `layers --from-run` and `eval` build the run's config from it
+
+
+def test_student_stages_and_loss_are_dataclasses_once_the_config_is_made():
+    from wavedistill.training.config import recorded_settings
+    from wavedistill.training.recipes import KDLoss
+    from wavedistill.training.student_spec import StudentSpec
+
+    cfg = make_config({"student": {"preset": "tiny", "mixer": "rotary_gla"}, "loss": {"ce_weight": 0.2},
+                       "stages": [{"kind": "kd", "steps": 4}]})
+    assert cfg.student == StudentSpec(preset="tiny", mixer="rotary_gla")
+    assert cfg.stages == [KDStage(steps=4, ce_weight=0.2)] and cfg.loss is None  # the flags went into the stages
+    assert make_config({"loss": {"ce_weight": 0.2}, "max_steps": 3}).loss == KDLoss(ce_weight=0.2)
+    # what config.yaml records (every field written out) makes the same config again
+    assert make_config(recorded_settings(cfg)) == cfg
+    with pytest.raises(WavedistillError, match=r"unknown student keys \['width'\]"):
+        make_config({"student": {"width": 3}})
+    with pytest.raises(WavedistillError, match="student must be a mapping"):
+        make_config({"student": "tiny"})
+
+
+def test_a_record_with_partial_mappings_compares_equal_to_the_same_settings_in_full(tmp_path):
+    import yaml
+
+    from wavedistill.training.config import check_resume
+
+    # config.yaml as wavedistill 0.2.0 wrote it: the stage and student mappings as given, the loss flags apart
+    partial = {"output_dir": str(tmp_path), "max_steps": 0, "student": {"preset": "tiny"},
+               "loss": {"ce_weight": 0.2}, "stages": [{"kind": "kd", "steps": 4}]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(partial))
+    check_resume(make_config({**partial, "resume": True}))  # the same settings: accepted
+    with pytest.raises(WavedistillError, match="--resume with other settings.*stages"):
+        check_resume(make_config({**partial, "resume": True, "stages": [{"kind": "kd", "steps": 4, "ce_weight": 0.5}],
+                                  "loss": None}))

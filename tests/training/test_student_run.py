@@ -4,6 +4,7 @@ and refuses settings that only mean something for in-place conversion."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import tiny_run_config
 from wavedistill.errors import WavedistillError
+from wavedistill.training.student_spec import StudentSpec
 
 STUDENT = {"preset": "compressed"}  # of the tiny 2-layer, hidden-32 Qwen3: 1 layer, hidden 16, 1 / 1 heads
 
@@ -36,7 +38,8 @@ def test_the_student_has_the_preset_shape_and_saves_as_a_hugging_face_folder(stu
                                                   "intermediate_size": 32, "layer_map": [1], "mixer": "attention",
                                                   "params": 0}
     saved = yaml.safe_load((out / "config.yaml").read_text())["student"]
-    assert saved == {"preset": "compressed", "layer_map": [1]}  # the resolved map, not just "uniform"
+    # the whole spec, with the resolved map rather than just "uniform"
+    assert saved == dataclasses.asdict(StudentSpec(preset="compressed", layer_map=[1]))
     teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher["teacher"])
     assert metrics["student"]["params"] < sum(p.numel() for p in teacher.parameters())
     plain = AutoModelForCausalLM.from_pretrained(out / "student")  # no wavedistill code involved
@@ -226,7 +229,7 @@ def test_report_tags_a_run_trained_on_ce_alone(tiny_teacher, tmp_path):
     from wavedistill.evals.runs import _ce_only
 
     for name, changes, expected in [("ce", {"loss": {"kl_weight": 0.0}}, True), ("kd", {}, False),
-                                    ("ce_stage", {"stages": [{"kind": "kd", "kl_weight": 0.0}]}, True),
+                                    ("ce_stage", {"stages": [{"kind": "kd", "steps": 5, "kl_weight": 0.0}]}, True),
                                     ("recorded_as_alpha", {"alpha": 0.0}, True)]:  # folders of wavedistill 0.1
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(changes))

@@ -22,8 +22,7 @@ from ..data import run_documents, split_texts, tokenize_documents
 from ..errors import WavedistillError
 from ..io import ADAPTER_CONFIG, adapter_dir, apply_adapter, load_teacher, read_adapter_config, student_and_teacher
 from ..surgery import wave_attention_modules
-from ..training.config import DistillConfig, upgraded
-from ..training.recipes import KDLoss
+from ..training.config import DistillConfig, recipe_stages, record_config, upgraded
 from ..training.student import shared_vocab
 
 SPLITS = ("test", "val", "all")
@@ -195,10 +194,8 @@ def _ce_only(run_dir: str) -> bool:
     cfg = read_run_config(run_dir)
     if cfg is None:
         return False
-    stages = cfg.get("stages") or [{"kind": "kd"}]
-    loss = cfg.get("loss") or {}  # the loss flags, set on every kd stage
-    weights = [loss.get("kl_weight", s.get("kl_weight", KDLoss.kl_weight)) for s in stages if s.get("kind") == "kd"]
-    return bool(weights) and cfg.get("train", True) and all(w == 0 for w in weights)
+    weights = [s.kl_weight for s in recipe_stages(record_config(cfg, run_dir)) if s.kind == "kd"]
+    return bool(weights) and all(w == 0 for w in weights)
 
 
 def report_table(rows: list[tuple[str, dict]]) -> str:

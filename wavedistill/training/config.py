@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ from ..data import DataSplit
 from ..errors import WavedistillError
 from ..mixers import get_mixer_class
 from ..mixers.base import mixers_with_matrix
-from .recipes import LOSS_FIELDS, LOSS_KINDS, make_stage
+from .recipes import LOSS_KINDS, KDLoss, KDStage, Stage, parse_recipe
 from .student_spec import StudentSpec, parse_student
 
 
@@ -42,7 +43,7 @@ class DistillConfig:
     teacher_dtype: str | None = None  # dtype the base (teacher) loads in; None = dtype
     teacher_device_map: str | dict | None = None  # auto | balanced | sequential | a device | {module: device}
     teacher_max_memory: dict | None = None  # with a device map: per-device caps, e.g. {"cpu": "2GB"}; beyond: disk
-    student: dict | None = None  # a separate, smaller student (student_spec.StudentSpec keys); None = convert
+    student: StudentSpec | None = None  # a separate, smaller student; None = convert the teacher in place
     teacher_cache: str | None = None  # folder of `wavedistill cache-teacher`: train on its targets, no teacher forward
     epochs: float = 1.0
     max_steps: int = 0  # > 0 overrides epochs
@@ -54,8 +55,8 @@ class DistillConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (the global batch is batch_size)
     grad_checkpointing: bool = False  # recompute the decoder layers' activations in backward (less memory)
     temperature: float = 1.0
-    stages: list[dict] | None = None  # the recipe (training.recipes); None = one kd stage of max_steps / epochs
-    loss: dict | None = None  # kd-loss fields (recipes.KDLoss) set on every kd / progressive / handoff stage
+    stages: list[Stage] | None = None  # the recipe (training.recipes); None = one kd stage of max_steps / epochs
+    loss: KDLoss | None = None  # without stages: that kd stage's loss; given with stages, set on every kd-loss stage
     unfreeze_mlps: bool = False
     lora_mlp: int = 0  # > 0: LoRA of this rank on every MLP projection, trained in the end-to-end stages
     lora_alpha: float = 0.0  # LoRA scale numerator; 0 = 2 * lora_mlp
@@ -75,6 +76,13 @@ class DistillConfig:
     dtype: str = "float32"
     seed: int = 0
     num_processes: int = 1  # recorded by the run: the processes it trained with (launchers set it, not this key)
+
+    def __post_init__(self) -> None:
+        # The YAML mappings are parsed here, once (strict keys, one-line errors): everything downstream reads
+        # dataclasses. A parsed value passes through unchanged (dataclasses.replace builds the config again).
+        if self.student is not None and not isinstance(self.student, StudentSpec):
+            self.student = parse_student(self.student)
+        self.stages, self.loss = parse_recipe(self.stages, self.loss)
 
 
 # What a resume may change: where and how the run is watched, not what it trains (max_steps only upward: see
@@ -121,9 +129,25 @@ def recorded_settings(cfg) -> dict:
     return yaml.safe_load(to_yaml(cfg))
 
 
+def record_config(saved: dict, output_dir: str) -> DistillConfig:
+    """A run's recorded settings (any version's config.yaml, :func:`upgraded`) parsed as a config."""
+    known = {f.name for f in dataclasses.fields(DistillConfig)}
+    try:
+        return DistillConfig(**{k: v for k, v in saved.items() if k in known})
+    except (WavedistillError, TypeError) as e:
+        raise WavedistillError(f"{output_dir}/config.yaml no longer parses as a run's settings ({e}); start a new "
+                               "run in another --output-dir") from None
+
+
+def parsed_record(saved: dict, output_dir: str) -> dict:
+    """A run's recorded settings parsed and recorded again, so that a record with partial stage or student mappings
+    compares equal to the same settings written out in full."""
+    return recorded_settings(record_config(saved, output_dir))
+
+
 def check_same_run(cfg: DistillConfig, remedy: str) -> None:
     """A folder's run is reused or resumed by compare / layers only for the very same settings."""
-    saved = saved_config(cfg.output_dir)
+    saved = parsed_record(saved_config(cfg.output_dir), cfg.output_dir)
     wanted = recorded_settings(cfg)
     differ = sorted(k for k in set(saved) | set(wanted) if k not in ("resume", "overwrite", "num_processes")
                     and saved.get(k) != wanted.get(k))
@@ -133,7 +157,7 @@ def check_same_run(cfg: DistillConfig, remedy: str) -> None:
 
 def check_resume(cfg: DistillConfig) -> None:
     """Refuse, in one line, a resume whose settings differ from the run's ``config.yaml`` where they shape it."""
-    saved = saved_config(cfg.output_dir)
+    saved = parsed_record(saved_config(cfg.output_dir), cfg.output_dir)
     wanted = recorded_settings(cfg)
     if isinstance(saved.get("student"), dict) and isinstance(wanted.get("student"), dict):
         # config.yaml records a separate student's layer map as the teacher layers it resolved to
@@ -183,8 +207,6 @@ def validate(cfg: DistillConfig) -> None:
         (cfg.lora_mlp >= 0 and cfg.lora_alpha >= 0, "lora_mlp and lora_alpha must be >= 0"),
         (not (cfg.lora_mlp and cfg.unfreeze_mlps), "choose one recovery: lora_mlp or unfreeze_mlps, not both"),
         (not cfg.lora_merge or cfg.lora_mlp > 0, "lora_merge needs lora_mlp > 0"),
-        (cfg.stages is None or isinstance(cfg.stages, list), "stages must be a list of stage mappings"),
-        (cfg.loss is None or isinstance(cfg.loss, dict), "loss must be a mapping of kd-loss fields"),
         # each stage sets its own steps, so a max_steps beside them would be silently ignored
         (not (cfg.stages and cfg.max_steps > 0), f"max_steps {cfg.max_steps} has no effect on a run with stages (each "
          "stage sets its own steps): drop --max-steps, or change the stages' steps"),
@@ -213,7 +235,8 @@ def validate(cfg: DistillConfig) -> None:
     stages = recipe_stages(cfg)
     mixer = cfg.wave_type
     if cfg.student is not None:
-        mixer = student_spec(cfg).mixer
+        check_student(cfg)
+        mixer = cfg.student.mixer
     matched = [s for s in stages if getattr(s, "attention_weight", 0) > 0]
     if matched and mixer != "attention":
         if mixer not in mixers_with_matrix():
@@ -230,9 +253,9 @@ _CONVERSION_ONLY = {"wave_type": "learned_gate", "layers": None, "keep_attention
                     "reinit": None, "unfreeze_mlps": False, "lora_mlp": 0}
 
 
-def student_spec(cfg: DistillConfig) -> StudentSpec:
-    """``cfg.student`` as a :class:`StudentSpec`, checked against the rest of the run's config (one-line errors)."""
-    spec = parse_student(cfg.student)
+def check_student(cfg: DistillConfig) -> None:
+    """A separate student (``cfg.student``) leaves the in-place conversion settings alone and trains with kd
+    stages only (one-line errors)."""
     clash = [k for k, default in _CONVERSION_ONLY.items() if getattr(cfg, k) != default]
     if clash:
         raise WavedistillError(f"{', '.join(clash)} convert the teacher in place; a separate student takes "
@@ -241,31 +264,13 @@ def student_spec(cfg: DistillConfig) -> StudentSpec:
     if other:
         raise WavedistillError(f"stages {other} train mixers inside the teacher; a separate student trains with kd "
                                "stages only")
-    return spec
 
 
-def recipe_stages(cfg: DistillConfig, default_steps: int = 1):
-    """The run's stages as dataclasses; without ``stages``, one kd stage of ``max_steps`` (else ``default_steps``).
-
-    ``cfg.loss`` (the loss flags) is set on every stage whose objective is the kd loss; a stage of the recipe that
-    sets one of those fields to another value is an error, not silently overridden either way.
-    """
+def recipe_stages(cfg: DistillConfig, default_steps: int = 1) -> list[Stage]:
+    """The run's stages; without ``stages``, one kd stage of ``max_steps`` (else ``default_steps``) with the run's
+    loss flags (``cfg.loss``)."""
     if not cfg.train:
         return []
-    specs = [dict(s) for s in cfg.stages] if cfg.stages else [{"kind": "kd", "steps": cfg.max_steps or default_steps}]
-    loss = dict(cfg.loss or {})
-    unknown = sorted(set(loss) - set(LOSS_FIELDS))
-    if unknown:
-        raise WavedistillError(f"unknown loss settings {unknown}; known: {', '.join(LOSS_FIELDS)}")
-    if loss and not any(s.get("kind") in LOSS_KINDS for s in specs):
-        raise WavedistillError(f"loss settings ({', '.join(loss)}) apply to {' / '.join(LOSS_KINDS)} stages; the "
-                               f"recipe has none")
-    for i, spec in enumerate(specs):
-        if spec.get("kind") not in LOSS_KINDS:
-            continue
-        clash = sorted(k for k in loss if k in spec and spec[k] != loss[k])
-        if clash:
-            raise WavedistillError(f"stage {i} ({spec['kind']}) sets {', '.join(f'{k}={spec[k]!r}' for k in clash)}, "
-                                   f"the loss flags {', '.join(f'{k}={loss[k]!r}' for k in clash)}: keep one")
-        spec.update(loss)
-    return [make_stage(s) for s in specs]
+    if cfg.stages:
+        return list(cfg.stages)
+    return [KDStage(steps=cfg.max_steps or default_steps, **dataclasses.asdict(cfg.loss or KDLoss()))]

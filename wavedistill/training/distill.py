@@ -40,7 +40,7 @@ from ..surgery import (TeacherView, convert, converted_layers, decoder_layers, k
                        unconvert, wave_attention_modules)
 from ..surgery.lora import add_mlp_lora, lora_parameters, merge_mlp_lora
 from .checkpoint import restore_checkpoint, save_checkpoint
-from .config import DistillConfig, check_resume, recipe_stages, recorded_settings, saved_config, student_spec
+from .config import DistillConfig, check_resume, recipe_stages, recorded_settings, saved_config
 from .loop import STUDENT_INIT, Run, log_candidate, make_accelerator, trainable_counts
 from .stages import RUNNERS
 from .student import save_student_folder, student_for_run, student_summary
@@ -250,7 +250,8 @@ def open_logs(r: Run, counts: dict) -> None:
     # A separate student's map as the teacher layers it resolved to (the strategy's name alone hides them).
     saved = dataclasses.replace(cfg, resume=False, overwrite=False)
     if r.student_layer_map is not None:
-        saved = dataclasses.replace(saved, student={**cfg.student, "layer_map": list(r.student_layer_map)})
+        saved = dataclasses.replace(saved, student=dataclasses.replace(cfg.student,
+                                                                        layer_map=list(r.student_layer_map)))
     write_text(os.path.join(cfg.output_dir, "config.yaml"), to_yaml(saved))
     if not cfg.resume:
         with open(os.path.join(cfg.output_dir, "data_split.json"), "w") as f:
@@ -312,7 +313,7 @@ def separate_student(r: Run) -> dict | None:
     if r.student_layer_map is None:
         return None
 
-    return student_summary(r.student, r.student_layer_map, student_spec(r.cfg).mixer)
+    return student_summary(r.student, r.student_layer_map, r.cfg.student.mixer)
 
 
 def describe_student(r: Run) -> str:

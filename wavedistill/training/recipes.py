@@ -2,7 +2,8 @@
 
 A recipe is the ``stages`` list of a run config (YAML ``stages: [{kind: transfer, steps: 500}, ...]``)
 or the ``--stages transfer:500,kd:1500`` flag (kind:steps, every other field at its default).
-Stage fields left at ``None`` take the run-wide value (``lr``, ``temperature``, ``alpha``).
+Stage fields left at ``None`` take the run-wide value (``lr``, ``temperature``); the run's loss flags
+(``loss:``) are set on every stage trained on the kd loss (:func:`parse_recipe`).
 
 * ``fit``: closed-form start for Toeplitz mixers (``learned_gate``): each head's kernel is the
   least-squares Toeplitz fit of the teacher's attention maps, the mean of each diagonal.
@@ -54,9 +55,9 @@ class TransferStage:
 
 @dataclass
 class KDLoss:
-    """The end-to-end loss shared by kd, progressive and handoff."""
+    """The end-to-end loss shared by kd, progressive and handoff: a run's loss flags (``loss:`` in YAML,
+    ``--kl-weight`` ...) are these fields, set on every such stage."""
 
-    lr: float | None = None
     kl_weight: float = 0.9  # weight of the divergence to the teacher (a KL unless `divergence` says otherwise)
     ce_weight: float = 0.1  # weight of next-token cross-entropy on the data
     hidden_weight: float = 0.0  # weight of the feature loss between student and (mapped) teacher layer outputs
@@ -66,7 +67,6 @@ class KDLoss:
     attention_loss: str = "kl"  # kl | mse, per query row
     attention_heads: str = "head"  # head: student head h <-> teacher head h | group: <-> mean of teacher group h
     attention_window: int = 0  # > 0: match the maps of the first N positions only (MOHAWK's short windows)
-    temperature: float | None = None  # None: the run's temperature; the start value of a schedule
     temperature_schedule: str = "constant"  # constant | linear | cosine (to temperature_end) | dynamic
     temperature_end: float = 1.0
     temperature_max: float = 4.0  # dynamic: a fully confident teacher position gets this temperature
@@ -75,13 +75,21 @@ class KDLoss:
 
 
 @dataclass
-class KDStage(KDLoss):
+class LossStage(KDLoss):
+    """A stage trained on the kd loss, with the two settings a stage may take apart from the run's."""
+
+    lr: float | None = None  # None: the run's lr
+    temperature: float | None = None  # None: the run's temperature; the start value of a schedule
+
+
+@dataclass
+class KDStage(LossStage):
     kind: str = "kd"
     steps: int = 0
 
 
 @dataclass
-class ProgressiveStage(KDLoss):
+class ProgressiveStage(LossStage):
     kind: str = "progressive"
     order: str = "first_to_last"
     group_size: int = 1
@@ -90,7 +98,7 @@ class ProgressiveStage(KDLoss):
 
 
 @dataclass
-class HandoffStage(KDLoss):
+class HandoffStage(LossStage):
     kind: str = "handoff"
     steps: int = 0
     schedule: str = "linear"  # shape of a(step) from 0 to 1
@@ -102,8 +110,7 @@ class HandoffStage(KDLoss):
 
 STAGES = {cls().kind: cls for cls in (FitStage, TransferStage, KDStage, ProgressiveStage, HandoffStage)}
 LOSS_KINDS = tuple(kind for kind, cls in STAGES.items() if issubclass(cls, KDLoss))  # stages trained on the kd loss
-# the KDLoss fields a run sets once for all of them (lr and temperature have run-wide flags already)
-LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(KDLoss) if f.name not in ("lr", "temperature"))
+LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(KDLoss))  # what a run sets once for all of them
 Stage = FitStage | TransferStage | KDStage | ProgressiveStage | HandoffStage
 
 
@@ -124,6 +131,48 @@ def make_stage(spec: dict) -> Stage:
     stage = cls(**spec)
     validate_stage(stage)
     return stage
+
+
+def parse_recipe(stages, loss) -> tuple[list[Stage] | None, KDLoss | None]:
+    """A run's ``stages`` and ``loss`` settings (YAML mappings, or what an earlier parse returned) as dataclasses.
+
+    The loss flags are set on every stage whose objective is the kd loss; a stage that sets one of those fields to
+    another value is an error, not silently overridden either way. With stages the flags are consumed by them
+    (``loss`` None); without, they stay a :class:`KDLoss` for the one kd stage the run's budget decides.
+    """
+    if isinstance(loss, KDLoss) and stages and not all(isinstance(s, Stage) for s in stages):
+        raise WavedistillError("stages given as mappings take loss flags as a mapping too")
+    if stages and all(isinstance(s, Stage) for s in stages):
+        if loss is not None:
+            raise WavedistillError("stages given as dataclasses carry their own loss fields; set loss: None")
+        return list(stages), None
+    if not (loss is None or isinstance(loss, (dict, KDLoss))):
+        raise WavedistillError(f"loss must be a mapping of kd-loss fields ({', '.join(LOSS_FIELDS)})")
+    flags = dataclasses.asdict(loss) if isinstance(loss, KDLoss) else dict(loss or {})
+    unknown = sorted(set(flags) - set(LOSS_FIELDS))
+    if unknown:
+        raise WavedistillError(f"unknown loss settings {unknown}; known: {', '.join(LOSS_FIELDS)}")
+    check_types(flags, KDLoss, where="the loss setting ")
+    if not stages:
+        if not flags:
+            return None, None
+        validate_stage(KDStage(steps=1, **flags))
+        return None, KDLoss(**flags)
+    if not isinstance(stages, list):
+        raise WavedistillError("stages must be a list of stage mappings")
+    specs = [dict(s) if isinstance(s, dict) else s for s in stages]
+    if flags and not any(isinstance(s, dict) and s.get("kind") in LOSS_KINDS for s in specs):
+        raise WavedistillError(f"loss settings ({', '.join(flags)}) apply to {' / '.join(LOSS_KINDS)} stages; the "
+                               f"recipe has none")
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or spec.get("kind") not in LOSS_KINDS:
+            continue
+        clash = sorted(k for k in flags if k in spec and spec[k] != flags[k])
+        if clash:
+            raise WavedistillError(f"stage {i} ({spec['kind']}) sets {', '.join(f'{k}={spec[k]!r}' for k in clash)}, "
+                                   f"the loss flags {', '.join(f'{k}={flags[k]!r}' for k in clash)}: keep one")
+        spec.update(flags)
+    return [make_stage(s) for s in specs], None
 
 
 def validate_stage(stage: Stage) -> None:

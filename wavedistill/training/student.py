@@ -31,7 +31,6 @@ from torch import nn
 from ..errors import WavedistillError
 from ..io import base_identity, replace_dir, write_adapter_files
 from ..surgery import attach_wave, convert, converted_layers, detach_wave, params_in_use, wave_attention_modules
-from .config import student_spec
 from .layer_map import layer_map
 from .student_spec import PRESETS, StudentSpec, check_choices
 
@@ -153,7 +152,7 @@ def student_for_run(teacher: nn.Module, teacher_tokenizer, cfg) -> tuple[nn.Modu
     """(student, layer map, shared logit rows) of a run with ``cfg.student``: built (or loaded) in float32,
     its layers converted to ``mixer`` unless it keeps attention, everything but replaced attention trainable.
     The shared rows are None when teacher and student have the same number of output rows."""
-    spec = student_spec(cfg)
+    spec = cfg.student
     n_teacher = teacher.config.num_hidden_layers
     if spec.path is not None:
         from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: transformers' Auto classes add ~0.4 s to every command's start
