@@ -24,7 +24,7 @@ from ..core.run_folder import write_json_atomic
 from ..core.sweep import fmt_spread
 from ..errors import WavedistillError
 from ..evals.recall import induction
-from .analysis import load_seed, plot_compare
+from .analysis import load_seed, plot_compare, read_log
 from .config import make_lab_config
 from .decode import decode_ms_per_token, greedy
 from .model import build_model, param_counts
@@ -80,7 +80,7 @@ def routing(model, x: torch.Tensor) -> list[dict] | None:
              "std_over_tokens": round(pi.std(0).mean().item(), 4)} for i, pi in sorted(weights.items())]
 
 
-def measure_run(summary: dict, seeds: list, lengths, contexts, n_sequences: int) -> dict:
+def measure_run(run_dir: str, summary: dict, seeds: list, lengths, contexts, n_sequences: int) -> dict:
     """Everything the row of one run needs, measured on its seeds' saved models."""
     _, cfg, task, model = seeds[0]
     counts = param_counts(model)
@@ -97,12 +97,24 @@ def measure_run(summary: dict, seeds: list, lengths, contexts, n_sequences: int)
         torch.manual_seed(seeds[0][0])  # the untrained model: the run's initialisation distribution, same seed
         route = {"trained": route, "untrained": routing(build_model(cfg, task).eval(), x), "tokens": x.numel()}
     first = next(iter(summary["seeds"].values()))
-    return {"name": label(cfg), "mixer": cfg.mixer, "params": counts["total"],
+    return {"name": label(cfg), "late_drop": late_drop(run_dir, seeds), "mixer": cfg.mixer, "params": counts["total"],
             "non_embedding_params": counts["non_embedding"], "d_mlp": first["d_mlp"], "lr": summary["config"]["lr"],
             "train_tokens": first["train_tokens"], "train_tokens_per_s": summary["train_tokens_per_s"],
             "test_ppl": summary["final_test_ppl"], "test_tokens": first["test_targets"], "seeds": list(ind),
             "decode_ms_per_token": decode, "induction_accuracy": ind, "induction_chance": res["chance"],
             "routing": route}
+
+
+def late_drop(run_dir: str, seeds: list, last_tokens_share: float = 1 / 6) -> dict[int, float]:
+    """Per seed, how much the test loss fell over the last ``last_tokens_share`` of training (from the last
+    evaluation at or before that point to the final one): near 0 = the curve has flattened."""
+    out = {}
+    for seed, *_ in seeds:
+        rows = read_log(os.path.join(run_dir, f"seed_{seed}"))
+        cut = rows[-1]["train_tokens"] * (1 - last_tokens_share)
+        before = [r for r in rows if r["train_tokens"] <= cut][-1]
+        out[seed] = before["test_loss"] - rows[-1]["test_loss"]
+    return out
 
 
 def label(cfg) -> str:
@@ -111,6 +123,7 @@ def label(cfg) -> str:
 
 def table(rows: list[dict], lengths, contexts) -> str:
     head = ["model", "params (non-emb.)", "d_mlp", "lr", "train tokens", "train tok/s", "test ppl",
+            "test loss fall, last 1/6",
             *[f"decode ms/tok @{P}" for P in contexts], *[f"induction L={L}" for L in lengths]]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in rows:
@@ -118,6 +131,7 @@ def table(rows: list[dict], lengths, contexts) -> str:
         lines.append("| " + " | ".join([f"`{r['name']}`", f"{r['params']:,} ({r['non_embedding_params']:,})",
                                         str(r["d_mlp"]), f"{r['lr']:g}", f"{r['train_tokens']:,}",
                                         fmt_spread(r["train_tokens_per_s"]), fmt_spread(r["test_ppl"], "{:.2f}"),
+                                        f"{statistics.median(r['late_drop'].values()):.3f}",
                                         *[f"{r['decode_ms_per_token'][P]:.2f}" for P in contexts],
                                         *[f"{a:.3f}" for a in ind]]) + " |")
     return "\n".join(lines) + "\n"
@@ -145,8 +159,10 @@ def lm_report(run_dirs: list[str], output_dir: str, lengths=LENGTHS, contexts=CO
     if not run_dirs:
         raise WavedistillError("lm-report needs at least one run folder")
     runs = [read_run(d) for d in run_dirs]
-    rows = [measure_run(s, seeds, lengths, contexts, n_sequences) for s, seeds in runs]
-    text = (f"# Language models from scratch: {runs[0][1][0][2].describe()['tokens']['test']:,}-token test split\n\n"
+    rows = [measure_run(d, s, seeds, lengths, contexts, n_sequences) for d, (s, seeds) in zip(run_dirs, runs)]
+    info = runs[0][1][0][2].describe()
+    text = (f"# Language models from scratch: test perplexity over {info['scored_test_tokens']:,} tokens of "
+            f"{info['documents']['test']:,} held-out documents\n\n"
             + table(rows, lengths, contexts)
             + f"\ninduction chance: {rows[0]['induction_chance']:.4f}; {n_sequences} sequences per L and seed; decode: "
             "median of 32 steps after the context, batch 1, one thread\n\n## Greedy samples (seed 0)\n\n"
