@@ -57,3 +57,24 @@ class Task:
         """Sizes of the splits, for summary.json."""
         return {"train_examples": len(self.train_x), "test_examples": len(self.test_x), "vocab_size": self.vocab_size,
                 "seq_len": self.seq_len}
+
+
+class StreamTask(Task):
+    """A language-modelling task on one token stream per split (``train_stream``): training windows at seeded random
+    offsets, held-out text cut into consecutive windows with every token but the first a target once."""
+
+    train_stream: Tensor
+
+    def windows(self, stream: Tensor, n_max: int) -> tuple[Tensor, Tensor]:
+        """Consecutive (n, seq_len) inputs and next-token targets; n_max 0 = every whole window."""
+        n = (len(stream) - 1) // self.seq_len
+        n = min(n, n_max) if n_max > 0 else n
+        return stream[: n * self.seq_len].view(n, self.seq_len), stream[1: n * self.seq_len + 1].view(n, self.seq_len)
+
+    def train_batch(self, step: int, batch_size: int):
+        """(x, y) windows at random offsets of the train stream, a pure function of (order seed, step)."""
+        g = torch.Generator().manual_seed(self.order_seed * 1_000_003 + step)
+        starts = torch.randint(0, len(self.train_stream) - self.seq_len, (batch_size,), generator=g).tolist()
+        x = torch.stack([self.train_stream[s: s + self.seq_len] for s in starts])
+        y = torch.stack([self.train_stream[s + 1: s + self.seq_len + 1] for s in starts])
+        return x, y, None

@@ -14,10 +14,10 @@ import os
 import torch
 
 from ...errors import DataError
-from .base import Task
+from .base import StreamTask
 
 
-class CharLM(Task):
+class CharLM(StreamTask):
     name = "charlm"
     defaults = dict(d_model=128, n_layers=2, n_heads=4, d_mlp=512, activation="gelu", norm="rms", lr=1e-3,
                     weight_decay=0.1, beta2=0.99, batch_size=32, steps=2000, warmup_steps=100, eval_every=200)
@@ -44,21 +44,6 @@ class CharLM(Task):
         self.vocab_size, self.seq_len = len(self.chars), seq_len
         self.test_x, self.test_y = self.windows(self.val_stream, max_val_windows)
         self.train_x, self.train_y = self.windows(self.train_stream, 256)  # what "train" metrics are scored on
-
-    def windows(self, stream: torch.Tensor, n_max: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Consecutive (n, seq_len) inputs and next-character targets; n_max 0 = every whole window."""
-        n = (len(stream) - 1) // self.seq_len
-        n = min(n, n_max) if n_max > 0 else n
-        x = stream[: n * self.seq_len].view(n, self.seq_len)
-        y = stream[1: n * self.seq_len + 1].view(n, self.seq_len)
-        return x, y
-
-    def train_batch(self, step: int, batch_size: int):
-        g = torch.Generator().manual_seed(self.order_seed * 1_000_003 + step)
-        starts = torch.randint(0, len(self.train_stream) - self.seq_len, (batch_size,), generator=g)
-        x = torch.stack([self.train_stream[s: s + self.seq_len] for s in starts.tolist()])
-        y = torch.stack([self.train_stream[s + 1: s + self.seq_len + 1] for s in starts.tolist()])
-        return x, y, None
 
     def extra_metrics(self, split: str, loss: float) -> dict:
         return {f"{split}_bpc": loss / math.log(2)}

@@ -13,11 +13,9 @@ from __future__ import annotations
 import math
 import os
 
-import torch
-
 from ...data import check_lengths, run_splits
 from ...errors import DataError, WavedistillError
-from .base import Task
+from .base import StreamTask
 
 
 def load_tokenizer(path: str | None):
@@ -37,7 +35,7 @@ def load_tokenizer(path: str | None):
                                "pass a folder with tokenizer.json or tokenizer.model") from None
 
 
-class Stories(Task):
+class Stories(StreamTask):
     name = "stories"
     # ~0.2M parameters besides the embeddings: a size a 2-core CPU trains in minutes (docs/lab.md)
     defaults = dict(d_model=64, n_layers=4, n_heads=4, d_mlp=256, activation="gelu", norm="rms", lr=3e-3,
@@ -63,20 +61,6 @@ class Stories(Task):
         self.val_x, self.val_y = self.windows(splits.val, max_val_windows)
         self.test_x, self.test_y = self.windows(splits.test, 0)
         self.train_x, self.train_y = self.windows(splits.train, 64)  # what "train" metrics are scored on
-
-    def windows(self, stream, n_max: int):
-        """Consecutive (n, seq_len) inputs and their next tokens: every token but the first is a target once."""
-        n = (len(stream) - 1) // self.seq_len
-        n = min(n, n_max) if n_max > 0 else n
-        return stream[: n * self.seq_len].view(n, self.seq_len), stream[1: n * self.seq_len + 1].view(n, self.seq_len)
-
-    def train_batch(self, step: int, batch_size: int):
-        """(x, y) windows at random offsets of the train tokens, a pure function of (order seed, step)."""
-        g = torch.Generator().manual_seed(self.order_seed * 1_000_003 + step)
-        starts = torch.randint(0, len(self.train_stream) - self.seq_len, (batch_size,), generator=g).tolist()
-        x = torch.stack([self.train_stream[s: s + self.seq_len] for s in starts])
-        y = torch.stack([self.train_stream[s + 1: s + self.seq_len + 1] for s in starts])
-        return x, y, None
 
     def eval_sets(self, max_train_rows: int = 2048):
         return {**super().eval_sets(max_train_rows), "val": (self.val_x, self.val_y, None)}
