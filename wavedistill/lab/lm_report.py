@@ -122,7 +122,7 @@ def label(cfg) -> str:
 
 
 def table(rows: list[dict], lengths, contexts) -> str:
-    head = ["model", "params (non-emb.)", "d_mlp", "lr", "train tokens", "train tok/s", "test ppl",
+    head = ["model", "params (non-emb.)", "d_mlp", "lr", "train tokens", "train tok/s", "train wall s", "test ppl",
             "test loss fall, last 1/6",
             *[f"decode ms/tok @{P}" for P in contexts], *[f"induction L={L}" for L in lengths]]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -130,7 +130,9 @@ def table(rows: list[dict], lengths, contexts) -> str:
         ind = [statistics.median(a[L] for a in r["induction_accuracy"].values()) for L in lengths]
         lines.append("| " + " | ".join([f"`{r['name']}`", f"{r['params']:,} ({r['non_embedding_params']:,})",
                                         str(r["d_mlp"]), f"{r['lr']:g}", f"{r['train_tokens']:,}",
-                                        fmt_spread(r["train_tokens_per_s"]), fmt_spread(r["test_ppl"], "{:.2f}"),
+                                        fmt_spread(r["train_tokens_per_s"]),
+                                        f"{r['train_tokens'] / r['train_tokens_per_s']['median']:.0f}",
+                                        fmt_spread(r["test_ppl"], "{:.2f}"),
                                         f"{statistics.median(r['late_drop'].values()):.3f}",
                                         *[f"{r['decode_ms_per_token'][P]:.2f}" for P in contexts],
                                         *[f"{a:.3f}" for a in ind]]) + " |")
