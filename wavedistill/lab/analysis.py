@@ -171,25 +171,31 @@ def analyze(run_dir: str) -> dict:
 
 def plot_compare(cfgs: list[LabConfig], path: str) -> None:
     """Every seed of every mixer against training: test accuracy per step (log), val bits per character per step
-    for charlm, held-out (test) loss per training token for stories."""
+    for charlm, held-out (test) loss per training token for stories (with a second panel on the second half of
+    training, where the curves sit too close together to tell apart on the first)."""
     plt = _plt()
     task = cfgs[0].task
     key = {"charlm": "test_bpc", "stories": "test_loss"}.get(task, "test_acc")
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, axes = plt.subplots(1, 2 if task == "stories" else 1, figsize=(12 if task == "stories" else 7, 4.2),
+                             squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for cfg, color in zip(cfgs, colors * 3):
-        for j, seed in enumerate(cfg.seeds):
-            rows = read_log(os.path.join(cfg.output_dir, f"seed_{seed}"))
-            label = (cfg.mixer + (f" {cfg.mixer_kwargs}" if cfg.mixer_kwargs else "")) if j == 0 else None
-            x = [r["train_tokens"] if task == "stories" else r["step"] for r in rows]
-            ax.plot(x, [r[key] for r in rows], color=color, alpha=0.7,
-                    linewidth=1, label=label)
     ylabel = {"test_bpc": "val bits / char", "test_loss": "held-out (test) loss, nats / token"}.get(
         key, "test accuracy (held out)")
-    ax.set(xscale="linear" if task == "stories" else "log", xlabel="training tokens" if task == "stories" else "step",
-           ylabel=ylabel, title=f"{task}: every seed")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for panel, ax in enumerate(axes[0]):
+        for cfg, color in zip(cfgs, colors * 3):
+            for j, seed in enumerate(cfg.seeds):
+                rows = read_log(os.path.join(cfg.output_dir, f"seed_{seed}"))
+                if panel:  # the second half of training only
+                    rows = [r for r in rows if r["train_tokens"] >= rows[-1]["train_tokens"] / 2]
+                label = (cfg.mixer + (f" {cfg.mixer_kwargs}" if cfg.mixer_kwargs else "")) if j == 0 else None
+                x = [r["train_tokens"] if task == "stories" else r["step"] for r in rows]
+                ax.plot(x, [r[key] for r in rows], color=color, alpha=0.7, linewidth=1, label=label,
+                        marker="." if panel else None)
+        ax.set(xscale="linear" if task == "stories" else "log",
+               xlabel="training tokens" if task == "stories" else "step", ylabel=ylabel,
+               title=f"{task}: every seed" + (", second half of training" if panel else ""))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
