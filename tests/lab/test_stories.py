@@ -2,6 +2,7 @@
 parameter matching, bad input, and the whole `lab compare` -> `lab lm-report` path at a tiny size."""
 
 import math
+import os
 import subprocess
 import sys
 
@@ -38,6 +39,20 @@ def test_held_out_documents_are_the_distill_split_and_every_token_is_scored(corp
     starts = [next(i for i in range(len(splits.train)) if torch.equal(splits.train[i: i + 16], row)) for row in x]
     assert all(s + 16 < len(splits.train) for s in starts)  # drawn from the train tokens alone
     assert set(task.eval_sets()) == {"train", "test", "val"}
+
+
+def test_seeds_read_together_share_one_tokenized_corpus(corpus, tmp_path):
+    from wavedistill.lab.analysis import load_seed
+    from wavedistill.lab.sweep import run_lab
+
+    cfg = make_lab_config({"task": "stories", "task_kwargs": {"seq_len": 16, **corpus}, "d_model": 16, "d_mlp": 32,
+                           "n_layers": 1, "steps": 1, "seeds": [0, 1], "output_dir": str(tmp_path)})
+    run_lab(cfg)
+    tasks = {}
+    (_, a, _), (_, b, _) = (load_seed(str(tmp_path / f"seed_{s}"), tasks) for s in (0, 1))
+    assert a is b and len(tasks) == 1  # the seed draws no stories data: one task for both
+    (_, c, _) = load_seed(str(tmp_path / "seed_1"))
+    assert c is not a and torch.equal(c.test_y, a.test_y)
 
 
 def test_evaluate_reports_perplexity_as_exp_of_the_mean_loss(corpus):
@@ -98,6 +113,18 @@ def test_lab_compare_then_lm_report_at_a_tiny_size(corpus, tmp_path):
     assert "| `attention` |" in report and "| `wda` |" in report and "induction L=128" in report
     assert "## Routing of `wda`" in report and "## Greedy samples" in report
     assert (out / "report" / "loss_vs_tokens.png").stat().st_size > 1000
-    r = subprocess.run([sys.executable, "-m", "wavedistill", "lab", "lm-report", str(tmp_path)],
-                       capture_output=True, text=True, env=ENV)
+    assert f"written to {out / 'report'}" in r.stdout and "lm-report: measuring" in r.stdout
+    # checked before anything is measured: a report of other runs, or foreign files, are refused and left alone
+    r = subprocess.run([sys.executable, "-m", "wavedistill", "lab", "lm-report", str(out / "wda"), "--output-dir",
+                        str(out / "report")], capture_output=True, text=True, env=ENV)
+    assert_one_line_error(r, "holds the report of other runs")
+    assert (out / "report" / "report.md").read_text() == report
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    r = subprocess.run([sys.executable, "-m", "wavedistill", "lab", "lm-report", str(out / "wda"), "--output-dir",
+                        str(tmp_path / "mine")], capture_output=True, text=True, env=ENV)
+    assert_one_line_error(r, "holds files lm-report did not write")
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+    r = subprocess.run([sys.executable, "-m", "wavedistill", "lab", "lm-report", str(tmp_path), "--output-dir",
+                        str(tmp_path / "report_of_nothing")], capture_output=True, text=True, env=ENV)
     assert_one_line_error(r, "has no summary.json")

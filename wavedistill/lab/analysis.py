@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from ..errors import WavedistillError
 from .config import LabConfig
 from .model import build_model
-from .tasks import build_task
+from .tasks import TASKS, build_task
 
 DEAD_THRESHOLD = 0.01
 
@@ -43,13 +43,21 @@ def read_log(folder: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def load_seed(folder: str):
-    """(config, task, model) of a finished seed folder, rebuilt from its config.yaml and model.safetensors."""
+def load_seed(folder: str, tasks: dict | None = None):
+    """(config, task, model) of a finished seed folder, rebuilt from its config.yaml and model.safetensors.
+
+    ``tasks``: a cache of the tasks already built, shared by the seeds and runs read together; a task whose data
+    the seed does not draw (``seeded_data`` False: a tokenized corpus) is built once for all of them."""
     with open(os.path.join(folder, "config.yaml")) as f:
         saved = yaml.safe_load(f)
     names = {f.name for f in dataclasses.fields(LabConfig)}
     cfg = LabConfig(**{k: v for k, v in saved.items() if k in names})
-    task = build_task(cfg.task, saved.get("task_data_seed", saved["seed"]), **cfg.task_kwargs)
+    data_seed = saved.get("task_data_seed", saved["seed"])
+    key = (cfg.task, json.dumps(cfg.task_kwargs, sort_keys=True), data_seed if TASKS[cfg.task].seeded_data else None)
+    tasks = {} if tasks is None else tasks
+    if key not in tasks:
+        tasks[key] = build_task(cfg.task, data_seed, **cfg.task_kwargs)
+    task = tasks[key]
     model = build_model(cfg, task)
     model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")))
     return cfg, task, model.eval()

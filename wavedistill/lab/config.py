@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 
 from ..core.configs import build
 from ..errors import WavedistillError
-from ..mixers import mixer_kwargs
-from ..mixers import get_mixer_class
+from ..mixers import get_mixer_class, mixer_kwargs
 from .tasks import TASKS, check_task_options
 
 #: Student sizes for lab distillation (the issue's sequence-model presets): width, depth, heads and the state
@@ -37,8 +36,8 @@ def upgraded(saved: dict) -> dict:
 
 
 GENERIC = dict(d_model=64, n_layers=2, n_heads=4, d_mlp=256, activation="gelu", norm="rms", positions="learned",
-               steps=1000,
-               batch_size=32, lr=1e-3, weight_decay=0.1, beta2=0.98, warmup_steps=50, grad_clip=1.0, eval_every=100)
+               steps=1000, batch_size=32, lr=1e-3, weight_decay=0.1, beta2=0.98, warmup_steps=50, grad_clip=1.0,
+               eval_every=100)
 
 
 @dataclass
@@ -56,7 +55,7 @@ class LabConfig:
     norm: str | None = None  # rms | none
     positions: str | None = None  # learned: absolute position table | none: the mixer alone orders tokens (RoPE, ...)
     # a reference mixer: d_mlp is chosen so the model's parameters besides the embeddings and read-out match that
-    # mixer's model of the same other settings within 5 % (lab/params.py); None = d_mlp as given
+    # mixer's model of the same other settings within 5 % (lab/model.py matched_d_mlp); None = d_mlp as given
     match_params: str | None = None
     steps: int | None = None
     batch_size: int | None = None  # 0 = full batch

@@ -20,10 +20,11 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from ..core.run_folder import write_json_atomic
+from ..core.run_folder import check_not_file, contents, describe, write_json_atomic
 from ..core.sweep import fmt_spread
 from ..errors import WavedistillError
 from ..evals.recall import induction
+from ..io import write_text
 from .analysis import load_seed, plot_compare, read_log
 from .config import make_lab_config
 from .decode import decode_ms_per_token, greedy
@@ -31,6 +32,8 @@ from .model import build_model, param_counts
 
 LENGTHS = (32, 64, 128)
 CONTEXTS = (256, 2048)
+REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "loss_vs_tokens.png"
+REPORT_FILES = (REPORT_MD, REPORT_JSON, REPORT_PNG)
 
 
 class CausalLMView(nn.Module):
@@ -44,8 +47,9 @@ class CausalLMView(nn.Module):
         return SimpleNamespace(logits=self.model.logits(self.model(input_ids)))
 
 
-def read_run(run_dir: str) -> tuple[dict, list[tuple[int, object, object, object]]]:
-    """(summary.json, [(seed, cfg, task, model)]) of a finished stories run folder; one-line errors otherwise."""
+def read_run(run_dir: str, tasks: dict) -> tuple[dict, list[tuple[int, object, object, object]]]:
+    """(summary.json, [(seed, cfg, task, model)]) of a finished stories run folder; one-line errors otherwise.
+    ``tasks``: :func:`.analysis.load_seed`'s cache, so the corpus is tokenized once for every run read."""
     path = os.path.join(run_dir, "summary.json")
     if not os.path.isfile(path):
         raise WavedistillError(f"{run_dir!r} has no summary.json: pass a finished `lab compare` mixer folder "
@@ -54,7 +58,7 @@ def read_run(run_dir: str) -> tuple[dict, list[tuple[int, object, object, object
         summary = json.load(f)
     if summary.get("task") != "stories":
         raise WavedistillError(f"{run_dir!r} is a {summary.get('task')!r} run; lm-report reads stories runs")
-    seeds = [(int(s), *load_seed(os.path.join(run_dir, f"seed_{s}"))) for s in summary["seeds"]]
+    seeds = [(int(s), *load_seed(os.path.join(run_dir, f"seed_{s}"), tasks)) for s in summary["seeds"]]
     return summary, seeds
 
 
@@ -156,12 +160,33 @@ def sample_block(runs: list[tuple[dict, list]], n_prompts: int, prompt_tokens: i
     return "\n".join(out) + "\n"
 
 
+def check_report_dir(output_dir: str, run_dirs: list[str]) -> None:
+    """Refuse, before anything is measured, a folder holding another report (of other runs) or files lm-report did
+    not write; a report of the same runs is replaced."""
+    check_not_file(output_dir)
+    present = set(contents(output_dir))
+    if REPORT_JSON in present:
+        with open(os.path.join(output_dir, REPORT_JSON)) as f:
+            before = [os.path.realpath(d) for d in json.load(f).get("runs", [])]
+        if before != [os.path.realpath(d) for d in run_dirs]:
+            raise WavedistillError(f"{output_dir!r} holds the report of other runs; pass another --output-dir")
+    foreign = sorted(present - set(REPORT_FILES))
+    if foreign or (present and REPORT_JSON not in present):
+        raise WavedistillError(f"{output_dir!r} holds files lm-report did not write ({describe(sorted(present))}); "
+                               "pass another --output-dir")
+
+
 def lm_report(run_dirs: list[str], output_dir: str, lengths=LENGTHS, contexts=CONTEXTS, n_sequences: int = 100,
               n_prompts: int = 3, prompt_tokens: int = 12, new_tokens: int = 40) -> str:
     if not run_dirs:
         raise WavedistillError("lm-report needs at least one run folder")
-    runs = [read_run(d) for d in run_dirs]
-    rows = [measure_run(d, s, seeds, lengths, contexts, n_sequences) for d, (s, seeds) in zip(run_dirs, runs)]
+    check_report_dir(output_dir, run_dirs)
+    tasks: dict = {}
+    runs = [read_run(d, tasks) for d in run_dirs]
+    rows = []
+    for d, (s, seeds) in zip(run_dirs, runs):
+        print(f"lm-report: measuring {d} ({len(seeds)} seeds)", flush=True)
+        rows.append(measure_run(d, s, seeds, lengths, contexts, n_sequences))
     info = runs[0][1][0][2].describe()
     text = (f"# Language models from scratch: test perplexity over {info['scored_test_tokens']:,} tokens of "
             f"{info['documents']['test']:,} held-out documents\n\n"
@@ -172,17 +197,17 @@ def lm_report(run_dirs: list[str], output_dir: str, lengths=LENGTHS, contexts=CO
     routed = [r for r in rows if r["routing"]]
     for r in routed:
         text += f"\n## Routing of `{r['name']}` ({r['routing']['tokens']:,} test tokens, seed {r['seeds'][0]})\n\n"
-        text += "| layer | trained: std over tokens | untrained | trained: mean weight per mask |\n|---:|---:|---:|---|\n"
+        text += ("| layer | trained: std over tokens | untrained | trained: mean weight per mask |\n"
+                 "|---:|---:|---:|---|\n")
         for a, b in zip(r["routing"]["trained"], r["routing"]["untrained"]):
             text += f"| {a['layer']} | {a['std_over_tokens']:.3f} | {b['std_over_tokens']:.3f} | " \
                     f"{a['mean_weight_per_mask']} |\n"
     os.makedirs(output_dir, exist_ok=True)
     cfgs = [make_lab_config({**s["config"], "seeds": [int(k) for k in s["seeds"]], "output_dir": d})
             for d, (s, _) in zip(run_dirs, runs)]
-    plot_compare(cfgs, os.path.join(output_dir, "loss_vs_tokens.png"))
-    write_json_atomic(os.path.join(output_dir, "report.json"), {"runs": run_dirs, "rows": rows})
-    with open(os.path.join(output_dir, "report.md.tmp"), "w") as f:
-        f.write(text)
-    os.replace(os.path.join(output_dir, "report.md.tmp"), os.path.join(output_dir, "report.md"))
+    plot_compare(cfgs, os.path.join(output_dir, REPORT_PNG))
+    write_json_atomic(os.path.join(output_dir, REPORT_JSON), {"runs": run_dirs, "rows": rows})
+    write_text(os.path.join(output_dir, REPORT_MD), text)
     print(text)
+    print(f"written to {output_dir}: {', '.join(REPORT_FILES)}")
     return text

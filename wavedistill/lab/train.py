@@ -241,7 +241,8 @@ def train_seed(cfg: LabConfig, seed: int, out_dir: str) -> dict | None:
             log_batch(writer, step, batch, float(grad_norm), terms)
         if step % r.eval_every and step not in (1, r.steps):
             continue
-        rows.append({"step": step, "train_tokens": train_positions, "train_batch_loss": batch[0], **evaluate(net, task, sets, device, teacher=teacher),
+        rows.append({"step": step, "train_tokens": train_positions, "train_batch_loss": batch[0],
+                     **evaluate(net, task, sets, device, teacher=teacher),
                      "steps_per_s": step / train_s})
         if main:
             log.write(json.dumps(rows[-1]) + "\n")

@@ -29,6 +29,7 @@ class Task:
     train_pad: Tensor | None = None
     test_pad: Tensor | None = None
     max_len: int | None = None  # the longest sequence a model of this task takes; None = seq_len
+    seeded_data: ClassVar[bool] = True  # whether the seed draws the data (else it only orders the training batches)
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -63,6 +64,7 @@ class StreamTask(Task):
     """A language-modelling task on one token stream per split (``train_stream``): training windows at seeded random
     offsets, held-out text cut into consecutive windows with every token but the first a target once."""
 
+    seeded_data = False  # the text and its split are fixed; the seed only draws the training windows
     train_stream: Tensor
 
     def windows(self, stream: Tensor, n_max: int) -> tuple[Tensor, Tensor]:
